@@ -1,0 +1,378 @@
+"""CNI verbs on the node: ADD rolls back, DEL forgives, CHECK names what is wrong.
+
+One keyed lock per container serialises ADD/DEL/CHECK of the same container (antrea's
+containerAccessArbitrator); different containers run concurrently and the controller's
+database does the arbitration between them.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from ecnet_api.v1 import ecnet_pb2 as pb
+
+from .. import errors as ce
+from ..netconf import SUPPORTED_VERSIONS, CniRequest
+from ..result import PortInfo, PortIP, build_result, default_routes, host_ifname, version_result
+from .netlink import PodInterfaceSpec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_MTU = 1450  # leaves room for VXLAN on a 1500 underlay (DESIGN.md "The lab")
+
+
+class Ovs(Protocol):
+    def add_port(self, bridge: str, name: str, external_ids: dict[str, str],
+                 iface_type: str = "", options: dict[str, str] | None = None,
+                 wait_ofport: float | None = 2.0) -> int: ...
+    def delete_port(self, bridge: str, name: str) -> bool: ...
+    def find_interfaces(self, **external_ids: str) -> list[Any]: ...
+    def get_interface(self, name: str) -> Any: ...
+
+
+class Netlink(Protocol):
+    def prepare_pod_interface(self, netns: str, ifname: str, mtu: int,
+                              host_ifname: str | None = None) -> Any: ...
+    def finish_host_end(self, pend: Any, host_ifname: str, mtu: int) -> str: ...
+    def finish_pod_end(self, pend: Any, spec: PodInterfaceSpec, host_mac: str) -> Any: ...
+    def abort_pending(self, pend: Any) -> None: ...
+    def enter_pod(self, pend: Any) -> None: ...
+    def host_mac(self, pend: Any) -> str: ...
+    def setup_pod_interface(self, spec: PodInterfaceSpec) -> Any: ...
+    def delete_pod_interface(self, host_ifname: str, netns: str | None = None,
+                             ifname: str | None = None) -> bool: ...
+    def check_pod_interface(self, netns: str, ifname: str, mac: str,
+                            addresses: list[tuple[str, int]]) -> None: ...
+
+
+class Controller(Protocol):
+    def allocate_async(self, req: pb.AllocateRequest) -> Callable[[], pb.AllocateResponse]: ...
+    def release_async(self, req: pb.ReleaseRequest) -> Callable[[], pb.ReleaseResponse]: ...
+    def release(self, req: pb.ReleaseRequest) -> pb.ReleaseResponse: ...
+    def get_port(self, container_id: str, ifname: str) -> pb.Port: ...
+    def ready(self, timeout: float = 1.0) -> bool: ...
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    bridge: str = "br-int"
+    default_mtu: int = DEFAULT_MTU
+    tx_checksum_off: bool = True   # userspace (netdev) datapath: TCP needs it (DESIGN.md)
+    ofport_timeout: float = 2.0
+
+
+def port_info(port: pb.Port) -> PortInfo:
+    return PortInfo(id=port.id, mac=port.mac,
+                    ips=tuple(PortIP(ip.address, ip.gateway) for ip in port.ips),
+                    mtu=port.mtu, hostname=port.hostname)
+
+
+class KeyedLocks:
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._users: dict[str, int] = defaultdict(int)
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks[key]
+            self._users[key] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                self._users[key] -= 1
+                if not self._users[key]:
+                    del self._users[key]
+                    del self._locks[key]
+
+
+class Teardown:
+    """Veth deletions running in the background, keyed by container id and host name, so
+    whoever needs those names next waits for the kernel instead of racing it."""
+
+    def __init__(self, workers: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="teardown")
+        self._lock = threading.Lock()
+        self._pending: dict[str, Future[None]] = {}
+
+    def start(self, container_id: str, names: list[str], fn: Callable[[], None]) -> None:
+        fut = self._pool.submit(self._run, fn, container_id)
+        with self._lock:
+            for key in (container_id, *names):
+                self._pending[key] = fut
+        fut.add_done_callback(lambda f: self._forget(f, (container_id, *names)))
+
+    @staticmethod
+    def _run(fn: Callable[[], None], container_id: str) -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - logged; the netns removal destroys the pair
+            log.error("background veth teardown failed container=%s: %s", container_id[:12],
+                      exc)
+
+    def _forget(self, fut: Future[None], keys: tuple[str, ...]) -> None:
+        with self._lock:
+            for key in keys:
+                if self._pending.get(key) is fut:
+                    del self._pending[key]
+
+    def wait_for(self, key: str, timeout: float = 30.0) -> None:
+        with self._lock:
+            fut = self._pending.get(key)
+        if fut is not None:
+            fut.result(timeout=timeout)
+
+    def drain(self, timeout: float = 30.0) -> None:
+        with self._lock:
+            futs = list(self._pending.values())
+        for fut in futs:
+            fut.result(timeout=timeout)
+
+
+class CniHandler:
+    def __init__(self, cfg: AgentConfig, controller: Controller, netlink: Netlink,
+                 ovs: Ovs) -> None:
+        self.cfg = cfg
+        self.controller = controller
+        self.netlink = netlink
+        self.ovs = ovs
+        self.locks = KeyedLocks()
+        self.teardown = Teardown()
+        # OVS attach runs beside the pod-side netlink work of the same ADD.
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="ovs-attach")
+
+    def handle(self, req: CniRequest) -> dict[str, Any] | None:
+        """Run one verb; the result to print, or None for verbs with no output."""
+        if req.command == "VERSION":
+            return version_result(req.conf.cni_version, SUPPORTED_VERSIONS)
+        if req.command == "STATUS":
+            if not self.controller.ready(timeout=1.0):
+                raise ce.PluginNotAvailable("IP controller unreachable")
+            return None
+        if req.command == "GC":
+            return None  # leak collection is the controller's and agent's reconcile job
+        with self.locks.hold(req.container_id):
+            self.teardown.wait_for(req.container_id)
+            if req.command == "ADD":
+                return self.add(req)
+            if req.command == "DEL":
+                self.delete(req)
+                return None
+            self.check(req)
+            return None
+
+    # ------------------------------------------------------------------- ADD
+    def add(self, req: CniRequest) -> dict[str, Any]:
+        """Steps that do not depend on each other overlap (DESIGN.md costs). The agent
+        proposes the new port's id, so the veth pair is created under its final name
+        (tap + id[:11]) and attached to OVS while the allocation is in flight; the pod side
+        is configured once the address is known. An existing port (retried ADD, bound owner)
+        has its own id: the speculative pair is discarded and the careful path runs. Every
+        step has a compensation if a later one fails."""
+        t0 = time.perf_counter()
+        proposed = str(uuid.uuid4())
+        spec_host = host_ifname(proposed)
+        pending_alloc = self.controller.allocate_async(self._allocate_request(req, proposed))
+        pend: Any = None
+        attach: Any = None
+        try:
+            pend = self.netlink.prepare_pod_interface(
+                req.netns, req.ifname, req.conf.mtu or self.cfg.default_mtu, spec_host)
+            if pend is not None:
+                attach = self._pool.submit(self._attach, req, None, spec_host, proposed)
+                self.netlink.enter_pod(pend)  # pod-side sockets while OVS attaches
+        except BaseException:
+            self._undo(pend, attach, spec_host)
+            early = _quietly(pending_alloc)
+            if early is not None and not early.existing:
+                self._release_quietly(req)
+            raise
+        t1 = time.perf_counter()
+        try:
+            resp = pending_alloc()
+        except BaseException:
+            self._undo(pend, attach, spec_host)
+            raise
+        t2 = time.perf_counter()
+        port = port_info(resp.port)
+        if pend is not None and port.id != proposed:
+            self._undo(pend, attach, spec_host)
+            pend, attach = None, None
+        host_if = host_ifname(port.id)
+        mtu = req.conf.mtu or port.mtu or self.cfg.default_mtu
+        spec = PodInterfaceSpec(
+            netns=req.netns, ifname=req.ifname, host_ifname=host_if, mac=port.mac,
+            addresses=[_split(ip.address) for ip in port.ips],
+            gateways={ip.version: ip.gateway for ip in port.ips if ip.gateway},
+            routes=[], mtu=mtu, tx_checksum_off=self.cfg.tx_checksum_off)
+        try:
+            if pend is None:
+                self.teardown.wait_for(host_if)  # a bound port's old pair, same name
+                res = self.netlink.setup_pod_interface(spec)
+                self._attach(req, port, host_if, port.id)
+                host_mac = res.host_mac
+            else:
+                assert attach is not None
+                if mtu != (req.conf.mtu or self.cfg.default_mtu):
+                    self.netlink.finish_host_end(pend, host_if, mtu)
+                # the ids that need the port (attached-mac, ips) follow the attach
+                first = attach
+
+                def ids_after_attach() -> None:
+                    first.result()
+                    self._attach(req, port, host_if, port.id, wait=False)
+
+                attach = ids = self._pool.submit(ids_after_attach)
+                res = self.netlink.finish_pod_end(pend, spec, "")
+                ids.result()
+                iface = self.ovs.get_interface(host_if)
+                host_mac = (iface.mac_in_use if iface is not None and iface.mac_in_use
+                            else self.netlink.host_mac(pend))
+        except BaseException:
+            self._undo(pend, attach, host_if)
+            if not resp.existing:
+                self._release_quietly(req)
+            raise
+        t3 = time.perf_counter()
+        log.info("ADD container=%s ifname=%s port=%s ip=%s fast=%s veth_ms=%.2f "
+                 "alloc_wait_ms=%.2f plumb_ms=%.2f total_ms=%.2f", req.container_id[:12],
+                 req.ifname, port.id, ",".join(ip.address for ip in port.ips),
+                 pend is not None, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3,
+                 (t3 - t0) * 1e3)
+        return build_result(req.conf.cni_version, port, host_if, host_mac, req.ifname,
+                            req.netns)
+
+    def _undo(self, pend: Any, attach: Any, host_if: str) -> None:
+        """Compensate a partly built interface: OVS port first, then the veth pair."""
+        if attach is not None:
+            _quietly(attach.result)
+            _quietly(lambda: self.ovs.delete_port(self.cfg.bridge, host_if))
+        if pend is not None:
+            _quietly(lambda: self.netlink.abort_pending(pend))
+
+    def _allocate_request(self, req: CniRequest, proposed: str) -> pb.AllocateRequest:
+        return pb.AllocateRequest(
+            port_id=proposed,
+            container_id=req.container_id, ifname=req.ifname, netns=req.netns,
+            node=self.cfg.node,
+            pod=pb.PodRef(namespace=req.args.pod_namespace, name=req.args.pod_name,
+                          uid=req.args.pod_uid),
+            product_type=req.product_type, pool=req.pool, requested_ip=req.requested_ip,
+            owner=req.owner, network=req.conf.name, hostname=req.hostname)
+
+    def _attach(self, req: CniRequest, port: PortInfo | None, host_if: str, port_id: str,
+                wait: bool = True) -> None:
+        """Add (or update) the host end on the bridge in one OVSDB transaction; with `wait`,
+        return only once ovs-vswitchd has it (ofport assigned)."""
+        try:
+            self.ovs.add_port(self.cfg.bridge, host_if, self._external_ids(req, port, port_id),
+                              wait_ofport=self.cfg.ofport_timeout if wait else None)
+        except Exception as exc:
+            raise ce.OvsAttachError(f"attaching {host_if} to {self.cfg.bridge} failed",
+                                    str(exc)) from exc
+
+    def _external_ids(self, req: CniRequest, port: PortInfo | None,
+                      port_id: str) -> dict[str, str]:
+        """What traces an OVS port back to its pod (DESIGN.md "Names"); the container keys
+        are there from the first write so a DEL finds even a half-built port."""
+        ids = {"iface-id": port_id, "iface-status": "active",
+               "ecnet/container": req.container_id, "ecnet/ifname": req.ifname,
+               "ecnet/netns": req.netns}
+        if port is not None:
+            ids["attached-mac"] = port.mac
+            ids["ecnet/ips"] = ",".join(ip.address.split("/")[0] for ip in port.ips)
+        if req.args.pod_name:
+            ids["ecnet/pod"] = f"{req.args.pod_namespace}/{req.args.pod_name}"
+        if req.args.pod_uid:
+            ids["ecnet/pod-uid"] = req.args.pod_uid
+        return ids
+
+    def _release_quietly(self, req: CniRequest) -> None:
+        try:
+            self.controller.release(pb.ReleaseRequest(
+                container_id=req.container_id, ifname=req.ifname, pod_uid=req.args.pod_uid))
+        except ce.CniError as exc:
+            # The runtime will DEL after a failed ADD; that DEL releases it then.
+            log.warning("rollback release failed container=%s: %s", req.container_id[:12], exc)
+
+    # ------------------------------------------------------------------- DEL
+    def delete(self, req: CniRequest) -> None:
+        """DEL forgives: nothing left is success. Works from OVSDB (no netns needed).
+
+        The pod is off the network once its OVS port is gone, and its address is free once
+        the controller says so; DEL returns then. Deleting the veth pair costs the kernel
+        15-30 ms of RCU grace periods, so it finishes in the background (`Teardown`): the
+        next ADD/DEL/CHECK of the same container, or an ADD reusing the host name, waits for
+        it, and a pair is destroyed with its netns anyway when the runtime removes it."""
+        found = self.ovs.find_interfaces(**{"ecnet/container": req.container_id,
+                                            "ecnet/ifname": req.ifname})
+        for iface in found:
+            self.ovs.delete_port(self.cfg.bridge, iface.name)  # off the network first
+        resp = self.controller.release(pb.ReleaseRequest(
+            container_id=req.container_id, ifname=req.ifname, pod_uid=req.args.pod_uid))
+        names = [iface.name for iface in found]
+        netns = req.netns or None
+        self.teardown.start(req.container_id, names, lambda: self._delete_links(
+            names, netns, req.ifname))
+        log.info("DEL container=%s ifname=%s ovs_ports=%d outcome=%s", req.container_id[:12],
+                 req.ifname, len(found), resp.outcome)
+
+    def _delete_links(self, names: list[str], netns: str | None, ifname: str) -> None:
+        for name in names:
+            self.netlink.delete_pod_interface(name, netns, ifname)
+        if not names and netns:
+            self.netlink.delete_pod_interface("", netns, ifname)
+
+    # ----------------------------------------------------------------- CHECK
+    def check(self, req: CniRequest) -> None:
+        try:
+            port = port_info(self.controller.get_port(req.container_id, req.ifname))
+        except ce.NotFound:
+            raise ce.CheckFailed(f"no port is allocated for container "
+                                 f"{req.container_id[:12]} {req.ifname}") from None
+        host_if = host_ifname(port.id)
+        iface = self.ovs.get_interface(host_if)
+        if iface is None:
+            raise ce.CheckFailed(f"OVS port {host_if} is missing from {self.cfg.bridge}")
+        if iface.external_ids.get("iface-id") != port.id:
+            raise ce.CheckFailed(f"OVS port {host_if} has iface-id "
+                                 f"{iface.external_ids.get('iface-id')!r}, want {port.id}")
+        self.netlink.check_pod_interface(req.netns, req.ifname, port.mac,
+                                         [_split(ip.address) for ip in port.ips])
+        prev = req.conf.prev_result
+        if prev:
+            want = {ip.address for ip in port.ips}
+            have = {str(i.get("address")) for i in prev.get("ips", []) if isinstance(i, dict)}
+            if have and have != want:
+                raise ce.CheckFailed(f"prevResult addresses {sorted(have)} differ from the "
+                                     f"allocated {sorted(want)}")
+
+
+def _quietly(fn: Callable[[], T]) -> T | None:
+    """Run a compensation step; its own failure must not hide the original error."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - logged; the original error is what matters
+        log.warning("compensation step failed: %s", exc)
+        return None
+
+
+def _split(cidr: str) -> tuple[str, int]:
+    ip, _, plen = cidr.partition("/")
+    return ip, int(plen)
+
+
+__all__ = ["AgentConfig", "CniHandler", "default_routes"]

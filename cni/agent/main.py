@@ -1,0 +1,249 @@
+"""`ecnet-agent`: the node daemon the CNI shim talks to.
+
+Keeps what is expensive to set up warm (netlink socket, OVSDB connection and cache, gRPC
+channel) so a pod ADD costs milliseconds; registers its node with the controller and keeps
+that registration fresh.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+
+from ecnet_api.v1 import ecnet_pb2 as pb
+from ovs_driver import OvsdbClient
+
+from .. import errors as ce
+from ..install import install_shim
+from .controller import ControllerClient
+from .datapath import DatapathSettings, StandaloneDatapath, default_rundir
+from .datapath_model import GATEWAY_MAC
+from .handler import DEFAULT_MTU, AgentConfig, CniHandler
+from .netlink import PodNetlink
+from .server import AgentServer
+
+log = logging.getLogger("ecnet-agent")
+# tap + the first 11 characters of a uuid4 port id: the only tap names this agent creates.
+_OUR_TAP = re.compile(r"tap[0-9a-f]{8}-[0-9a-f]{2}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    controller: str
+    socket: str
+    ovsdb: str
+    bridge: str
+    node: str
+    datapath_type: str
+    underlay_ip: str
+    gateway: bool
+    mtu: int
+    install_cni_dir: str
+    log_level: str
+    datapath: str = "standalone"
+    underlay_iface: str = ""
+    underlay_bridge: str = ""
+    tunnel_bridge: str = "br-tun"
+    gateway_cidrs: tuple[str, ...] = ()
+    gateway_mac: str = GATEWAY_MAC
+    gateway_port: str = "ecgw0"
+    topology_interval: float = 0.5
+    ovs_rundir: str = ""
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    p = argparse.ArgumentParser(prog="ecnet-agent", description=__doc__)
+    p.add_argument("--controller", default=os.environ.get("ECNET_CONTROLLER", "127.0.0.1:7400"),
+                   help="IP controller HOST:PORT")
+    p.add_argument("--socket", default="/run/ecnet/agent.sock",
+                   help="unix socket the CNI shim connects to")
+    p.add_argument("--ovsdb", default="unix:/var/run/openvswitch/db.sock",
+                   help="OVSDB remote (unix:PATH or tcp:HOST:PORT)")
+    p.add_argument("--bridge", default="br-int", help="integration bridge for pod ports")
+    p.add_argument("--node", default=socket.gethostname(), help="this node's name")
+    p.add_argument("--datapath-type", default="netdev", choices=["netdev", "system"],
+                   help="datapath for the bridge if the agent has to create it")
+    p.add_argument("--underlay-ip", default="",
+                   help="this node's underlay (tunnel) address; ADDR/PLEN gives the prefix "
+                        "to put on --underlay-bridge when the NIC does not carry it")
+    p.add_argument("--underlay-iface", default="", help="the NIC that carries the underlay")
+    p.add_argument("--underlay-bridge", default="",
+                   help="OVS bridge to own the underlay address, with --underlay-iface as a "
+                        "port (userspace datapath: tunnels are routed through it), e.g. br-phy")
+    p.add_argument("--datapath", default="standalone", choices=["standalone", "onos"],
+                   help="who programs tunnels and flows: this agent (from the controller's "
+                        "node and port lists) or ONOS (the agent only plugs ports)")
+    p.add_argument("--tunnel-bridge", default="br-tun", help="bridge holding the tunnels")
+    p.add_argument("--topology-interval", type=float, default=0.5,
+                   help="seconds between GetTopology polls (standalone datapath)")
+    p.add_argument("--ovs-rundir", default="",
+                   help="where ovs-vswitchd's <bridge>.mgmt sockets are (default: "
+                        "$OVS_RUNDIR, else the directory of the --ovsdb unix socket)")
+    p.add_argument("--gateway", action="store_true", help="this node is an overlay gateway")
+    p.add_argument("--gateway-cidr", action="append", default=[], metavar="CIDR",
+                   help="physical network the gateway routes to (repeatable)")
+    p.add_argument("--gateway-mac", default=GATEWAY_MAC,
+                   help="the gateway port's MAC; the same on every agent of a cluster")
+    p.add_argument("--gateway-port", default="ecgw0", help="the gateway's port on the bridge")
+    p.add_argument("--mtu", type=int, default=DEFAULT_MTU,
+                   help="pod MTU when neither the pool nor the network config sets one")
+    p.add_argument("--install-cni-dir", default="",
+                   help="write the ecnet CNI binary into this directory at start")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    a = p.parse_args(argv)
+    if not a.ovsdb.startswith(("unix:", "tcp:")):
+        p.error(f"--ovsdb must be unix:PATH or tcp:HOST:PORT, got {a.ovsdb!r}")
+    if not 576 <= a.mtu <= 9000:
+        p.error("--mtu must be in 576..9000")
+    if not 0.05 <= a.topology_interval <= 60:
+        p.error("--topology-interval must be in 0.05..60")
+    for cidr in a.gateway_cidr:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            p.error(f"--gateway-cidr {cidr!r} is not a CIDR")
+    if a.underlay_ip:
+        try:
+            ipaddress.ip_interface(a.underlay_ip)
+        except ValueError:
+            p.error(f"--underlay-ip {a.underlay_ip!r} is not an address")
+    if a.underlay_bridge and not a.underlay_ip:
+        p.error("--underlay-bridge needs --underlay-ip")
+    return Settings(a.controller, a.socket, a.ovsdb, a.bridge, a.node, a.datapath_type,
+                    a.underlay_ip, a.gateway, a.mtu, a.install_cni_dir, a.log_level,
+                    datapath=a.datapath, underlay_iface=a.underlay_iface,
+                    underlay_bridge=a.underlay_bridge, tunnel_bridge=a.tunnel_bridge,
+                    gateway_cidrs=tuple(a.gateway_cidr), gateway_mac=a.gateway_mac.lower(),
+                    gateway_port=a.gateway_port, topology_interval=a.topology_interval,
+                    ovs_rundir=a.ovs_rundir or default_rundir(a.ovsdb))
+
+
+class Agent:
+    """The running agent, startable in-process for tests."""
+
+    def __init__(self, s: Settings) -> None:
+        self.settings = s
+        self.stop_event = threading.Event()
+        self.ovs = OvsdbClient(s.ovsdb)
+        if not self.ovs.bridge_exists(s.bridge):
+            self.ovs.ensure_bridge(s.bridge, datapath_type=s.datapath_type)
+        userspace = self.ovs.datapath_type(s.bridge) == "netdev"
+        self.controller = ControllerClient(s.controller)
+        self.netlink = PodNetlink()
+        cfg = AgentConfig(node=s.node, bridge=s.bridge, default_mtu=s.mtu,
+                          tx_checksum_off=userspace)
+        self.handler = CniHandler(cfg, self.controller, self.netlink, self.ovs)
+        self._sweep_orphans()
+        self.server = AgentServer(s.socket, self.handler)
+        self._threads: list[threading.Thread] = []
+        # datapath onos: ONOS owns tunnels and flows; the agent programs nothing.
+        self.datapath: StandaloneDatapath | None = None
+        if s.datapath == "standalone":
+            self.datapath = StandaloneDatapath(DatapathSettings(
+                node=s.node, int_bridge=s.bridge, tun_bridge=s.tunnel_bridge,
+                datapath_type=self.ovs.datapath_type(s.bridge) or "system",
+                ovs_rundir=s.ovs_rundir, interval=s.topology_interval,
+                underlay_ip=s.underlay_ip, underlay_iface=s.underlay_iface,
+                underlay_bridge=s.underlay_bridge, gateway=s.gateway,
+                gateway_port=s.gateway_port, gateway_mac=s.gateway_mac, mtu=s.mtu,
+            ), self.ovs, self.controller, self.stop_event)
+
+    def _sweep_orphans(self) -> None:
+        """A crash mid-ADD can leave a veth that no OVS port (and so no DEL) will find:
+        a temporary `ectmp*` pair, or a `tap*` pair never attached. Remove them at start."""
+        try:
+            for name in self.netlink.host_veths(("ectmp", "tap")):
+                if name.startswith("tap") and (not _OUR_TAP.fullmatch(name)
+                                               or self.ovs.get_interface(name) is not None):
+                    continue
+                self.netlink.delete_pod_interface(name)
+                log.warning("removed orphan veth left by an interrupted ADD name=%s", name)
+        except ce.CniError as exc:
+            log.warning("orphan veth sweep failed: %s", exc.msg)
+
+    def start(self) -> None:
+        if self.settings.install_cni_dir:
+            path = install_shim(self.settings.install_cni_dir)
+            log.info("installed CNI binary path=%s", path)
+        if self.datapath is not None:
+            self.datapath.setup()
+            self._threads.append(self.datapath.start())
+        for target, name in ((self.server.serve_forever, "cni-server"),
+                             (self._heartbeat, "heartbeat")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("serving socket=%s bridge=%s node=%s controller=%s", self.settings.socket,
+                 self.settings.bridge, self.settings.node, self.settings.controller)
+
+    def _heartbeat(self) -> None:
+        interval = 10.0
+        node = pb.NodeInfo(name=self.settings.node,
+                           underlay_ip=self.settings.underlay_ip.partition("/")[0],
+                           gateway=self.settings.gateway, datapath=self.settings.datapath,
+                           gateway_cidrs=list(self.settings.gateway_cidrs))
+        while True:
+            try:
+                resp = self.controller.register_node(node)
+                interval = float(resp.heartbeat_seconds or 10)
+            except ce.CniError as exc:
+                log.warning("node registration failed (will retry): %s", exc.msg)
+                interval = 2.0
+            if self.stop_event.wait(interval):
+                return
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.server.shutdown_and_remove()
+        try:
+            self.handler.teardown.drain(timeout=10)
+        except Exception as exc:  # noqa: BLE001 - shutting down; the netns removal cleans up
+            log.warning("veth teardown did not finish: %s", exc)
+        # Flows and tunnels stay: pods keep talking while the agent restarts.
+        for t in self._threads:
+            if t.name == "datapath":
+                t.join(timeout=5)
+        self.controller.close()
+        self.netlink.close()
+        self.ovs.close()
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # pyroute2 dumps whole netlink messages at DEBUG: too much even for debugging us.
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    s = parse_args(argv)
+    _setup_logging(s.log_level)
+    try:
+        agent = Agent(s)
+        agent.start()
+    except Exception as exc:  # noqa: BLE001 - one clear line for the operator
+        log.error("start-up failed: %s", exc)
+        print(f"ecnet-agent: {exc}", file=sys.stderr)
+        sys.exit(1)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    agent.stop()
+
+
+if __name__ == "__main__":
+    main()

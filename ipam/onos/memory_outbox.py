@@ -1,0 +1,100 @@
+"""An in-memory OutboxStore with the same claim rules as the SQL store.
+
+Used by the sync tests and by anyone embedding the worker without a database. The rules that
+matter for correctness are the ones the SQL store must share: only the oldest row of an object
+is claimable (strict order per object, even while it waits for a retry), rows are returned in
+id order, and one holder at a time owns the lease.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .sync import OutboxItem, OutboxStats
+
+
+@dataclass
+class _Row:
+    id: int
+    kind: str
+    object_id: str
+    op: str
+    payload: dict[str, Any] | None
+    created_at: float
+    next_attempt_at: float
+    attempts: int = 0
+    last_error: str = ""
+    failed: bool = False
+
+    def item(self) -> OutboxItem:
+        return OutboxItem(self.id, self.kind, self.object_id, self.op, self.payload,
+                          self.attempts)
+
+
+class MemoryOutbox:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[int, _Row] = {}  # insertion order == id order
+        self._seq = 0
+        self._lease: tuple[str, float] | None = None
+
+    def add(self, kind: str, object_id: str, op: str, payload: dict[str, Any] | None,
+            now: float = 0.0) -> int:
+        with self._lock:
+            self._seq += 1
+            self._rows[self._seq] = _Row(self._seq, kind, object_id, op, payload, now, now)
+            return self._seq
+
+    def claim(self, holder: str, limit: int, now: float) -> list[OutboxItem]:
+        out: list[OutboxItem] = []
+        seen: set[tuple[str, str]] = set()
+        with self._lock:
+            for row in self._rows.values():
+                key = (row.kind, row.object_id)
+                if key in seen:
+                    continue
+                seen.add(key)  # a younger row never overtakes an older one, due or not
+                if row.next_attempt_at <= now:
+                    out.append(row.item())
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def complete(self, item_id: int) -> None:
+        with self._lock:
+            self._rows.pop(item_id, None)
+
+    def retry_later(self, item_id: int, error: str, next_attempt_at: float,
+                    failed: bool) -> None:
+        with self._lock:
+            row = self._rows.get(item_id)
+            if row is not None:
+                row.attempts += 1
+                row.last_error = error[:2000]
+                row.next_attempt_at = next_attempt_at
+                row.failed = failed
+
+    def acquire_lease(self, holder: str, ttl: float, now: float) -> bool:
+        with self._lock:
+            if self._lease is None or self._lease[0] == holder or self._lease[1] < now:
+                self._lease = (holder, now + ttl)
+                return True
+            return False
+
+    def stats(self, now: float) -> OutboxStats:
+        with self._lock:
+            rows = list(self._rows.values())
+        oldest = min((r.created_at for r in rows), default=None)
+        last = next((r.last_error for r in reversed(rows) if r.last_error), "")
+        return OutboxStats(len(rows), sum(r.failed for r in rows),
+                           None if oldest is None else now - oldest, last)
+
+    # for tests and diagnostics
+    def rows(self) -> list[_Row]:
+        with self._lock:
+            return [_Row(**vars(r)) for r in self._rows.values()]
+
+    def lease_holder(self, now: float) -> str:
+        with self._lock:
+            return self._lease[0] if self._lease and self._lease[1] >= now else ""

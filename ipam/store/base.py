@@ -1,0 +1,119 @@
+"""The store protocol: small primitives the allocator composes inside one transaction.
+
+Like host-local's allocator/backend split, the policy logic (`ipam.service`) is written once
+against these primitives; each store makes them atomic in its own way (a lock and undo log in
+memory, one database transaction with row locks in SQL). Every primitive that takes an address
+must be safe against a concurrent caller taking the same one: the SQL store's unique
+constraint on (subnet, offset) is the last word.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..domain import AddressState, Node, Pool, Port, PortState, Subnet, Usage
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    kind: str
+    object_id: str
+    op: str
+    payload: dict[str, Any] | None
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    last_error: str = ""
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class PortFilter:
+    pool_id: str | None = None
+    node: str | None = None
+    state: PortState | None = None
+    limit: int = 1000
+
+
+class UnitOfWork(Protocol):
+    # configuration (pools, subnets, namespace defaults) --------------------
+    def config_generation(self) -> int:
+        """The configuration's generation, read under a shared configuration lock.
+
+        Every change to pools, subnets or namespace defaults bumps it, so a caller may keep
+        that configuration in memory and trust it while the number is unchanged. On a database
+        several replicas share, the read also waits for (and then holds off) a concurrent
+        `begin_config_change`, so a pod-path transaction sees the configuration either wholly
+        before or wholly after an admin change, never a subnet deleted under its feet."""
+    def begin_config_change(self) -> None:
+        """Take the configuration lock exclusively and bump the generation; the first call of
+        every admin change, so its checks (overlaps, live ports) cannot race anything."""
+
+    # pools -----------------------------------------------------------------
+    def insert_pool(self, pool: Pool) -> None: ...
+    def get_pool(self, name: str) -> Pool | None: ...
+    def get_pool_by_id(self, pool_id: str) -> Pool | None: ...
+    def list_pools(self) -> list[Pool]: ...
+    def delete_pool(self, pool_id: str) -> None: ...
+    def set_namespace_default(self, namespace: str, pool_id: str | None) -> None: ...
+    def namespace_default(self, namespace: str) -> str | None: ...
+    def namespace_defaults(self) -> dict[str, str]:
+        """Every namespace default as namespace -> pool name."""
+
+    # subnets ---------------------------------------------------------------
+    def insert_subnet(self, subnet: Subnet, free: list[tuple[int, int]]) -> None: ...
+    def list_subnets(self, pool_id: str | None = None) -> list[Subnet]: ...
+    def get_subnet(self, subnet_id: str) -> Subnet | None: ...
+    def delete_subnet(self, subnet_id: str) -> None: ...
+    def subnet_has_ports(self, subnet_id: str) -> bool: ...
+    def subnet_usage(self, subnet: Subnet) -> Usage: ...
+
+    # addresses -------------------------------------------------------------
+    def take_free(self, subnet_id: str) -> int | None:
+        """Remove and return the lowest free offset, or None when the subnet is full."""
+    def take_specific(self, subnet_id: str, offset: int) -> bool:
+        """Remove one offset from the free set; False when it is not free."""
+    def give_back(self, subnet_id: str, offset: int) -> None:
+        """Return an offset to the free set (merging with neighbours)."""
+    def insert_address(self, subnet_id: str, offset: int, ip: str, state: AddressState,
+                       port_id: str | None, generation: int, free_at: float = 0.0,
+                       note: str = "") -> None: ...
+    def delete_address(self, subnet_id: str, offset: int) -> None: ...
+    def address_state(self, subnet_id: str,
+                      offset: int) -> tuple[AddressState, str | None] | None: ...
+    def quarantine_port_addresses(self, port_id: str, free_at: float) -> None: ...
+    def delete_port_addresses(self, port_id: str) -> list[tuple[str, int]]: ...
+    def expired_quarantine(self, now: float, limit: int) -> list[tuple[str, int]]: ...
+
+    # ports -----------------------------------------------------------------
+    def insert_port(self, port: Port) -> bool:
+        """Insert a new port; False (and nothing written) when its MAC is already taken, so
+        the caller draws another one: the unique constraint decides, not a prior lookup."""
+    def update_port(self, port: Port, expect_generation: int) -> bool:
+        """Write the port if its generation is still `expect_generation` (else False)."""
+    def delete_port(self, port_id: str, expect_generation: int) -> bool: ...
+    def port_by_request(self, container_id: str, ifname: str) -> Port | None: ...
+    def port_by_owner(self, pool_id: str, owner: str) -> Port | None: ...
+    def get_port(self, port_id: str) -> Port | None: ...
+    def list_ports(self, flt: PortFilter) -> list[Port]: ...
+    def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]: ...
+    def mac_in_use(self, mac: str) -> bool: ...
+
+    # outbox ----------------------------------------------------------------
+    def add_outbox(self, kind: str, object_id: str, op: str,
+                   payload: dict[str, Any] | None, now: float) -> None: ...
+
+    # nodes -----------------------------------------------------------------
+    def upsert_node(self, node: Node) -> None: ...
+    def list_nodes(self) -> list[Node]: ...
+    def delete_node(self, name: str) -> bool: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractContextManager[UnitOfWork]:
+        """One atomic unit: everything inside commits together or not at all."""
+    def read(self) -> AbstractContextManager[UnitOfWork]:
+        """A read-only view (may be served without taking the write lock)."""
+    def close(self) -> None: ...

@@ -1,0 +1,538 @@
+"""`ipctl`: the network admin's CLI for the IP controller (gRPC service IPAdmin).
+
+Human tables by default, `-o json` for scripts. Any failure is exit 1 with exactly one line on
+stderr (`ipctl: error: ...`) and never a traceback, so wrappers can grep it; usage errors keep
+click's exit 2. The global options (`--controller`, `-o`, `--timeout`) are also accepted after
+the subcommand, because that is how people type `ipctl port list -o json`.
+"""
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import click
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.table import Table
+
+from ecnet_api.v1 import ecnet_pb2 as pb
+from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
+
+DEFAULT_CONTROLLER = "127.0.0.1:7400"
+OUTPUTS = ("table", "json")
+# Statuses whose text the controller writes for humans: show it as is.
+DOMAIN_CODES = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+})
+# Wide enough that a pipe never wraps a row; the table itself stays as narrow as its content.
+PIPE_WIDTH = 100_000
+
+
+class IpctlError(click.ClickException):
+    """A failure the user should read as one line, with exit code 1 (not click's usage 2)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()) or "unknown error")
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"ipctl: error: {self.format_message()}", file=file, err=file is None)
+
+
+# ------------------------------------------------------------------ gRPC
+def open_channel(target: str) -> grpc.Channel:
+    """The only place a channel is made, so every command dials the controller the same way."""
+    return grpc.insecure_channel(target)
+
+
+def rpc_error_message(err: grpc.RpcError, target: str, timeout: float) -> str:
+    """Turn a status into the sentence an operator needs; domain errors keep the server's text."""
+    code = err.code() if isinstance(err, grpc.Call) else None
+    details = (err.details() if isinstance(err, grpc.Call) else None) or ""
+    meta = dict(err.trailing_metadata() or ()) if isinstance(err, grpc.Call) else {}
+    if code == grpc.StatusCode.UNAVAILABLE and "ecnet-error" not in meta:
+        # No domain error class: the transport failed, not the controller's logic.
+        return f"cannot reach the IP controller at {target} ({details or 'unavailable'})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the IP controller at {target} did not answer within {timeout:g}s"
+    if code in DOMAIN_CODES or "ecnet-error" in meta:
+        return details or (code.name if code else str(err))
+    name = code.name if code else "error"
+    return f"{details} ({name})" if details else f"IP controller call failed ({name})"
+
+
+@dataclass
+class Settings:
+    """Where and how to talk; subcommand-level options may still change it before the first call."""
+
+    controller: str
+    output: str
+    timeout: float
+    _channel: grpc.Channel | None = field(default=None, repr=False)
+
+    def call(self, method: str, request: Message) -> Any:
+        """One IPAdmin RPC; every gRPC failure leaves here as an IpctlError."""
+        if self._channel is None:
+            self._channel = open_channel(self.controller)
+        rpc = getattr(pb_grpc.IPAdminStub(self._channel), method)
+        try:
+            return rpc(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise IpctlError(rpc_error_message(err, self.controller, self.timeout)) from None
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+
+# ---------------------------------------------------------------- output
+def to_dict(msg: Message) -> dict[str, Any]:
+    """Every field, defaults included, with numbers as numbers, so scripts need no guessing."""
+    return MessageToDict(msg, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True,
+                         unquote_int64_if_possible=True)
+
+
+def print_json(doc: Message | Iterable[Message]) -> None:
+    data: Any = to_dict(doc) if isinstance(doc, Message) else [to_dict(m) for m in doc]
+    click.echo(json.dumps(data, indent=2))
+
+
+Column = tuple[str, Callable[[Any], object]]
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None or value == "" else str(value)
+
+
+def print_table(rows: Iterable[Any], columns: Sequence[Column], *, header: bool = True) -> None:
+    """The one table renderer: colour only on a terminal, and never wider than its content."""
+    table = Table(box=None, pad_edge=False, show_header=header, header_style="bold",
+                  show_edge=False)
+    for title, _get in columns:
+        table.add_column(title, no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*(_cell(value_of(row)) for _title, value_of in columns))
+    out = sys.stdout
+    if out.isatty():
+        Console(file=out).print(table)
+        return
+    buf = io.StringIO()
+    Console(file=buf, width=PIPE_WIDTH, no_color=True, color_system=None,
+            force_terminal=False, highlight=False).print(table)
+    # rich pads the last column; pipes and diffs are happier without trailing blanks.
+    click.echo("\n".join(line.rstrip() for line in buf.getvalue().splitlines()))
+
+
+def emit(s: Settings, rows: Sequence[Any], columns: Sequence[Column]) -> None:
+    """A list command's output: the full messages as a JSON array, or the chosen columns."""
+    if s.output == "json":
+        print_json(rows)
+    else:
+        print_table(rows, columns)
+
+
+def emit_fields(s: Settings, msg: Message, fields: Sequence[tuple[str, object]]) -> None:
+    """One object: the full message as JSON, or `field  value` lines for a human."""
+    if s.output == "json":
+        print_json(msg)
+    else:
+        print_table(fields, [("FIELD", lambda f: f[0]), ("VALUE", lambda f: f[1])],
+                    header=False)
+
+
+def emit_done(s: Settings, msg: Message, text: str) -> None:
+    """A mutation: the response as JSON for scripts, a sentence for humans."""
+    if s.output == "json":
+        print_json(msg)
+    else:
+        click.echo(text)
+
+
+USAGE_COLS: list[Column] = [
+    ("TOTAL", lambda u: u.total), ("USED", lambda u: u.used), ("RESERVED", lambda u: u.reserved),
+    ("QUARANTINED", lambda u: u.quarantined), ("FREE", lambda u: u.free),
+]
+
+
+def _of_usage(cols: Sequence[Column]) -> list[Column]:
+    """Reuse the usage columns on messages that carry a `usage` field."""
+    def via_usage(get: Callable[[Any], object]) -> Callable[[Any], object]:
+        return lambda m: get(m.usage)
+    return [(title, via_usage(get)) for title, get in cols]
+
+
+POOL_COLS: list[Column] = [
+    ("NAME", lambda p: p.pool.name), ("POLICY", lambda p: p.pool.policy),
+    ("SUBNETS", lambda p: p.subnets),
+    *_of_usage([*USAGE_COLS, ("BOUND", lambda u: u.bound)]),
+]
+SUBNET_COLS: list[Column] = [
+    ("ID", lambda s: s.id[:8]), ("POOL", lambda s: s.pool), ("CIDR", lambda s: s.cidr),
+    ("GATEWAY", lambda s: s.gateway), *_of_usage(USAGE_COLS),
+]
+PORT_COLS: list[Column] = [
+    ("ID", lambda p: p.id[:11]), ("POOL", lambda p: p.pool),
+    ("IPS", lambda p: ",".join(i.address for i in p.ips)), ("MAC", lambda p: p.mac),
+    ("NODE", lambda p: p.node),
+    ("POD", lambda p: f"{p.pod.namespace}/{p.pod.name}" if p.pod.name else ""),
+    ("CONTAINER", lambda p: p.container_id[:12]), ("STATE", lambda p: p.state),
+    ("OWNER", lambda p: p.owner),
+]
+NODE_COLS: list[Column] = [
+    ("NAME", lambda n: n.name), ("UNDERLAY IP", lambda n: n.underlay_ip),
+    ("GATEWAY", lambda n: n.gateway), ("DATAPATH", lambda n: n.datapath),
+    ("STATE", lambda n: n.state), ("LAST SEEN", lambda n: n.last_seen),
+]
+
+
+# ---------------------------------------------------------------- click
+class IpctlGroup(click.Group):
+    """Root group: whatever escapes a command becomes one `ipctl: error:` line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the promise is "never a traceback"
+            raise IpctlError(f"{type(exc).__name__}: {exc}") from None
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@click.group(cls=IpctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--controller", envvar="ECNET_CONTROLLER", default=DEFAULT_CONTROLLER,
+              show_default=True, metavar="HOST:PORT",
+              help="IP controller address (env ECNET_CONTROLLER)")
+@click.option("-o", "--output", type=click.Choice(OUTPUTS), default="table", show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, metavar="SECONDS", help="per-call deadline")
+@click.pass_context
+def cli(ctx: click.Context, controller: str, output: str, timeout: float) -> None:
+    """Manage ecnet pools, subnets, ports, bindings, nodes and ONOS sync."""
+    settings = Settings(controller, output, timeout)
+    ctx.obj = settings
+    ctx.call_on_close(settings.close)
+
+
+# ------------------------------------------------------------------ pools
+@cli.group()
+def pool() -> None:
+    """IP pools (one policy each: fixed, sticky, dynamic)."""
+
+
+@pool.command("create")
+@click.argument("name")
+@click.option("--policy", type=click.Choice(["dynamic", "sticky", "fixed"]), required=True)
+@click.option("--quarantine", type=click.IntRange(min=0), default=None, metavar="SECONDS",
+              help="dynamic: how long a freed address rests (controller default 60)")
+@click.option("--retention", type=click.IntRange(min=0), default=0, metavar="SECONDS",
+              help="sticky: how long an idle member keeps its IP (0 = until released)")
+@click.option("--mtu", type=click.IntRange(min=0), default=0, help="0 = agent default")
+@click.option("--product-type", default="", help="product type served ('' = the policy)")
+@click.option("--group", default="", help="sticky: the group owning this pool")
+@pass_settings
+def pool_create(s: Settings, name: str, policy: str, quarantine: int | None, retention: int,
+                mtu: int, product_type: str, group: str) -> None:
+    """Create a pool."""
+    p = pb.Pool(name=name, policy=policy, retention_seconds=retention, mtu=mtu,
+                product_type=product_type, group=group)
+    if quarantine is not None:  # unset means "controller default", 0 means "no quarantine"
+        p.quarantine_seconds = quarantine
+    r = s.call("CreatePool", pb.CreatePoolRequest(pool=p))
+    emit_done(s, r.pool, f"pool {r.pool.name} created ({r.pool.policy})")
+
+
+@pool.command("list")
+@pass_settings
+def pool_list(s: Settings) -> None:
+    """Pools with their address counts."""
+    emit(s, s.call("ListPools", pb.ListPoolsRequest()).pools, POOL_COLS)
+
+
+@pool.command("show")
+@click.argument("name")
+@pass_settings
+def pool_show(s: Settings, name: str) -> None:
+    """One pool, its settings and its subnets with usage."""
+    r = s.call("GetPool", pb.GetPoolRequest(name=name))
+    if s.output == "json":
+        print_json(r)
+        return
+    p, u = r.pool.pool, r.pool.usage
+    quarantine = p.quarantine_seconds if p.HasField("quarantine_seconds") else "default"
+    emit_fields(s, r, [
+        ("name", p.name), ("policy", p.policy), ("quarantine", quarantine),
+        ("retention", p.retention_seconds), ("mtu", p.mtu or "agent default"),
+        ("product type", p.product_type), ("group", p.group), ("subnets", r.pool.subnets),
+        ("total", u.total), ("used", u.used), ("reserved", u.reserved),
+        ("quarantined", u.quarantined), ("free", u.free), ("bound", u.bound),
+    ])
+    if r.subnets:
+        click.echo()
+        print_table(r.subnets, [*SUBNET_COLS, ("EXCLUDES", lambda x: ",".join(x.excludes))])
+
+
+@pool.command("delete")
+@click.argument("name")
+@pass_settings
+def pool_delete(s: Settings, name: str) -> None:
+    """Delete a pool."""
+    emit_done(s, s.call("DeletePool", pb.DeletePoolRequest(name=name)), f"pool {name} deleted")
+
+
+@cli.command("usage")
+@pass_settings
+def usage(s: Settings) -> None:
+    """Totals per pool: used, reserved, quarantined, free, bound."""
+    emit(s, s.call("ListPools", pb.ListPoolsRequest()).pools, POOL_COLS)
+
+
+# ---------------------------------------------------------------- subnets
+@cli.group()
+def subnet() -> None:
+    """Subnets of a pool (a pool grows by adding one)."""
+
+
+@subnet.command("create")
+@click.argument("pool_name", metavar="POOL")
+@click.argument("cidr")
+@click.option("--gateway", default="", metavar="IP", help="default: the first usable address")
+@click.option("--exclude", multiple=True, metavar="RANGE_OR_IP",
+              help="an address or a range a-b to keep out (repeatable)")
+@pass_settings
+def subnet_create(s: Settings, pool_name: str, cidr: str, gateway: str,
+                  exclude: tuple[str, ...]) -> None:
+    """Add CIDR to POOL."""
+    r = s.call("CreateSubnet", pb.CreateSubnetRequest(pool=pool_name, cidr=cidr,
+                                                      gateway=gateway, excludes=list(exclude)))
+    emit_done(s, r.subnet, f"subnet {r.subnet.cidr} created in pool {pool_name} "
+                           f"(gateway {r.subnet.gateway or '-'}, id {r.subnet.id[:8]})")
+
+
+@subnet.command("list")
+@click.option("--pool", "pool_name", default="", metavar="POOL")
+@pass_settings
+def subnet_list(s: Settings, pool_name: str) -> None:
+    """Subnets with their address counts."""
+    emit(s, s.call("ListSubnets", pb.ListSubnetsRequest(pool=pool_name)).subnets, SUBNET_COLS)
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+@subnet.command("delete")
+@click.argument("cidr_or_id")
+@pass_settings
+def subnet_delete(s: Settings, cidr_or_id: str) -> None:
+    """Delete a subnet by CIDR or by id."""
+    req = (pb.DeleteSubnetRequest(cidr=cidr_or_id) if _is_network(cidr_or_id)
+           else pb.DeleteSubnetRequest(id=cidr_or_id))
+    emit_done(s, s.call("DeleteSubnet", req), f"subnet {cidr_or_id} deleted")
+
+
+# ------------------------------------------------------------------ ports
+@cli.group()
+def port() -> None:
+    """Ports (IP + MAC) handed to pods or held by bindings."""
+
+
+@port.command("list")
+@click.option("--pool", "pool_name", default="", metavar="POOL")
+@click.option("--node", default="", metavar="NODE")
+@click.option("--state", default="", metavar="STATE",
+              help="e.g. active or idle (the controller validates it)")
+@click.option("--limit", type=click.IntRange(min=0), default=0, help="0 = controller default")
+@pass_settings
+def port_list(s: Settings, pool_name: str, node: str, state: str, limit: int) -> None:
+    """Ports, optionally filtered."""
+    r = s.call("ListPorts", pb.ListPortsRequest(pool=pool_name, node=node, state=state,
+                                                limit=limit))
+    emit(s, r.ports, PORT_COLS)
+
+
+# ---------------------------------------------------- reservations, bindings
+@cli.command("reserve")
+@click.argument("pool_name", metavar="POOL")
+@click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True)
+@click.option("--note", default="", help="why (kept with the reservation)")
+@pass_settings
+def reserve(s: Settings, pool_name: str, addresses: tuple[str, ...], note: str) -> None:
+    """Keep addresses of POOL out of allocation."""
+    r = s.call("Reserve", pb.ReserveRequest(pool=pool_name, addresses=list(addresses),
+                                            note=note))
+    emit_done(s, r, f"{r.changed} address(es) reserved in pool {pool_name}")
+
+
+@cli.command("unreserve")
+@click.argument("pool_name", metavar="POOL")
+@click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True)
+@pass_settings
+def unreserve(s: Settings, pool_name: str, addresses: tuple[str, ...]) -> None:
+    """Give reserved addresses back to allocation."""
+    r = s.call("Reserve", pb.ReserveRequest(pool=pool_name, addresses=list(addresses),
+                                            unreserve=True))
+    emit_done(s, r, f"{r.changed} address(es) unreserved in pool {pool_name}")
+
+
+@cli.command("bind")
+@click.argument("pool_name", metavar="POOL")
+@click.argument("owner")
+@click.option("--ip", default="", metavar="IP", help="the address to pin (default: any free)")
+@click.option("--hostname", default="", metavar="H")
+@pass_settings
+def bind(s: Settings, pool_name: str, owner: str, ip: str, hostname: str) -> None:
+    """Pin an IP to OWNER in a fixed or sticky pool, ahead of its first pod."""
+    r = s.call("Bind", pb.BindRequest(pool=pool_name, owner=owner, ip=ip, hostname=hostname))
+    addrs = ", ".join(i.address for i in r.port.ips) or "-"
+    emit_done(s, r.port, f"{owner} bound to {addrs} in pool {pool_name} (port {r.port.id[:11]})")
+
+
+def _unbind(s: Settings, pool_name: str, owner: str, verb: str) -> None:
+    r = s.call("Unbind", pb.UnbindRequest(pool=pool_name, owner=owner))
+    text = (f"{owner} {verb} in pool {pool_name}" if r.found
+            else f"{owner} has no binding in pool {pool_name}; nothing to do")
+    emit_done(s, r, text)
+
+
+@cli.command("unbind")
+@click.argument("pool_name", metavar="POOL")
+@click.argument("owner")
+@pass_settings
+def unbind(s: Settings, pool_name: str, owner: str) -> None:
+    """Free OWNER's bound IP (refused while a pod uses it)."""
+    _unbind(s, pool_name, owner, "unbound")
+
+
+@cli.command("release")
+@click.argument("pool_name", metavar="POOL")
+@click.argument("owner")
+@pass_settings
+def release(s: Settings, pool_name: str, owner: str) -> None:
+    """Release a sticky member's kept IP (same as unbind)."""
+    _unbind(s, pool_name, owner, "released")
+
+
+@cli.group()
+def namespace() -> None:
+    """Per-namespace settings."""
+
+
+@namespace.command("default")
+@click.argument("ns", metavar="NAMESPACE")
+@click.argument("pool_name", metavar="POOL")
+@pass_settings
+def namespace_default(s: Settings, ns: str, pool_name: str) -> None:
+    """Pods of NAMESPACE without other hints get their IP from POOL."""
+    r = s.call("SetNamespaceDefault", pb.SetNamespaceDefaultRequest(namespace=ns,
+                                                                    pool=pool_name))
+    emit_done(s, r, f"namespace {ns} default pool: {pool_name or '(none)'}")
+
+
+# ------------------------------------------------------------- sync, nodes
+@cli.group()
+def sync() -> None:
+    """ONOS synchronisation."""
+
+
+@sync.command("status")
+@pass_settings
+def sync_status(s: Settings) -> None:
+    """Queue depth, failures and lease holder of the ONOS sync."""
+    r = s.call("SyncStatus", pb.SyncStatusRequest())
+    emit_fields(s, r, [
+        ("enabled", r.enabled), ("pending", r.pending), ("failed", r.failed),
+        ("oldest pending", f"{r.oldest_pending_seconds:.1f}s" if r.pending else ""),
+        ("last error", r.last_error), ("last success", r.last_success),
+        ("last resync", r.last_resync), ("holder", r.holder),
+    ])
+
+
+@sync.command("now")
+@pass_settings
+def sync_now(s: Settings) -> None:
+    """Resynchronise ONOS with the IPAM state now."""
+    r = s.call("SyncNow", pb.SyncNowRequest())
+    emit_done(s, r, f"resync queued {r.queued} ONOS change(s)")
+
+
+@cli.group()
+def node() -> None:
+    """Nodes (registered by their agents)."""
+
+
+@node.command("list")
+@pass_settings
+def node_list(s: Settings) -> None:
+    """Registered nodes and whether their agents are alive."""
+    emit(s, s.call("ListNodes", pb.ListNodesRequest()).nodes, NODE_COLS)
+
+
+@node.command("delete")
+@click.argument("name")
+@pass_settings
+def node_delete(s: Settings, name: str) -> None:
+    """Forget a node (its agent re-registers if it is still running)."""
+    emit_done(s, s.call("DeleteNode", pb.DeleteNodeRequest(name=name)), f"node {name} deleted")
+
+
+# ------------------------------------- global options after the subcommand
+def _override(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        settings = ctx.find_object(Settings)
+        if value is not None and settings is not None:
+            setattr(settings, attr, value)
+    return callback
+
+
+def _trailing_globals() -> list[click.Option]:
+    return [
+        click.Option(["--controller"], default=None, metavar="HOST:PORT", expose_value=False,
+                     callback=_override("controller"), help="as the global option"),
+        click.Option(["-o", "--output"], type=click.Choice(OUTPUTS), default=None,
+                     expose_value=False, callback=_override("output"),
+                     help="as the global option"),
+        click.Option(["--timeout"], type=click.FloatRange(min=0, min_open=True), default=None,
+                     metavar="SECONDS", expose_value=False, callback=_override("timeout"),
+                     help="as the global option"),
+    ]
+
+
+def _add_trailing_globals(group: click.Group) -> None:
+    for cmd in group.commands.values():
+        if isinstance(cmd, click.Group):
+            _add_trailing_globals(cmd)
+        else:
+            cmd.params.extend(_trailing_globals())
+
+
+_add_trailing_globals(cli)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (`ipctl`)."""
+    cli.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="ipctl")
+
+
+if __name__ == "__main__":
+    main()

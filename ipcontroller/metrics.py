@@ -1,0 +1,13 @@
+"""Prometheus metrics of the controller (served on --metrics-listen)."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("ecnet_controller_requests_total", "gRPC requests by method and status",
+                   ["method", "code"])
+REQUEST_SECONDS = Histogram(
+    "ecnet_controller_request_seconds", "gRPC request latency by method", ["method"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+SYNC_PENDING = Gauge("ecnet_onos_sync_pending", "outbox rows not yet applied to ONOS")
+SYNC_FAILED = Gauge("ecnet_onos_sync_failed", "outbox rows ONOS refused (config or payload)")
+SYNC_OLDEST = Gauge("ecnet_onos_sync_oldest_pending_seconds", "age of the oldest outbox row")

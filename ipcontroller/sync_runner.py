@@ -1,0 +1,152 @@
+"""Runs the ONOS sync for one controller replica: the outbox drainer (under a lease, so one
+replica drains at a time) and the periodic full resync. Domain logic is in ipam.onos.sync.
+
+What the resync can and cannot repair (ONOS has no read-back, shared/onos-contract.md):
+* It replays every live network, subnet and port (create-or-update), so anything ONOS lost
+  (a rebuild, an emptied store) or holds in an older version comes back as the store has it.
+* It never needs to delete what the outbox still holds: a pending `delete` row is the object's
+  tombstone and the drain applies it (DELETE of an absent object is 204). Objects with any
+  pending row are left to their rows, which carry the newest state, so a resync neither
+  resurrects a port whose delete is queued nor doubles the work of the backlog.
+* It cannot delete an object that reappears in ONOS *after* its delete row was applied and
+  removed (ONOS restored from an old backup, or someone else POSTing it): without a GET there
+  is no way to learn it exists. Keeping tombstones longer would only help for ids we remember,
+  and ONOS never invents our ids, so the one case we cause ourselves (a timed-out request that
+  lands late) is handled in the worker by letting such a request settle before the object's
+  next operation (SyncWorker.settle).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from typing import Any, TypeVar
+
+from ecnet_api.v1 import ecnet_pb2 as pb
+from ipam.onos import OnosClient, SyncWorker, read_password
+from ipam.onos.model import OnosNetwork, OnosPort, OnosSubnet, from_payload
+from ipam.onos.sync import DesiredState, StoreOutbox
+from ipam.service import IpamService
+
+from .metrics import SYNC_FAILED, SYNC_OLDEST, SYNC_PENDING
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+LEASE_NAME = "onos-sync"
+# After a failed resync (ONOS down or refusing us) try again this soon, not a whole interval
+# later: the state ONOS lost stays lost until a resync succeeds.
+RESYNC_RETRY_SECONDS = 30.0
+
+
+def _ts(epoch: float | None) -> str:
+    if not epoch:
+        return ""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+
+
+class SyncRunner:
+    def __init__(self, store: Any, settings: Any, ipam: IpamService) -> None:
+        self.store = store
+        self.ipam = ipam
+        self.settings = settings
+        password = read_password(settings.onos_password_file or None)
+        self.client = OnosClient(settings.onos_url, settings.onos_user, password,
+                                 timeout=settings.onos_timeout)
+        self.worker = SyncWorker(
+            StoreOutbox(store, LEASE_NAME), self.client, settings.holder,
+            lease_ttl=settings.onos_lease_ttl, max_backoff=settings.onos_max_backoff,
+            # A timed-out call may still land in ONOS later; the object's next call waits
+            # for it (see SyncWorker.settle).
+            settle=2.0 * settings.onos_timeout,
+            # Gather a burst's rows into one round (ONOS learns ~10 ms later; the pod path
+            # competes with fewer sync rounds for the GIL and SQLite's single writer).
+            coalesce=0.01)
+        self.resync_interval = settings.onos_resync_interval
+        self.last_resync = 0.0     # when a resync last completed (status)
+        self._next_resync = 0.0    # when the periodic loop tries next (0: at start-up)
+
+    def _desired(self) -> DesiredState:
+        """The store's live objects, minus ports that still have outbox rows.
+
+        The snapshot is read first and the outbox after it. Rows cannot disappear in between
+        (only the lease holder drains, and it is busy here), so every port released after the
+        snapshot has its delete row in the second read and is skipped, never resurrected."""
+        networks, subnets, ports = self.ipam.desired_onos_state()
+        pending = self._pending_ports()
+        return DesiredState(
+            networks=[_as(OnosNetwork, from_payload("network", n)) for n in networks],
+            subnets=[_as(OnosSubnet, from_payload("subnet", s)) for s in subnets],
+            ports=[p for p in (_as(OnosPort, from_payload("port", d)) for d in ports)
+                   if p.id not in pending])
+
+    def _pending_ports(self) -> set[str]:
+        rows = getattr(self.store, "outbox_rows", None)
+        if rows is None:
+            return set()
+        return {r.object_id for r in rows() if r.kind == "port"}
+
+    def resync_now(self) -> int:
+        calls = self.worker.resync(self._desired)
+        if self.worker.status().leader:
+            self.last_resync = time.time()
+        log.info("onos resync calls=%d", calls)
+        return calls
+
+    def wake(self) -> None:
+        self.worker.wake()
+
+    def start(self, stop_event: threading.Event) -> threading.Thread:
+        t = threading.Thread(target=self._run, args=(stop_event,), name="onos-sync",
+                             daemon=True)
+        t.start()
+        return t
+
+    def _run(self, stop_event: threading.Event) -> None:
+        drainer = threading.Thread(target=self.worker.run_forever, args=(stop_event, 1.0),
+                                   name="onos-drain", daemon=True)
+        drainer.start()
+        while not stop_event.wait(1.0):
+            try:
+                st = self.worker.status()
+            except Exception:  # noqa: BLE001 - a store hiccup must not end the loop
+                log.exception("onos sync status failed")
+                continue
+            SYNC_PENDING.set(st.pending)
+            SYNC_FAILED.set(st.failed)
+            SYNC_OLDEST.set(st.oldest_pending_seconds or 0)
+            now = time.time()
+            if self.resync_interval and st.leader and now >= self._next_resync:
+                try:
+                    self.resync_now()
+                    self._next_resync = time.time() + self.resync_interval
+                except Exception as exc:  # noqa: BLE001 - retried soon, see RESYNC_RETRY
+                    log.warning("periodic onos resync failed: %s", exc)
+                    self._next_resync = time.time() + min(self.resync_interval,
+                                                          RESYNC_RETRY_SECONDS)
+        drainer.join(timeout=5)
+        self.client.close()
+
+    def lease_holder(self) -> str:
+        """Who drains right now (any replica can answer), or "" while nobody holds it."""
+        get = getattr(self.store, "lease_holder", None)
+        if get is None:
+            return self.settings.holder if self.worker.status().leader else ""
+        return str(get(LEASE_NAME, time.time()))
+
+    def status_pb(self) -> pb.SyncStatusResponse:
+        st = self.worker.status()
+        return pb.SyncStatusResponse(
+            enabled=True, pending=st.pending, failed=st.failed,
+            oldest_pending_seconds=st.oldest_pending_seconds or 0.0,
+            last_error=st.last_error, last_success=_ts(st.last_success_at),
+            last_resync=_ts(self.last_resync), holder=self.lease_holder())
+
+
+def _as(cls: type[_T], obj: object) -> _T:
+    """from_payload returns the union; the kind we asked for fixes the type."""
+    if not isinstance(obj, cls):
+        raise TypeError(f"expected {cls.__name__}, got {type(obj).__name__}")
+    return obj

@@ -1,0 +1,27 @@
+"""Open vSwitch for the node agent: an OVSDB client (bridges, ports with
+external_ids, tunnels, patch ports) over raw JSON-RPC, and a small OpenFlow helper.
+
+Imports nothing of ours (see the import-linter contracts in pyproject.toml).
+"""
+from ovs_driver.errors import (
+    OvsConnectionError,
+    OvsError,
+    OvsFlowError,
+    OvsNotFound,
+    OvsTimeout,
+    OvsTransactionError,
+)
+from ovs_driver.flows import OpenFlowBridge
+from ovs_driver.ovsdb import InterfaceInfo, OvsdbClient
+
+__all__ = [
+    "InterfaceInfo",
+    "OpenFlowBridge",
+    "OvsConnectionError",
+    "OvsError",
+    "OvsFlowError",
+    "OvsNotFound",
+    "OvsTimeout",
+    "OvsTransactionError",
+    "OvsdbClient",
+]

@@ -1,0 +1,1 @@
+"""Benchmarks: run as modules (`python -m tests.bench.ipam_scale`), never collected by pytest."""

@@ -1,0 +1,101 @@
+"""ipctl against a real controller (in-process gRPC on loopback, SQLite store)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ipcontroller.cli import cli
+from tests.lab.controller import running_controller, sqlite_url
+
+
+@pytest.fixture(scope="module")
+def addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_controller(sqlite_url(tmp_path_factory.mktemp("ipctl"))) as ctl:
+        yield f"127.0.0.1:{ctl.port}"
+
+
+def ipctl(addr: str, *args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(cli, ["--controller", addr, *args], catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_pool_and_subnet_lifecycle(addr: str) -> None:
+    assert ipctl(addr, "pool", "create", "web", "--policy", "dynamic")[0] == 0
+    code, out, _ = ipctl(addr, "subnet", "create", "web", "10.50.0.0/24", "--exclude",
+                         "10.50.0.10-10.50.0.19")
+    assert code == 0 and "10.50.0.0/24" in out and "gateway 10.50.0.1" in out
+    code, out, _ = ipctl(addr, "subnet", "list")
+    assert code == 0
+    header, row = out.splitlines()[:2]
+    assert header.split()[:4] == ["ID", "POOL", "CIDR", "GATEWAY"]
+    assert row.split()[1:] == ["web", "10.50.0.0/24", "10.50.0.1", "254", "0", "11", "0", "243"]
+    code, out, _ = ipctl(addr, "pool", "list", "-o", "json")
+    doc = json.loads(out)
+    assert doc[0]["pool"]["name"] == "web" and doc[0]["usage"]["free"] == 243
+    code, out, _ = ipctl(addr, "-o", "json", "port", "list")
+    assert code == 0 and json.loads(out) == []
+    code, out, _ = ipctl(addr, "pool", "show", "web")
+    assert code == 0 and "10.50.0.0/24" in out
+
+
+def test_bindings_and_reservations(addr: str) -> None:
+    ipctl(addr, "pool", "create", "vm", "--policy", "fixed")
+    ipctl(addr, "subnet", "create", "vm", "10.51.0.0/24")
+    code, out, _ = ipctl(addr, "bind", "vm", "ns/vm-1", "--ip", "10.51.0.40", "--hostname", "v1")
+    assert code == 0 and "10.51.0.40/24" in out
+    code, out, _ = ipctl(addr, "port", "list", "--pool", "vm", "-o", "json")
+    ports = json.loads(out)
+    assert ports[0]["owner"] == "ns/vm-1" and ports[0]["state"] == "idle"
+    assert ipctl(addr, "reserve", "vm", "10.51.0.41", "10.51.0.42")[0] == 0
+    code, out, _ = ipctl(addr, "-o", "json", "usage")
+    vm = next(p for p in json.loads(out) if p["pool"]["name"] == "vm")
+    assert vm["usage"]["bound"] == 1 and vm["usage"]["reserved"] == 3
+    assert ipctl(addr, "unbind", "vm", "ns/vm-1")[0] == 0
+    code, out, _ = ipctl(addr, "unbind", "vm", "ns/vm-1")   # idempotent for scripts
+    assert code == 0 and "nothing to do" in out
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["pool", "show", "nope"], "pool 'nope' does not exist"),
+    (["subnet", "create", "nope", "10.52.0.0/24"], "pool 'nope' does not exist"),
+    (["pool", "create", "web", "--policy", "fixed"], "pool 'web' already exists"),
+])
+def test_errors_are_one_line(addr: str, args: list[str], msg: str) -> None:
+    ipctl(addr, "pool", "create", "web", "--policy", "dynamic")
+    code, out, err = ipctl(addr, *args)
+    assert code == 1 and out == "" and err == f"ipctl: error: {msg}\n"
+
+
+def test_usage_errors_exit_2_without_calling(addr: str) -> None:
+    code, _, err = ipctl("127.0.0.1:1", "pool", "create", "x", "--policy", "bogus")
+    assert code == 2 and "Invalid value" in err
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "ipcontroller.cli", *args], cwd=root,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_unreachable_controller_as_a_process() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = run("--controller", f"127.0.0.1:{port}", "--timeout", "2", "pool", "list")
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.startswith(f"ipctl: error: cannot reach the IP controller at 127.0.0.1:{port}")
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_env_controller_as_a_process(addr: str) -> None:
+    p = run("pool", "list", env={"ECNET_CONTROLLER": addr})
+    assert p.returncode == 0 and p.stdout.splitlines()[0].split()[0] == "NAME"
