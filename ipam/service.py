@@ -245,8 +245,14 @@ class IpamService:
             uow.delete_subnet(subnet.id)
             self._outbox(uow, "subnet", subnet.id, "delete", None)
             if pool is not None:
-                self._outbox(uow, "network", pool.network_id, "upsert",
-                             network_payload(pool, uow.list_subnets(pool.id)))
+                remaining = uow.list_subnets(pool.id)
+                # A pool without subnets has no network in ONOS (resync leaves it out too);
+                # the next subnet creates it again.
+                if remaining:
+                    self._outbox(uow, "network", pool.network_id, "upsert",
+                                 network_payload(pool, remaining))
+                else:
+                    self._outbox(uow, "network", pool.network_id, "delete", None)
 
     # -------------------------------------------------------------- pod path
     def allocate(self, req: AllocationRequest) -> Allocation:
@@ -299,6 +305,9 @@ class IpamService:
                                generation=port.generation + 1)
                 if not uow.update_port(idle, port.generation):
                     raise PolicyConflict(f"port {port.id} changed concurrently; retry")
+                # ONOS keeps the port (the owner comes back to it) but must stop binding it
+                # to the departed pod and its host.
+                self._outbox(uow, "port", idle.id, "upsert", port_payload(pool, idle))
                 return ReleaseResult(True, port.id, "kept")
             outcome = self._drop_port(uow, pool, port, now)
             return ReleaseResult(True, port.id, outcome)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import addr
-from .domain import Pool, Port, Subnet
+from .domain import Pool, Port, PortState, Subnet
 
 TENANT = "ecnet"
 
@@ -36,10 +36,13 @@ def subnet_payload(pool: Pool, subnet: Subnet, free: list[tuple[int, int]]) -> d
 def port_payload(pool: Pool, port: Port) -> dict[str, Any]:
     name = (f"{port.pod_namespace}_{port.pod_name}" if port.pod_name
             else (port.owner or port.id))
+    # An idle bound port (fixed/sticky owner between pods) is kept but bound to nothing, as
+    # an unplugged Neutron port: no device, no host.
+    idle = port.state is PortState.IDLE
     return {"port": {
         "id": port.id, "name": name, "network_id": pool.network_id,
         "mac_address": port.mac,
         "fixed_ips": [[a.subnet_id, a.ip] for a in port.addresses],
-        "device_id": port.pod_uid, "device_owner": "compute:kubernetes",
-        "host_id": port.node,
+        "device_id": "" if idle else port.pod_uid, "device_owner": "compute:kubernetes",
+        "host_id": "" if idle else port.node,
     }}

@@ -444,3 +444,28 @@ def test_sqlite_writer_never_builds_on_a_dirty_connection(tmp_path: Any) -> None
         assert [p.name for p, _, _ in s.list_pools()] == ["p", "q"]
     finally:
         store.close()
+
+
+def test_kept_release_unbinds_the_port_in_onos(store: Any, svc: IpamService) -> None:
+    """A fixed owner's port stays, but ONOS must stop binding it to the gone pod and host."""
+    svc.create_pool("p", "fixed")
+    svc.create_subnet("p", "10.15.0.0/24")
+    a = svc.allocate(req("c1", owner="vm-1"))
+    assert svc.release("c1", "eth0").outcome == "kept"
+    last = [r for r in store.outbox_rows() if r.kind == "port"][-1]
+    assert (last.object_id, last.op) == (a.port.id, "upsert")
+    body = last.payload["port"]
+    assert body["device_id"] == "" and body["host_id"] == ""
+    assert body["fixed_ips"] == [[a.port.addresses[0].subnet_id, ips(a)[0]]]
+
+
+def test_deleting_the_last_subnet_deletes_the_network(store: Any, svc: IpamService) -> None:
+    pool = svc.create_pool("p", "dynamic")
+    svc.create_subnet("p", "10.16.0.0/24")
+    svc.create_subnet("p", "10.16.1.0/24")
+    svc.delete_subnet("10.16.0.0/24")
+    net_rows = [r for r in store.outbox_rows() if r.kind == "network"]
+    assert net_rows[-1].op == "upsert" and len(net_rows[-1].payload["network"]["subnet_ids"]) == 1
+    svc.delete_subnet("10.16.1.0/24")
+    last = [r for r in store.outbox_rows() if r.kind == "network"][-1]
+    assert (last.object_id, last.op) == (pool.network_id, "delete")
