@@ -252,3 +252,72 @@ def test_agent_restart_sweeps_orphans_and_keeps_pods(lab: Lab, node: LabNode) ->
     assert node.link_exists(live_host)
     other = node.add_pod("after-restart")
     assert ping(other, live.ip)
+
+
+def annotated(node: LabNode, **annotations: str) -> dict:
+    """A network config as containerd sends it with the pod-annotations capability."""
+    return node.netconf(capabilities={"io.kubernetes.cri.pod-annotations": True},
+                        runtimeConfig={"io.kubernetes.cri.pod-annotations": {
+                            f"ecnet.io/{k.replace('_', '-')}": v
+                            for k, v in annotations.items()}})
+
+
+def first_ip(res: object) -> str:
+    return res.out["ips"][0]["address"].split("/")[0]  # type: ignore[attr-defined]
+
+
+def test_policies_through_the_binary(lab: Lab, node: LabNode) -> None:
+    """Each product type, chosen by pod annotations: ADD, DEL, re-ADD as a new sandbox
+    (new container id and pod UID) of the same pod."""
+    lab.ipctl("pool", "create", "grp", "--policy", "sticky")
+    lab.ipctl("subnet", "create", "grp", "10.64.0.0/24")
+    lab.ipctl("pool", "create", "web", "--policy", "dynamic")   # default 60 s quarantine
+    lab.ipctl("subnet", "create", "web", "10.65.0.0/29")
+    lab.ipctl("bind", "vm", "light-vm-7", "--ip", "10.63.0.77")
+
+    def cycle(name: str, conf: dict, ns: str = "shop") -> tuple[str, str, LabNode]:
+        a = node.new_pod(name, ns)
+        r1 = node.cni("ADD", a, conf)
+        assert r1.ok, r1.raw
+        assert node.cni("DEL", a, conf).ok
+        b = node.new_pod(name, ns)
+        assert (b.container_id, b.uid) != (a.container_id, a.uid)
+        r2 = node.cni("ADD", b, conf)
+        assert r2.ok, r2.raw
+        assert node.cni("DEL", b, conf).ok
+        return first_ip(r1), first_ip(r2), node
+
+    # sticky: the member (namespace/name) gets its IP back; another member does not share it
+    sticky = annotated(node, product_type="sticky", pool="grp")
+    ip1, ip2, _ = cycle("db-0", sticky)
+    assert ip1 == ip2 and ip1.startswith("10.64.0.")
+    other, _, _ = cycle("db-1", sticky)
+    assert other != ip1
+    # fixed, pinned by the admin before the first pod
+    pinned = annotated(node, product_type="fixed", pool="vm", owner="light-vm-7")
+    ip1, ip2, _ = cycle("vm-seven", pinned)
+    assert ip1 == ip2 == "10.63.0.77"
+    # dynamic: the released address rests in quarantine, the new sandbox gets another one
+    ip1, ip2, _ = cycle("api-x", annotated(node, product_type="dynamic", pool="web"))
+    assert ip1 != ip2 and ip1.startswith("10.65.0.") and ip2.startswith("10.65.0.")
+    web = next(p["usage"] for p in json.loads(lab.ipctl("pool", "list", "-o", "json").stdout)
+               if p["pool"]["name"] == "web")
+    assert web.get("quarantined") == 2 and not web.get("used"), web
+    # the annotation's product type must agree with the pool's policy
+    bad = node.cni("ADD", node.new_pod("db-2", "shop"),
+                   annotated(node, product_type="dynamic", pool="grp"))
+    assert not bad.ok and "policy sticky" in bad.out["msg"]
+
+
+def test_a_second_live_pod_on_a_bound_ip_is_refused(lab: Lab, node: LabNode) -> None:
+    conf = annotated(node, product_type="sticky", pool="grp")
+    first = node.new_pod("cache-0", "shop")
+    assert node.cni("ADD", first, conf).ok
+    twin = node.new_pod("cache-0", "shop")          # same member identity, another live pod
+    res = node.cni("ADD", twin, conf)
+    assert not res.ok and "held by live pod" in res.out["msg"], res.raw
+    assert not any(i["ifname"] == "eth0" for i in json.loads(
+        twin.exec("ip", "-j", "link").stdout)), "a refused ADD must leave nothing in the netns"
+    assert node.cni("DEL", twin, conf).ok            # the runtime's cleanup DEL is harmless
+    assert node.cni("CHECK", first, conf).ok          # ... and does not touch the live pod
+    assert node.cni("DEL", first, conf).ok
