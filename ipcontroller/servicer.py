@@ -25,6 +25,7 @@ from ipam.domain import AllocationRequest, Node, PodIdentity, Pool, Port, Subnet
 from ipam.errors import Busy
 from ipam.service import IpamService
 
+from .activity import ActivitySummary
 from .errors import status_for
 from .metrics import REQUEST_SECONDS, REQUESTS
 
@@ -51,6 +52,8 @@ def _handle(method: F) -> F:
                     time.sleep(random.uniform(0, 0.002 * (2 ** attempt)))
         except Exception as exc:  # noqa: BLE001 - the one edge where errors become statuses
             code, msg, cls = status_for(exc)
+            log.log(logging.INFO if code is grpc.StatusCode.NOT_FOUND else logging.WARNING,
+                    "%s refused code=%s error=%s msg=%s", name, code.name, cls, msg)
             context.set_trailing_metadata((("ecnet-error", cls),))
             context.abort(code, msg)
         finally:
@@ -181,6 +184,7 @@ class ControllerServicer(pb_grpc.IPControllerServicer):
         self.ipam = ipam
         self.heartbeat_seconds = heartbeat_seconds
         self.on_change = on_change or (lambda: None)
+        self.activity = ActivitySummary()
 
     @_handle
     def AllocatePort(self, request: pb.AllocateRequest, context: grpc.ServicerContext
@@ -194,8 +198,9 @@ class ControllerServicer(pb_grpc.IPControllerServicer):
         alloc = self.ipam.allocate(req)
         if not alloc.existing:
             self.on_change()
-        log.info("allocated port=%s container=%s ifname=%s pod=%s/%s existing=%s",
-                 alloc.port.id, request.container_id[:12], request.ifname,
+        self.activity.note("allocate-existing" if alloc.existing else "allocate-new")
+        log.debug("allocated port=%s container=%s ifname=%s pod=%s/%s existing=%s",
+                  alloc.port.id, request.container_id[:12], request.ifname,
                  request.pod.namespace, request.pod.name, alloc.existing)
         return pb.AllocateResponse(port=port_pb(alloc.port, alloc.pool, alloc.subnets),
                                    existing=alloc.existing)
@@ -206,8 +211,9 @@ class ControllerServicer(pb_grpc.IPControllerServicer):
         res = self.ipam.release(request.container_id, request.ifname, request.pod_uid)
         if res.found:
             self.on_change()
-        log.info("released container=%s ifname=%s outcome=%s port=%s",
-                 request.container_id[:12], request.ifname, res.outcome, res.port_id)
+        self.activity.note(f"release-{res.outcome}")
+        log.debug("released container=%s ifname=%s outcome=%s port=%s",
+                  request.container_id[:12], request.ifname, res.outcome, res.port_id)
         return pb.ReleaseResponse(found=res.found, port_id=res.port_id, outcome=res.outcome)
 
     @_handle

@@ -158,8 +158,11 @@ class Agent:
 
     def _sweep_orphans(self) -> None:
         """A crash mid-ADD can leave a veth that no OVS port (and so no DEL) will find:
-        a temporary `ectmp*` pair, or a `tap*` pair never attached. Remove them at start."""
+        a temporary `ectmp*` pair, or a `tap*` pair never attached. Remove them at start,
+        and the pairs a previous run doomed (DEL) but did not reap before it stopped."""
         try:
+            if self.netlink.reap_doomed():
+                log.info("removed veth pairs of deleted pods left by the previous run")
             for name in self.netlink.host_veths(("ectmp", "tap")):
                 if name.startswith("tap") and (not _OUR_TAP.fullmatch(name)
                                                or self.ovs.get_interface(name) is not None):
@@ -207,6 +210,7 @@ class Agent:
             self.handler.teardown.drain(timeout=10)
         except Exception as exc:  # noqa: BLE001 - shutting down; the netns removal cleans up
             log.warning("veth teardown did not finish: %s", exc)
+        self.handler.teardown.stop()
         # Flows and tunnels stay: pods keep talking while the agent restarts.
         for t in self._threads:
             if t.name == "datapath":

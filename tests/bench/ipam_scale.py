@@ -107,13 +107,13 @@ class ControllerProcess:
 
 
 # --------------------------------------------------------------------------- clients
-def _alloc_req(pb: Any, cid: str) -> Any:
-    return pb.AllocateRequest(container_id=cid, ifname="eth0", node="bench-node", pool=POOL,
+def _alloc_req(pb: Any, cid: str, pool: str = POOL) -> Any:
+    return pb.AllocateRequest(container_id=cid, ifname="eth0", node="bench-node", pool=pool,
                               pod=pb.PodRef(namespace="bench", name=cid, uid=f"uid-{cid}"))
 
 
 def _client(target: str, tag: str, concurrency: int, rounds: int, window: float,
-            barrier: Any, out: Any) -> None:
+            barrier: Any, out: Any, pool: str = POOL) -> None:
     """One client process: `concurrency` calls in flight (asyncio: a load generator cheap
     enough to leave the CPU to the controller on a 2-core machine). Each round: allocate
     fresh container ids until the window closes, then release all of them."""
@@ -128,7 +128,7 @@ def _client(target: str, tag: str, concurrency: int, rounds: int, window: float,
         async with grpc.aio.insecure_channel(target) as ch:
             stub = pb_grpc.IPControllerStub(ch)
             warm = f"{tag}-warm"
-            await stub.AllocatePort(_alloc_req(pb, warm))
+            await stub.AllocatePort(_alloc_req(pb, warm, pool))
             await stub.ReleasePort(pb.ReleaseRequest(container_id=warm, ifname="eth0"))
             allocs: list[float] = []
             rels: list[float] = []
@@ -142,7 +142,7 @@ def _client(target: str, tag: str, concurrency: int, rounds: int, window: float,
                     cid = f"{prefix}-{seq}"
                     t0 = time.perf_counter()
                     try:
-                        await stub.AllocatePort(_alloc_req(pb, cid))
+                        await stub.AllocatePort(_alloc_req(pb, cid, pool))
                     except grpc.RpcError:
                         errors += 1
                         continue
@@ -195,13 +195,14 @@ class Load:
     errors: int
 
 
-def run_load(target: str, clients: int, concurrency: int, rounds: int, window: float) -> Load:
+def run_load(target: str, clients: int, concurrency: int, rounds: int, window: float,
+             pool: str = POOL) -> Load:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     barrier = ctx.Barrier(clients)
     tag = uuid.uuid4().hex[:8]
     procs = [ctx.Process(target=_client, args=(target, f"{tag}{c}", concurrency, rounds,
-                                                window, barrier, out))
+                                                window, barrier, out, pool))
              for c in range(clients)]
     for p in procs:
         p.start()
@@ -264,7 +265,8 @@ def bench_backend(backend: str, db: str, args: argparse.Namespace, workdir: Path
         in_store = used_count(store, subnet.id)
         print(f"  {backend} {level}%: {in_store} allocations in the store "
               f"(filled in {time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
-        ctl = ControllerProcess(db, workdir / f"controller-{backend}.log", args.workers)
+        ctl = ControllerProcess(db, workdir / f"controller-{backend}.log", args.workers,
+                                tuple(args.controller_arg))
         try:
             ready = ctl.wait_ready()
             first = _first_allocation(ctl)
@@ -318,6 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--window", type=float, default=2.0,
                    help="seconds each round allocates (then releases what it got)")
     p.add_argument("--workers", type=int, default=0, help="controller --workers (0: default)")
+    p.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
+                   help="extra controller argument (repeat), e.g. --controller-arg=--log-level"
+                        " --controller-arg=warning")
     args = p.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
     started = time.perf_counter()

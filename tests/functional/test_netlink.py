@@ -177,6 +177,44 @@ def test_delete_by_netns_when_host_end_unknown(nl: PodNetlink, netns: LabNetns,
     assert _json("link", "show", "dev", "eth0", netns=netns.name)
 
 
+def test_doomed_pairs_go_in_one_batch(nl: PodNetlink) -> None:
+    """DEL only marks the host end; one group delete later removes every marked pair, pod
+    ends included, and leaves unmarked pairs alone."""
+    spaces = [make_netns() for _ in range(3)]
+    taps = [unique_name("tapd") for _ in spaces]
+    keep = unique_name("tapk")
+    try:
+        for ns, t in zip(spaces, taps, strict=True):
+            nl.setup_pod_interface(_spec(LabNetns(ns), t))
+        nl.setup_pod_interface(_spec(LabNetns(spaces[0]), keep, ifname="eth1"))
+        assert all(nl.doom_host_end(t) for t in taps)
+        assert all(not host_link_gone(t) for t in taps)       # marked, not yet deleted
+        assert nl.doom_host_end(unique_name("tapn")) is False  # nothing by that name
+        assert nl.reap_doomed() is True
+        assert all(host_link_gone(t) for t in taps)
+        for ns in spaces:
+            assert "eth0" not in {link["ifname"] for link in _json("link", netns=ns)}
+        assert not host_link_gone(keep)
+        assert nl.reap_doomed() is False                       # nothing left to reap
+    finally:
+        for ns in spaces:
+            del_netns(ns)
+        for t in (*taps, keep):
+            if not host_link_gone(t):
+                ip("link", "del", "dev", t, check=False)
+
+
+def test_doom_refuses_what_is_not_a_veth(nl: PodNetlink) -> None:
+    name = unique_name("tapb")
+    ip("link", "add", name, "type", "bridge")
+    try:
+        assert nl.doom_host_end(name) is False
+        nl.reap_doomed()
+        assert not host_link_gone(name)
+    finally:
+        ip("link", "del", "dev", name, check=False)
+
+
 def test_setup_into_missing_netns(nl: PodNetlink, tap: str) -> None:
     missing = f"/var/run/netns/ect-missing-{uuid.uuid4().hex[:8]}"
     with pytest.raises(NetnsNotFound, match="does not exist"):

@@ -1,6 +1,7 @@
 """The controller over real gRPC on loopback, with a real SQLite store."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grpc
@@ -94,3 +95,21 @@ def test_node_registration(stubs) -> None:  # type: ignore[no-untyped-def]
         ctl.RegisterNode(pb.RegisterNodeRequest(node=pb.NodeInfo(name="h2",
                                                                  underlay_ip="bogus")))
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_activity_summary_counts_and_reports_once_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from ipcontroller.activity import ActivitySummary
+    now = [0.0]
+    summary = ActivitySummary(interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="ipcontroller.activity"):
+        for _ in range(3):
+            summary.note("allocate-new")
+        summary.note("release-released")
+        assert caplog.records == []            # nothing until the interval is over
+        now[0] = 10.5
+        summary.note("allocate-new")
+        now[0] = 11.0
+        summary.note("allocate-new")           # a new interval has begun: no second line
+    assert [r.getMessage() for r in caplog.records] == [
+        "activity in the last 10s: allocate-new=4 release-released=1"]
