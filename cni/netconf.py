@@ -59,8 +59,14 @@ class CniRequest:
 
     @property
     def pool(self) -> str:
-        """Annotation first, then the network config (the controller adds the ns default)."""
-        return self.conf.annotations.get(ANNOTATION_PREFIX + "pool", "") or self.conf.pool
+        """The pod's own choice (annotation); the controller weighs it first."""
+        return self.conf.annotations.get(ANNOTATION_PREFIX + "pool", "")
+
+    @property
+    def config_pool(self) -> str:
+        """The network config's pool: after the pod's annotations, before the namespace
+        default (the controller decides)."""
+        return self.conf.pool
 
     @property
     def product_type(self) -> str:

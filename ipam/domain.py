@@ -115,11 +115,12 @@ class AllocationRequest:
     node: str = ""
     netns: str = ""
     product_type: str = ""
-    pool: str = ""
+    pool: str = ""          # chosen by the pod (ecnet.io/pool annotation)
     requested_ip: str = ""
     owner: str = ""
     hostname: str = ""
-    port_id: str = ""   # proposed id for a new port (the agent names the host end from it)
+    port_id: str = ""       # proposed id for a new port (the agent names the host end from it)
+    config_pool: str = ""   # the network config's pool: after the pod's own choices
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Pure policy decisions: which pool a pod lands in, and who owns a binding.
 
-First match wins (DESIGN.md "Product types"): pod annotations passed by the runtime, then the
-network config, then the namespace default the controller keeps, then a pool that declares
-the requested product type.
+First match wins (DESIGN.md "Product types"): pod annotations passed by the runtime (pool, the
+pool of a requested IP, product type), then the network config, then the namespace default
+the controller keeps, then a pool that declares the requested product type.
 """
 from __future__ import annotations
 
@@ -37,37 +37,65 @@ def policy_for_product_type(product_type: str) -> Policy | None:
 
 
 def choose_pool(req: AllocationRequest, pools: Iterable[Pool],
-                namespace_default: str | None) -> Pool:
-    """Pick the pool for a request and check the product type agrees with its policy."""
+                namespace_default: str | None, ip_pool: str | None = None) -> Pool:
+    """Pick the pool for a request; first match wins (issue 3, DESIGN.md):
+
+    1. the `ecnet.io/pool` annotation (`req.pool`): must exist and fit the product type;
+    2. the pool owning the `ecnet.io/ip` annotation's address (`ip_pool`, found by the
+       caller from the subnets);
+    3. the network config's pool (`req.config_pool`), then the namespace default, each
+       taken only if it fits the requested product type (an annotated product type beats
+       the network config);
+    4. with a product type and nothing above: the one pool declaring that product type by
+       name, else the one pool with its policy.
+    """
     by_name = {p.name: p for p in pools}
     wanted = policy_for_product_type(req.product_type)
-    name = req.pool
-    if not name and namespace_default:
-        default = by_name.get(namespace_default)
-        if default is not None and (wanted is None or default.policy is wanted):
-            name = namespace_default
-    if name:
-        pool = by_name.get(name)
+
+    def fits(pool: Pool) -> bool:
+        return wanted is None or pool.policy is wanted
+
+    if req.pool:
+        pool = by_name.get(req.pool)
         if pool is None:
-            raise NotFound(f"pool {name!r} does not exist")
-    else:
-        if wanted is None:
-            raise InvalidArgument(
-                "no pool for this pod: set the ecnet.io/pool annotation, the network "
-                "config's \"pool\", or a namespace default (ipctl namespace default)")
-        typed = [p for p in by_name.values()
-                 if p.product_type and policy_for_product_type(p.product_type) is wanted]
-        if not typed:
-            typed = [p for p in by_name.values() if p.policy is wanted and not p.product_type]
-        if len(typed) != 1:
-            raise InvalidArgument(
-                f"product type {req.product_type!r} matches {len(typed)} pools; name one")
-        pool = typed[0]
-    if wanted is not None and wanted is not pool.policy:
-        raise PolicyConflict(
-            f"pod asks for product type {req.product_type!r} ({wanted.value}) but pool "
-            f"{pool.name!r} has policy {pool.policy.value}")
-    return pool
+            raise NotFound(f"pool {req.pool!r} does not exist")
+        if not fits(pool):
+            raise _mismatch(req, pool)
+        return pool
+    if ip_pool:
+        pool = by_name[ip_pool]
+        if not fits(pool):
+            raise _mismatch(req, pool)
+        return pool
+    if req.config_pool and req.config_pool not in by_name:
+        raise NotFound(f"pool {req.config_pool!r} (network config) does not exist")
+    for name in (req.config_pool, namespace_default):
+        if name and name in by_name and fits(by_name[name]):
+            return by_name[name]
+    if wanted is None:
+        raise InvalidArgument(
+            "no pool for this pod: set the ecnet.io/pool annotation, the network "
+            "config's \"pool\", or a namespace default (ipctl namespace default)")
+    label = req.product_type.strip().lower()
+    typed = [p for p in by_name.values() if p.product_type.strip().lower() == label]
+    if not typed:
+        typed = [p for p in by_name.values() if p.product_type
+                 and policy_for_product_type(p.product_type) is wanted]
+    if not typed:
+        typed = [p for p in by_name.values() if p.policy is wanted and not p.product_type]
+    if len(typed) != 1:
+        raise InvalidArgument(
+            f"product type {req.product_type!r} matches {len(typed)} pools; name one "
+            "(ecnet.io/pool)")
+    return typed[0]
+
+
+def _mismatch(req: AllocationRequest, pool: Pool) -> PolicyConflict:
+    wanted = policy_for_product_type(req.product_type)
+    assert wanted is not None
+    return PolicyConflict(
+        f"pod asks for product type {req.product_type!r} ({wanted.value}) but pool "
+        f"{pool.name!r} has policy {pool.policy.value}")
 
 
 def owner_of(req: AllocationRequest, pool: Pool) -> str | None:

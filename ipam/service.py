@@ -274,7 +274,8 @@ class IpamService:
                 return Allocation(existing, view.pool, view.subnets, True)
             pool = choose_pool(req, cfg.pools,
                                cfg.namespace_defaults.get(req.pod.namespace)
-                               if req.pod.namespace else None)
+                               if req.pod.namespace else None,
+                               self._pool_of_ip(cfg, req) if not req.pool else None)
             view = cfg.by_id[pool.id]
             if not view.subnets:
                 raise PoolExhausted(f"pool {pool.name!r} has no subnets")
@@ -486,10 +487,43 @@ class IpamService:
         return PoolView.of(pool, uow.list_subnets(pool_id))
 
     def _find_subnet(self, uow: UnitOfWork, cidr_or_id: str) -> Subnet:
-        for s in uow.list_subnets():
-            if s.id == cidr_or_id or s.cidr == cidr_or_id or s.id.startswith(cidr_or_id):
-                return s
-        raise NotFound(f"subnet {cidr_or_id!r} does not exist")
+        """By CIDR (any spelling of it), full id, or an unambiguous id prefix of at least
+        8 characters (what `ipctl subnet list` shows). Never a guess: an admin deletes by it."""
+        text = cidr_or_id.strip()
+        if not text:
+            raise InvalidArgument("a subnet CIDR or id is required")
+        subnets = uow.list_subnets()
+        try:
+            cidr = str(addr.parse_network(text)) if "/" in text else ""
+        except ValueError:
+            cidr = ""
+        exact = [s for s in subnets if s.id == text or s.cidr in (text, cidr)]
+        if exact:
+            return exact[0]
+        if len(text) >= 8:
+            prefixed = [s for s in subnets if s.id.startswith(text)]
+            if len(prefixed) == 1:
+                return prefixed[0]
+            if prefixed:
+                raise InvalidArgument(f"subnet id prefix {text!r} matches {len(prefixed)} "
+                                      "subnets; give more of it")
+        raise NotFound(f"subnet {text!r} does not exist")
+
+    @staticmethod
+    def _pool_of_ip(cfg: ConfigSnapshot, req: AllocationRequest) -> str | None:
+        """The pool whose subnet holds the pod's `ecnet.io/ip`, so the address alone
+        selects its pool."""
+        if not req.requested_ip:
+            return None
+        try:
+            ip = addr.parse_address(req.requested_ip)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        for view in cfg.by_id.values():
+            for _, members in view.families:
+                if any(ip in net for _, net in members):
+                    return view.pool.name
+        raise NotFound(f"no pool has a subnet holding {req.requested_ip}")
 
     @staticmethod
     def _locate(view: PoolView, text: str) -> tuple[Subnet, int, str]:
@@ -559,8 +593,10 @@ class IpamService:
             raise PolicyConflict(
                 f"owner {bound.owner!r} is bound to "
                 f"{', '.join(a.ip for a in bound.addresses)}, not {req.requested_ip}")
-        if bound.state is PortState.ACTIVE and bound.pod_uid != req.pod.uid:
-            # Two live pods on one IP is the bug every peer shipped; refuse it.
+        if bound.state is PortState.ACTIVE and (not bound.pod_uid
+                                                or bound.pod_uid != req.pod.uid):
+            # Two live pods on one IP is the bug every peer shipped; refuse it. Without a
+            # pod UID on both sides nothing proves it is the same pod: refuse too.
             raise PolicyConflict(
                 f"address {', '.join(a.ip for a in bound.addresses)} of owner "
                 f"{bound.owner!r} is held by live pod uid {bound.pod_uid or '?'} "

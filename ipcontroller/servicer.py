@@ -194,7 +194,8 @@ class ControllerServicer(pb_grpc.IPControllerServicer):
             pod=PodIdentity(request.pod.namespace, request.pod.name, request.pod.uid),
             node=request.node, netns=request.netns, product_type=request.product_type,
             pool=request.pool, requested_ip=request.requested_ip, owner=request.owner,
-            hostname=request.hostname, port_id=request.port_id)
+            hostname=request.hostname, port_id=request.port_id,
+            config_pool=request.config_pool)
         alloc = self.ipam.allocate(req)
         if not alloc.existing:
             self.on_change()

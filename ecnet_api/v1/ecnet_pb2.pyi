@@ -17,7 +17,7 @@ class PodRef(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("container_id", "ifname", "netns", "node", "pod", "product_type", "pool", "requested_ip", "owner", "network", "hostname", "port_id")
+    __slots__ = ("container_id", "ifname", "netns", "node", "pod", "product_type", "pool", "requested_ip", "owner", "network", "hostname", "port_id", "config_pool")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     IFNAME_FIELD_NUMBER: _ClassVar[int]
     NETNS_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class AllocateRequest(_message.Message):
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PORT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_POOL_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     ifname: str
     netns: str
@@ -42,7 +43,8 @@ class AllocateRequest(_message.Message):
     network: str
     hostname: str
     port_id: str
-    def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., netns: _Optional[str] = ..., node: _Optional[str] = ..., pod: _Optional[_Union[PodRef, _Mapping]] = ..., product_type: _Optional[str] = ..., pool: _Optional[str] = ..., requested_ip: _Optional[str] = ..., owner: _Optional[str] = ..., network: _Optional[str] = ..., hostname: _Optional[str] = ..., port_id: _Optional[str] = ...) -> None: ...
+    config_pool: str
+    def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., netns: _Optional[str] = ..., node: _Optional[str] = ..., pod: _Optional[_Union[PodRef, _Mapping]] = ..., product_type: _Optional[str] = ..., pool: _Optional[str] = ..., requested_ip: _Optional[str] = ..., owner: _Optional[str] = ..., network: _Optional[str] = ..., hostname: _Optional[str] = ..., port_id: _Optional[str] = ..., config_pool: _Optional[str] = ...) -> None: ...
 
 class IPConfig(_message.Message):
     __slots__ = ("address", "gateway", "subnet_id", "cidr")

@@ -28,15 +28,17 @@ def test_parse_full_request() -> None:
     assert (r.command, r.container_id, r.ifname) == ("ADD", "abc123", "eth0")
     assert (r.args.pod_namespace, r.args.pod_name, r.args.pod_uid) == ("ns", "web-0", "u-1")
     assert r.args.extra == {"IgnoreUnknown": "1"}
-    assert (r.pool, r.product_type, r.requested_ip) == ("web", "light-vm", "10.0.0.9")
+    assert (r.pool, r.config_pool, r.product_type, r.requested_ip) == \
+        ("", "web", "light-vm", "10.0.0.9")
 
 
-def test_annotation_pool_beats_netconf_pool() -> None:
+def test_annotation_pool_and_netconf_pool_travel_apart() -> None:
+    """The controller weighs them (annotation first); the agent only passes both on."""
     r = parse_request(ENV, conf(pool="a", runtimeConfig={
         "io.kubernetes.cri.pod-annotations": {"ecnet.io/pool": "b"}}))
-    assert r.pool == "b"
+    assert (r.pool, r.config_pool) == ("b", "a")
     r = parse_request(ENV, conf(ecnet={"productType": "stateless", "pool": "c"}))
-    assert (r.pool, r.product_type) == ("c", "stateless")
+    assert (r.pool, r.config_pool, r.product_type) == ("", "c", "stateless")
 
 
 @pytest.mark.parametrize("stdin,cls,code", [

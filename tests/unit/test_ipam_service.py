@@ -469,3 +469,67 @@ def test_deleting_the_last_subnet_deletes_the_network(store: Any, svc: IpamServi
     svc.delete_subnet("10.16.1.0/24")
     last = [r for r in store.outbox_rows() if r.kind == "network"][-1]
     assert (last.object_id, last.op) == (pool.network_id, "delete")
+
+
+def test_subnet_is_found_by_cidr_or_unambiguous_id_only(svc: IpamService) -> None:
+    svc.create_pool("p", "dynamic")
+    a = svc.create_subnet("p", "10.17.0.0/24")
+    b = svc.create_subnet("p", "10.17.1.0/24")
+    for bad in ("", "   ", a.id[:1], a.id[:7]):
+        with pytest.raises((InvalidArgument, NotFound)):
+            svc.delete_subnet(bad)
+    assert {s.cidr for s, _, _ in svc.list_subnets()} == {a.cidr, b.cidr}  # nothing deleted
+    svc.delete_subnet(a.id[:8])
+    svc.delete_subnet(" 10.17.1.0/24 ")
+    assert svc.list_subnets() == []
+
+
+def test_a_bound_port_without_pod_uids_is_not_taken_over(svc: IpamService) -> None:
+    """No UID on either side proves nothing: a second container for a live owner is
+    refused, exactly as with differing UIDs."""
+    svc.create_pool("p", "sticky")
+    svc.create_subnet("p", "10.18.0.0/24")
+    def no_uid(cid: str) -> AllocationRequest:
+        return AllocationRequest(container_id=cid, ifname="eth0", pool="p", node="n1",
+                                 pod=PodIdentity("ns", "db-0", ""))
+    first = svc.allocate(no_uid("c1"))
+    with pytest.raises(PolicyConflict, match="held by live pod"):
+        svc.allocate(no_uid("c2"))
+    svc.release("c1", "eth0")
+    again = svc.allocate(no_uid("c2"))
+    assert ips(again) == ips(first)
+
+
+def test_pool_selection_first_match_wins(svc: IpamService) -> None:
+    """Annotations (pool, the pool of a requested IP, product type) beat the network
+    config's pool, which beats the namespace default."""
+    svc.create_pool("web", "dynamic")
+    svc.create_subnet("web", "10.19.0.0/24")
+    svc.create_pool("vms", "fixed", product_type="light-vm")
+    svc.create_subnet("vms", "10.19.1.0/24")
+    svc.create_pool("group", "fixed", product_type="static-group")
+    svc.create_subnet("group", "10.19.2.0/24")
+    svc.create_pool("db", "sticky")
+    svc.create_subnet("db", "10.19.3.0/24")
+    svc.set_namespace_default("ns", "db")
+
+    def pick(cid: str, **kw: Any) -> str:
+        return ips(svc.allocate(req(cid, pool=kw.pop("pool", ""), **kw)))[0]
+
+    assert pick("a1", config_pool="web").startswith("10.19.0.")       # netconf over default
+    assert pick("a2").startswith("10.19.3.")                          # namespace default
+    assert pick("a3", pool="vms", config_pool="web").startswith("10.19.1.")
+    # an annotated product type beats a network-config pool of another policy, and the
+    # product-type *name* picks between two pools of the same policy
+    assert pick("a4", product_type="light-vm", config_pool="web").startswith("10.19.1.")
+    assert pick("a5", product_type="static-group").startswith("10.19.2.")
+    with pytest.raises(InvalidArgument, match="matches 2 pools"):
+        pick("a6", product_type="fixed")
+    # the requested address selects its own pool
+    assert pick("a7", requested_ip="10.19.2.77", config_pool="web") == "10.19.2.77"
+    with pytest.raises(NotFound, match="no pool has a subnet"):
+        pick("a8", requested_ip="192.0.2.1")
+    with pytest.raises(PolicyConflict, match="has policy fixed"):
+        pick("a9", requested_ip="10.19.1.9", product_type="dynamic")
+    with pytest.raises(NotFound, match="network config"):
+        pick("a10", config_pool="nope")
