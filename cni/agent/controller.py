@@ -114,10 +114,14 @@ class ControllerClient:
         return self._call(self.stub.GetTopology, pb.TopologyRequest(node=node))
 
     def ready(self, timeout: float = 1.0) -> bool:
+        fut = grpc.channel_ready_future(self.channel)
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+            fut.result(timeout=timeout)
             return True
         except grpc.FutureTimeoutError:
+            # An unfinished future stays subscribed to the channel until it connects:
+            # without cancel, every check during an outage would pile one up.
+            fut.cancel()
             return False
 
     def close(self) -> None:

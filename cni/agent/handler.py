@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ecnet_api.v1 import ecnet_pb2 as pb
+from ovs_driver.errors import OvsError
 
 from .. import errors as ce
 from ..netconf import SUPPORTED_VERSIONS, CniRequest
@@ -79,6 +80,10 @@ def port_info(port: pb.Port) -> PortInfo:
                     mtu=port.mtu, hostname=port.hostname)
 
 
+# Prefix of the lock keys for host interface names (the others are container ids).
+_NAME_LOCK = "host-if:"
+
+
 class KeyedLocks:
     def __init__(self) -> None:
         self._guard = threading.Lock()
@@ -108,7 +113,8 @@ class Teardown:
     thread deletes the whole group in one request a moment later, so the kernel's RCU
     grace periods (~16 ms per pair) are paid once per batch, on a netlink socket of their
     own, off every pod's path. Whoever needs a doomed name again (the same container, or a
-    bound port's host name) waits for the next cycle, which then starts at once. A pair is
+    bound port's host name) waits for the next cycle, which then starts at once. If a batch
+    fails, its pairs are deleted one by one before anyone waiting is let go. A pair is
     destroyed with its netns anyway when the runtime removes it."""
 
     def __init__(self, netlink: Netlink, batch_delay: float = 0.05) -> None:
@@ -116,6 +122,7 @@ class Teardown:
         self.batch_delay = batch_delay
         self._cv = threading.Condition()
         self._pending: dict[str, int] = {}       # key -> the reap cycle that covers it
+        self._names: dict[str, int] = {}         # doomed host ends -> their cycle
         self._extra: list[Callable[[], None]] = []  # pairs found only inside a pod netns
         self._started = 0                         # last cycle begun
         self._finished = 0                        # last cycle completed
@@ -127,26 +134,31 @@ class Teardown:
               ifname: str) -> None:
         """Doom the pod's host ends (or, with none known, queue a delete from inside its
         netns) and wake the reaper."""
-        for name in names:
-            self.netlink.doom_host_end(name)
+        doomed = [name for name in names if self.netlink.doom_host_end(name)]
         with self._cv:
+            if self._stopped:
+                raise ce.TryAgainLater("the agent is shutting down")
             if not names and netns:
-                self._extra.append(lambda: self._quiet_delete(netns, ifname, container_id))
+                self._extra.append(lambda: self._quiet_delete("", netns, ifname,
+                                                              container_id))
             cycle = self._started + 1
             for key in (container_id, *names):
                 self._pending[key] = cycle
+            for name in doomed:
+                self._names[name] = cycle
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="veth-reaper",
                                                 daemon=True)
                 self._thread.start()
             self._cv.notify_all()
 
-    def _quiet_delete(self, netns: str, ifname: str, container_id: str) -> None:
+    def _quiet_delete(self, name: str, netns: str | None, ifname: str | None,
+                      container_id: str) -> None:
         try:
-            self.netlink.delete_pod_interface("", netns, ifname)
+            self.netlink.delete_pod_interface(name, netns, ifname)
         except Exception as exc:  # noqa: BLE001 - logged; the netns removal destroys the pair
-            log.error("background veth teardown failed container=%s: %s", container_id[:12],
-                      exc)
+            log.error("veth teardown failed container=%s name=%s: %s", container_id[:12],
+                      name, exc)
 
     def _loop(self) -> None:
         while True:
@@ -155,22 +167,32 @@ class Teardown:
                     self._cv.wait()
                 if self._stopped and not self._pending:
                     return
-                if not self._urgent:   # let a burst of DELs join this batch
-                    self._cv.wait(self.batch_delay)
+                # Let a burst of DELs join this batch, unless someone is waiting for it.
+                deadline = time.monotonic() + self.batch_delay
+                while not (self._urgent or self._stopped):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
                 self._urgent = False
                 self._started += 1
                 cycle = self._started
                 extra, self._extra = self._extra, []
+                names = [n for n, c in self._names.items() if c <= cycle]
             try:
                 self.netlink.reap_doomed()
-            except Exception as exc:  # noqa: BLE001 - logged; next cycle or netns removal
-                log.error("batched veth teardown failed: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - fall back to one by one
+                log.error("batched veth teardown failed, deleting %d pairs one by one: %s",
+                          len(names), exc)
+                for name in names:
+                    self._quiet_delete(name, None, None, "")
             for job in extra:
                 job()
             with self._cv:
                 self._finished = cycle
-                for key in [k for k, c in self._pending.items() if c <= cycle]:
-                    del self._pending[key]
+                for table in (self._pending, self._names):
+                    for key in [k for k, c in table.items() if c <= cycle]:
+                        del table[key]
                 self._cv.notify_all()
 
     def wait_for(self, key: str, timeout: float = 30.0) -> None:
@@ -182,7 +204,8 @@ class Teardown:
             self._urgent = True
             self._cv.notify_all()
             if not self._cv.wait_for(lambda: self._finished >= cycle, timeout):
-                raise TimeoutError(f"veth teardown for {key} did not finish in {timeout} s")
+                raise ce.TryAgainLater(f"the previous veth pair of {key} is still being "
+                                       f"removed after {timeout:.0f} s")
 
     def drain(self, timeout: float = 30.0) -> None:
         with self._cv:
@@ -195,6 +218,7 @@ class Teardown:
                 raise TimeoutError(f"veth teardown did not finish in {timeout} s")
 
     def stop(self) -> None:
+        """After `drain`: the reaper finishes what is pending, then exits."""
         with self._cv:
             self._stopped = True
             self._urgent = True
@@ -279,9 +303,10 @@ class CniHandler:
             routes=[], mtu=mtu, tx_checksum_off=self.cfg.tx_checksum_off)
         try:
             if pend is None:
-                self.teardown.wait_for(host_if)  # a bound port's old pair, same name
-                res = self.netlink.setup_pod_interface(spec)
-                self._attach(req, port, host_if, port.id)
+                with self.locks.hold(_NAME_LOCK + host_if):
+                    self.teardown.wait_for(host_if)  # a bound port's old pair, same name
+                    res = self.netlink.setup_pod_interface(spec)
+                    self._attach(req, port, host_if, port.id)
                 host_mac = res.host_mac
             else:
                 assert attach is not None
@@ -377,14 +402,23 @@ class CniHandler:
         ~16 ms of RCU grace periods, so it is batched in the background (`Teardown`): the
         next ADD/DEL/CHECK of the same container, or an ADD reusing the host name, waits for
         it, and a pair is destroyed with its netns anyway when the runtime removes it."""
-        found = self.ovs.find_interfaces(**{"ecnet/container": req.container_id,
-                                            "ecnet/ifname": req.ifname})
-        for iface in found:
-            self.ovs.delete_port(self.cfg.bridge, iface.name)  # off the network first
+        try:
+            found = self.ovs.find_interfaces(**{"ecnet/container": req.container_id,
+                                                "ecnet/ifname": req.ifname})
+            for iface in found:
+                # Under the host name's lock, so a bound port's next ADD (same name) either
+                # comes before (and this DEL finds nothing of it: its ids name another
+                # container) or after the pair is doomed (and waits for it to go).
+                with self.locks.hold(_NAME_LOCK + iface.name):
+                    self.ovs.delete_port(self.cfg.bridge, iface.name)  # off the network
+                    self.teardown.start(req.container_id, [iface.name], None, req.ifname)
+        except OvsError as exc:
+            raise ce.TryAgainLater(f"OVSDB unavailable while deleting the pod's port: {exc}",
+                                   str(exc)) from exc
+        if not found:
+            self.teardown.start(req.container_id, [], req.netns or None, req.ifname)
         resp = self.controller.release(pb.ReleaseRequest(
             container_id=req.container_id, ifname=req.ifname, pod_uid=req.args.pod_uid))
-        self.teardown.start(req.container_id, [iface.name for iface in found],
-                            req.netns or None, req.ifname)
         log.info("DEL container=%s ifname=%s ovs_ports=%d outcome=%s", req.container_id[:12],
                  req.ifname, len(found), resp.outcome)
 
@@ -396,7 +430,11 @@ class CniHandler:
             raise ce.CheckFailed(f"no port is allocated for container "
                                  f"{req.container_id[:12]} {req.ifname}") from None
         host_if = host_ifname(port.id)
-        iface = self.ovs.get_interface(host_if)
+        try:
+            iface = self.ovs.get_interface(host_if)
+        except OvsError as exc:
+            raise ce.TryAgainLater(f"OVSDB unavailable, cannot check {host_if}: {exc}",
+                                   str(exc)) from exc
         if iface is None:
             raise ce.CheckFailed(f"OVS port {host_if} is missing from {self.cfg.bridge}")
         if iface.external_ids.get("iface-id") != port.id:

@@ -55,14 +55,25 @@ def serve_one(handler: CniHandler, data: bytes) -> bytes:
         return wire.answer(1, json.dumps(err.to_result(version)))
 
 
+REQUEST_READ_TIMEOUT = 10.0
+
+
 class _RequestHandler(socketserver.StreamRequestHandler):
     server: AgentServer
 
     def handle(self) -> None:
         chunks: list[bytes] = []
         size = 0
+        # The shim sends everything at once and half-closes; a client that never does must
+        # not pin one of the agent's few workers.
+        self.connection.settimeout(REQUEST_READ_TIMEOUT)
         while True:
-            chunk = self.connection.recv(65536)
+            try:
+                chunk = self.connection.recv(65536)
+            except TimeoutError:
+                log.warning("client sent no complete request in %.0f s; dropped",
+                            REQUEST_READ_TIMEOUT)
+                return
             if not chunk:
                 break
             size += len(chunk)

@@ -204,6 +204,19 @@ def test_doomed_pairs_go_in_one_batch(nl: PodNetlink) -> None:
                 ip("link", "del", "dev", t, check=False)
 
 
+def test_a_retried_add_reclaims_a_doomed_pair(nl: PodNetlink, netns: LabNetns,
+                                              tap: str) -> None:
+    """If a batch failed to remove a pair and an ADD reuses it, the next batch must not
+    delete the now live interface."""
+    spec = _spec(netns, tap)
+    nl.setup_pod_interface(spec)
+    assert nl.doom_host_end(tap)
+    nl.setup_pod_interface(spec)              # the retried ADD finds its pair in place
+    nl.reap_doomed()
+    assert not host_link_gone(tap)
+    assert "eth0" in {link["ifname"] for link in _json("link", netns=netns.name)}
+
+
 def test_doom_refuses_what_is_not_a_veth(nl: PodNetlink) -> None:
     name = unique_name("tapb")
     ip("link", "add", name, "type", "bridge")

@@ -38,8 +38,14 @@ class FakeNetlink:
             return bool(batch)
 
     def delete_pod_interface(self, host: str, netns: Any = None, ifname: Any = None) -> bool:
-        self.pod_side.append((netns, ifname))
-        return True
+        with self.lock:
+            if host:
+                gone = host in self.links
+                self.links.discard(host)
+                self.doomed.discard(host)
+                return gone
+            self.pod_side.append((netns, ifname))
+            return True
 
 
 @pytest.fixture
@@ -82,19 +88,52 @@ def test_a_pair_known_only_in_the_pod_netns_is_deleted_there(nl: FakeNetlink) ->
     td.stop()
 
 
-def test_a_failed_batch_is_logged_and_does_not_wedge_waiters(
+def test_a_failed_batch_falls_back_to_one_by_one(
         nl: FakeNetlink, caplog: pytest.LogCaptureFixture) -> None:
-    nl.links = {"tapF"}
+    """Nobody waiting on a pair is let go while it still exists (a bound port's next ADD
+    would reuse it, and a later batch would then delete a live pod's interface)."""
+    nl.links = {"tapF", "tapG"}
     nl.fail_reap = True
     td = Teardown(nl, batch_delay=0.01)  # type: ignore[arg-type]
     td.start("cF", ["tapF"], None, "eth0")
-    td.wait_for("cF", timeout=5)              # returns: the runtime's netns removal cleans up
+    td.start("cG", ["tapG"], None, "eth0")
+    td.wait_for("tapF", timeout=5)
+    td.wait_for("cG", timeout=5)
     assert "batched veth teardown failed" in caplog.text
-    nl.fail_reap = False
-    td.start("cG", [], None, "eth0")
-    td.drain(timeout=5)
-    assert "tapF" not in nl.links             # still marked, so the next batch took it
+    assert nl.links == set() and nl.doomed == set()
     td.stop()
+
+
+def test_dels_a_little_apart_still_share_a_batch(nl: FakeNetlink) -> None:
+    nl.links = {f"tap{i}" for i in range(10)}
+    td = Teardown(nl, batch_delay=0.3)  # type: ignore[arg-type]
+    for i in range(10):
+        td.start(f"c{i}", [f"tap{i}"], None, "eth0")
+        time.sleep(0.005)
+    td.drain(timeout=5)
+    assert [len(b) for b in nl.reaps if b] == [10]
+    td.stop()
+
+
+def test_a_stuck_teardown_is_try_again_later(nl: FakeNetlink) -> None:
+    from cni.errors import TryAgainLater
+    gate = threading.Event()
+    real = nl.reap_doomed
+
+    def slow() -> bool:
+        gate.wait(5)
+        return real()
+    nl.reap_doomed = slow  # type: ignore[method-assign]
+    nl.links = {"tapS"}
+    td = Teardown(nl, batch_delay=0.0)  # type: ignore[arg-type]
+    td.start("cS", ["tapS"], None, "eth0")
+    with pytest.raises(TryAgainLater, match="still being removed"):
+        td.wait_for("cS", timeout=0.2)
+    gate.set()
+    td.wait_for("cS", timeout=5)
+    td.stop()
+    with pytest.raises(TryAgainLater, match="shutting down"):
+        td.start("cT", [], None, "eth0")
 
 
 def test_dels_racing_the_reaper_are_never_lost(nl: FakeNetlink) -> None:
