@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+# Released objects are replayed as deletes by a full resync for this long (a week covers an
+# ONOS restored from last night's backup), then forgotten.
+RELEASED_TTL_SECONDS = 7 * 24 * 3600
+
 # Drawing a MAC already in use is a one-in-10^6 event even with a million ports; several in a
 # row means something else is wrong.
 MAC_ATTEMPTS = 8
@@ -413,6 +417,7 @@ class IpamService:
                                                       limit):
                         self._drop_port(uow, pool, port, now)
                         expired += 1
+            uow.prune_released(now - RELEASED_TTL_SECONDS)
         return freed, expired
 
     # ------------------------------------------------------------------ sync
@@ -437,6 +442,18 @@ class IpamService:
             ports = [port_payload(by_id[p.pool_id], p)
                      for p in uow.list_ports(PortFilter(limit=10_000_000))]
         return networks, subnets, ports
+
+    def released_onos_objects(self) -> dict[str, list[str]]:
+        """What the store released recently (RELEASED_TTL_SECONDS), by kind, minus anything
+        live again: a full resync deletes these from ONOS once more."""
+        with self.store.read() as uow:
+            live = {("network", p.network_id) for p in uow.list_pools()
+                    if uow.list_subnets(p.id)}
+            out: dict[str, list[str]] = {"network": [], "subnet": [], "port": []}
+            for kind, object_id in uow.list_released():
+                if (kind, object_id) not in live and kind in out:
+                    out[kind].append(object_id)
+        return out
 
     # ----------------------------------------------------------------- nodes
     def register_node(self, node: Node) -> Node:
@@ -636,8 +653,15 @@ class IpamService:
 
     def _outbox(self, uow: UnitOfWork, kind: str, object_id: str, op: str,
                 payload: dict[str, Any] | None) -> None:
-        if self.sync_enabled:
-            uow.add_outbox(kind, object_id, op, payload, self.clock())
+        if not self.sync_enabled:
+            return
+        now = self.clock()
+        uow.add_outbox(kind, object_id, op, payload, now)
+        if op == "delete":
+            uow.add_released(kind, object_id, now)
+        elif kind == "network":
+            # A pool's network id outlives its subnets: the next subnet brings it back.
+            uow.forget_released(kind, object_id)
 
 
 def _is_uuid4(text: str) -> bool:

@@ -75,12 +75,17 @@ class SyncRunner:
         (only the lease holder drains, and it is busy here), so every port released after the
         snapshot has its delete row in the second read and is skipped, never resurrected."""
         networks, subnets, ports = self.ipam.desired_onos_state()
+        released = self.ipam.released_onos_objects()
         pending = self._pending_ports()
         return DesiredState(
             networks=[_as(OnosNetwork, from_payload("network", n)) for n in networks],
             subnets=[_as(OnosSubnet, from_payload("subnet", s)) for s in subnets],
             ports=[p for p in (_as(OnosPort, from_payload("port", d)) for d in ports)
-                   if p.id not in pending])
+                   if p.id not in pending],
+            # Deletes are idempotent in ONOS (204 for an unknown id), so replaying one that
+            # already reached it costs a call and nothing else.
+            deleted_ports=released["port"], deleted_subnets=released["subnet"],
+            deleted_networks=released["network"])
 
     def _pending_ports(self) -> set[str]:
         rows = getattr(self.store, "outbox_rows", None)

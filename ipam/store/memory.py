@@ -38,6 +38,7 @@ class _State:
     addresses: dict[tuple[str, int], _AddrRow] = field(default_factory=dict)
     ports: dict[str, Port] = field(default_factory=dict)
     outbox: list[OutboxRow] = field(default_factory=list)
+    released: dict[tuple[str, str], float] = field(default_factory=dict)
     outbox_seq: int = 0
     nodes: dict[str, Node] = field(default_factory=dict)
     config_generation: int = 1
@@ -263,6 +264,22 @@ class _MemoryUow:
 
     def mac_in_use(self, mac: str) -> bool:
         return any(p.mac == mac for p in self.st.ports.values())
+
+    # released objects
+    def add_released(self, kind: str, object_id: str, now: float) -> None:
+        self.st.released[(kind, object_id)] = now
+
+    def forget_released(self, kind: str, object_id: str) -> None:
+        self.st.released.pop((kind, object_id), None)
+
+    def list_released(self) -> list[tuple[str, str]]:
+        return sorted(self.st.released)
+
+    def prune_released(self, before: float) -> int:
+        old = [k for k, at in self.st.released.items() if at < before]
+        for k in old:
+            del self.st.released[k]
+        return len(old)
 
     # outbox
     def add_outbox(self, kind: str, object_id: str, op: str,

@@ -161,6 +161,17 @@ ipam_config = Table(
     Column("generation", BigInteger, nullable=False),
 )
 
+# What the store released and ONOS was told to delete, kept for a while (pruned by the
+# sweep): ONOS has no read-back, so an object that reappears there (an ONOS restored from a
+# backup, a delete lost in a crash) is only removed by a full resync replaying these deletes.
+released = Table(
+    "released", metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("object_id", String(36), primary_key=True),
+    Column("released_at", Float, nullable=False),
+    Index("ix_released_at", "released_at"),
+)
+
 sync_state = Table(
     "sync_state", metadata,
     Column("key", String(63), primary_key=True),

@@ -165,6 +165,10 @@ class _Statements:
         self.add_outbox = q(
             "INSERT INTO outbox (kind, object_id, op, payload, created_at, attempts,"
             " next_attempt_at, last_error, failed) VALUES (?, ?, ?, ?, ?, 0, ?, '', false)")
+        self.add_released = q(
+            "INSERT INTO released (kind, object_id, released_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (kind, object_id) DO UPDATE SET released_at = excluded.released_at")
+        self.forget_released = q("DELETE FROM released WHERE kind = ? AND object_id = ?")
 
 
 _STATEMENTS = {False: _Statements(False), True: _Statements(True)}
@@ -476,6 +480,22 @@ class _SqlUow:
         self._x(self.q.add_outbox, (kind, object_id, op,
                                     json.dumps(payload) if payload is not None else None,
                                     now, now))
+
+    # ------------------------------------------------------ released objects
+    def add_released(self, kind: str, object_id: str, now: float) -> None:
+        self._x(self.q.add_released, (kind, object_id, now))
+
+    def forget_released(self, kind: str, object_id: str) -> None:
+        self._x(self.q.forget_released, (kind, object_id))
+
+    def list_released(self) -> list[tuple[str, str]]:
+        r = t.released.c
+        return [(row.kind, row.object_id) for row in self.c.execute(
+            select(r.kind, r.object_id).order_by(r.kind, r.object_id))]
+
+    def prune_released(self, before: float) -> int:
+        res = self.c.execute(delete(t.released).where(t.released.c.released_at < before))
+        return int(res.rowcount or 0)
 
     # ----------------------------------------------------------------- nodes
     def upsert_node(self, node: Node) -> None:

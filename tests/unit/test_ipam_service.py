@@ -533,3 +533,19 @@ def test_pool_selection_first_match_wins(svc: IpamService) -> None:
         pick("a9", requested_ip="10.19.1.9", product_type="dynamic")
     with pytest.raises(NotFound, match="network config"):
         pick("a10", config_pool="nope")
+
+
+def test_released_objects_are_kept_for_resync_then_pruned(svc: IpamService,
+                                                          clock: Clock) -> None:
+    pool = svc.create_pool("p", "dynamic", quarantine_seconds=0)
+    sub = svc.create_subnet("p", "10.20.0.0/24")
+    a = svc.allocate(req("c1"))
+    svc.release("c1", "eth0")
+    svc.delete_subnet(sub.id)
+    assert svc.released_onos_objects() == {"port": [a.port.id], "subnet": [sub.id],
+                                           "network": [pool.network_id]}
+    svc.create_subnet("p", "10.20.1.0/24")          # the pool's network is live again
+    assert svc.released_onos_objects()["network"] == []
+    clock.now += 7 * 24 * 3600 + 1
+    svc.sweep()
+    assert svc.released_onos_objects() == {"port": [], "subnet": [], "network": []}
