@@ -473,7 +473,12 @@ def sync_status(s: Settings) -> None:
 def sync_now(s: Settings) -> None:
     """Resynchronise ONOS with the IPAM state now."""
     r = s.call("SyncNow", pb.SyncNowRequest())
-    emit_done(s, r, f"resync queued {r.queued} ONOS change(s)")
+    if r.forwarded:
+        text = (f"resync requested from the replica holding the sync lease "
+                f"({r.holder or 'none yet: the next holder runs it'})")
+    else:
+        text = f"resync queued {r.queued} ONOS change(s)"
+    emit_done(s, r, text)
 
 
 @cli.group()

@@ -117,6 +117,9 @@ class Controller:
             path = settings.db[len("sqlite:///"):]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if settings.onos_url and settings.db.startswith("memory"):
+            raise SystemExit("ecnet-ipcontroller: --onos-url needs a database (the sync keeps "
+                             "its outbox, lease and state there); --db memory:// has none")
         self.store = open_store(settings.db)
         self.ipam = IpamService(self.store, sync_enabled=bool(settings.onos_url))
         self.sync = None

@@ -10,10 +10,11 @@ import logging
 import grpc
 
 from ipam import errors as e
+from ipam.onos import errors as onos
 
 log = logging.getLogger(__name__)
 
-STATUS_BY_ERROR: dict[type[e.IpamError], grpc.StatusCode] = {
+STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
     e.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     e.NotFound: grpc.StatusCode.NOT_FOUND,
     e.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
@@ -21,6 +22,10 @@ STATUS_BY_ERROR: dict[type[e.IpamError], grpc.StatusCode] = {
     e.InUse: grpc.StatusCode.FAILED_PRECONDITION,
     e.PoolExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.Busy: grpc.StatusCode.UNAVAILABLE,
+    # `ipctl sync now` talks to ONOS on the caller's behalf
+    onos.OnosAuthError: grpc.StatusCode.FAILED_PRECONDITION,
+    onos.OnosRejected: grpc.StatusCode.FAILED_PRECONDITION,
+    onos.OnosError: grpc.StatusCode.UNAVAILABLE,
 }
 
 

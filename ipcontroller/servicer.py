@@ -373,7 +373,7 @@ class AdminServicer(pb_grpc.IPAdminServicer):
             from ipam.errors import InvalidArgument
             raise InvalidArgument("ONOS sync is not enabled (start the controller with "
                                   "--onos-url)")
-        return pb.SyncNowResponse(queued=self.sync.resync_now())
+        return self.sync.request_resync()
 
     @_handle
     def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext

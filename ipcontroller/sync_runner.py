@@ -1,19 +1,17 @@
 """Runs the ONOS sync for one controller replica: the outbox drainer (under a lease, so one
 replica drains at a time) and the periodic full resync. Domain logic is in ipam.onos.sync.
 
-What the resync can and cannot repair (ONOS has no read-back, shared/onos-contract.md):
+What the resync repairs (ONOS has no read-back, shared/onos-contract.md):
 * It replays every live network, subnet and port (create-or-update), so anything ONOS lost
   (a rebuild, an emptied store) or holds in an older version comes back as the store has it.
-* It never needs to delete what the outbox still holds: a pending `delete` row is the object's
-  tombstone and the drain applies it (DELETE of an absent object is 204). Objects with any
-  pending row are left to their rows, which carry the newest state, so a resync neither
-  resurrects a port whose delete is queued nor doubles the work of the backlog.
-* It cannot delete an object that reappears in ONOS *after* its delete row was applied and
-  removed (ONOS restored from an old backup, or someone else POSTing it): without a GET there
-  is no way to learn it exists. Keeping tombstones longer would only help for ids we remember,
-  and ONOS never invents our ids, so the one case we cause ourselves (a timed-out request that
-  lands late) is handled in the worker by letting such a request settle before the object's
-  next operation (SyncWorker.settle).
+* It replays the deletes of everything the store released in the last week (the `released`
+  table, written in the release's own transaction), so an object that reappears in ONOS
+  after its delete was applied (ONOS restored from an old backup, a request that landed
+  late) is removed again. DELETE of an absent object is 204: a replayed delete is harmless.
+* It leaves objects with pending outbox rows to those rows, which carry the newest state, so
+  it neither resurrects a port whose delete is queued nor doubles the backlog's work.
+Any replica can be asked for a resync (`ipctl sync now`); one that does not hold the lease
+records the request in the database and the holder runs it within a second.
 """
 from __future__ import annotations
 
@@ -36,6 +34,9 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 LEASE_NAME = "onos-sync"
+# sync_state keys: a resync asked of any replica (a timestamp), and when one last completed.
+RESYNC_REQUESTED = "resync-requested"
+LAST_RESYNC = "last-resync"
 # After a failed resync (ONOS down or refusing us) try again this soon, not a whole interval
 # later: the state ONOS lost stays lost until a resync succeeds.
 RESYNC_RETRY_SECONDS = 30.0
@@ -65,8 +66,10 @@ class SyncRunner:
             # competes with fewer sync rounds for the GIL and SQLite's single writer).
             coalesce=0.01)
         self.resync_interval = settings.onos_resync_interval
-        self.last_resync = 0.0     # when a resync last completed (status)
+        self.last_resync = 0.0     # when a resync last completed here (status)
         self._next_resync = 0.0    # when the periodic loop tries next (0: at start-up)
+        # Requests (RESYNC_REQUESTED) up to this time are served; start-up resyncs anyway.
+        self._handled_request = time.time()
 
     def _desired(self) -> DesiredState:
         """The store's live objects, minus ports that still have outbox rows.
@@ -94,11 +97,35 @@ class SyncRunner:
         return {r.object_id for r in rows() if r.kind == "port"}
 
     def resync_now(self) -> int:
+        started = time.time()
         calls = self.worker.resync(self._desired)
         if self.worker.status().leader:
             self.last_resync = time.time()
+            self._set_state(LAST_RESYNC, repr(self.last_resync))
+            self._handled_request = max(self._handled_request, started)
         log.info("onos resync calls=%d", calls)
         return calls
+
+    def request_resync(self) -> pb.SyncNowResponse:
+        """`ipctl sync now` on any replica: the lease holder resyncs at once; another replica
+        records the request for the holder (ONOS must see one replayer at a time)."""
+        if self.worker.status().leader:
+            return pb.SyncNowResponse(queued=self.resync_now())
+        self._set_state(RESYNC_REQUESTED, repr(time.time()))
+        return pb.SyncNowResponse(forwarded=True, holder=self.lease_holder())
+
+    def _requested_since_last(self) -> bool:
+        text = self._get_state(RESYNC_REQUESTED)
+        return bool(text) and float(text) > self._handled_request  # type: ignore[arg-type]
+
+    def _get_state(self, key: str) -> str | None:
+        get = getattr(self.store, "get_state", None)
+        return get(key) if get is not None else None
+
+    def _set_state(self, key: str, value: str) -> None:
+        put = getattr(self.store, "set_state", None)
+        if put is not None:
+            put(key, value)
 
     def wake(self) -> None:
         self.worker.wake()
@@ -123,12 +150,19 @@ class SyncRunner:
             SYNC_FAILED.set(st.failed)
             SYNC_OLDEST.set(st.oldest_pending_seconds or 0)
             now = time.time()
-            if self.resync_interval and st.leader and now >= self._next_resync:
+            try:
+                asked = st.leader and self._requested_since_last()
+            except Exception:  # noqa: BLE001 - a store hiccup must not end the loop
+                log.exception("reading resync requests failed")
+                asked = False
+            if asked or (self.resync_interval and st.leader and now >= self._next_resync):
                 try:
                     self.resync_now()
                     self._next_resync = time.time() + self.resync_interval
                 except Exception as exc:  # noqa: BLE001 - retried soon, see RESYNC_RETRY
                     log.warning("periodic onos resync failed: %s", exc)
+                    # A request is served by the periodic retry, not by one attempt a second.
+                    self._handled_request = max(self._handled_request, now)
                     self._next_resync = time.time() + min(self.resync_interval,
                                                           RESYNC_RETRY_SECONDS)
         drainer.join(timeout=5)
@@ -147,7 +181,15 @@ class SyncRunner:
             enabled=True, pending=st.pending, failed=st.failed,
             oldest_pending_seconds=st.oldest_pending_seconds or 0.0,
             last_error=st.last_error, last_success=_ts(st.last_success_at),
-            last_resync=_ts(self.last_resync), holder=self.lease_holder())
+            last_resync=_ts(self._last_resync_anywhere()), holder=self.lease_holder())
+
+    def _last_resync_anywhere(self) -> float:
+        """Whichever replica ran it: the holder records it in the database."""
+        try:
+            text = self._get_state(LAST_RESYNC)
+        except Exception:  # noqa: BLE001 - status must answer even on a store hiccup
+            text = None
+        return max(self.last_resync, float(text) if text else 0.0)
 
 
 def _as(cls: type[_T], obj: object) -> _T:

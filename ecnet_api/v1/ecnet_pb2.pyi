@@ -461,10 +461,14 @@ class SyncNowRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SyncNowResponse(_message.Message):
-    __slots__ = ("queued",)
+    __slots__ = ("queued", "holder", "forwarded")
     QUEUED_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_FIELD_NUMBER: _ClassVar[int]
     queued: int
-    def __init__(self, queued: _Optional[int] = ...) -> None: ...
+    holder: str
+    forwarded: bool
+    def __init__(self, queued: _Optional[int] = ..., holder: _Optional[str] = ..., forwarded: _Optional[bool] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()

@@ -177,6 +177,7 @@ def test_sigkill_mid_burst_loses_nothing(tmp_path: Path, emu: EmulatorServer) ->
         s.setup_pool("p", "10.62.0.0/22")
         ok_alloc: dict[str, str] = {}
         ok_release: set[str] = set()
+        tried_release: set[str] = set()  # a kill between commit and answer: either outcome
         lock = threading.Lock()
         stop = threading.Event()
 
@@ -190,6 +191,8 @@ def test_sigkill_mid_burst_loses_nothing(tmp_path: Path, emu: EmulatorServer) ->
                     with lock:
                         ok_alloc[cid] = port.id
                     if i % 4 == 0:
+                        with lock:
+                            tried_release.add(cid)
                         s.ctl.ReleasePort(pb.ReleaseRequest(container_id=cid, ifname="eth0"),
                                           timeout=5)
                         with lock:
@@ -226,6 +229,8 @@ def test_sigkill_mid_burst_loses_nothing(tmp_path: Path, emu: EmulatorServer) ->
         for cid, port_id in ok_alloc.items():
             if cid in ok_release:
                 assert cid not in in_store and port_id not in state["ports"]
+            elif cid in tried_release and cid not in in_store:
+                assert port_id not in state["ports"]   # released, answer lost in the kill
             else:
                 assert in_store.get(cid) == port_id, cid
                 assert port_id in state["ports"]

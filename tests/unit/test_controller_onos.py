@@ -76,3 +76,55 @@ def test_allocation_does_not_wait_for_a_dead_onos(tmp_path: Path) -> None:
             assert wait_until(lambda: len(back.snapshot()["ports"]) == 20, timeout=30)
         finally:
             back.stop()
+
+
+def test_sync_now_on_any_replica_runs_on_the_lease_holder(tmp_path: Path) -> None:
+    """`ipctl sync now` may reach a replica that does not drain: it asks the holder (through
+    the database) instead of replaying to ONOS itself or silently doing nothing."""
+    db = sqlite_url(tmp_path)
+    with EmulatorServer() as onos, \
+            running_controller(db, "--onos-url", onos.url, "--holder", "r1",
+                               "--onos-resync-interval", "0") as first:
+        ch1 = grpc.insecure_channel(f"127.0.0.1:{first.port}")
+        c, admin1 = pb_grpc.IPControllerStub(ch1), pb_grpc.IPAdminStub(ch1)
+        admin1.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
+        admin1.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.42.0.0/24"))
+        ports = [c.AllocatePort(alloc(f"c{i}")).port for i in range(3)]
+        assert wait_until(lambda: len(onos.snapshot()["ports"]) == 3)
+        with running_controller(db, "--onos-url", onos.url, "--holder", "r2",
+                                "--onos-resync-interval", "0") as second:
+            admin2 = pb_grpc.IPAdminStub(grpc.insecure_channel(f"127.0.0.1:{second.port}"))
+            assert admin2.SyncStatus(pb.SyncStatusRequest()).holder == "r1"
+            onos.reset()                                      # ONOS lost everything
+            r = admin2.SyncNow(pb.SyncNowRequest())
+            assert r.forwarded and r.holder == "r1" and r.queued == 0
+            assert wait_until(lambda: set(onos.snapshot()["ports"]) == {p.id for p in ports})
+            assert wait_until(lambda: admin2.SyncStatus(pb.SyncStatusRequest()).last_resync)
+
+
+def test_sync_now_with_onos_down_is_unavailable_not_internal(tmp_path: Path) -> None:
+    onos = EmulatorServer()
+    onos.start()
+    url = onos.url
+    onos.stop()
+    with running_controller(sqlite_url(tmp_path), "--onos-url", url,
+                            "--onos-timeout", "0.5") as ctl:
+        admin = pb_grpc.IPAdminStub(grpc.insecure_channel(f"127.0.0.1:{ctl.port}"))
+        admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
+        admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.43.0.0/24"))
+        assert wait_until(lambda: admin.SyncStatus(pb.SyncStatusRequest()).holder)
+        try:
+            admin.SyncNow(pb.SyncNowRequest())
+        except grpc.RpcError as exc:
+            assert exc.code() is grpc.StatusCode.UNAVAILABLE, exc
+        else:
+            raise AssertionError("a resync against a dead ONOS must fail")
+
+
+def test_onos_sync_needs_a_real_database() -> None:
+    import pytest
+
+    from ipcontroller.daemon import Controller, parse_args
+    with pytest.raises(SystemExit, match="needs a database"):
+        Controller(parse_args(["--listen", "127.0.0.1:0", "--db", "memory://",
+                               "--onos-url", "http://127.0.0.1:1"]))
