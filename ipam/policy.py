@@ -6,6 +6,7 @@ the controller keeps, then a pool that declares the requested product type.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from .domain import AllocationRequest, Policy, Pool
@@ -51,22 +52,31 @@ def choose_pool(req: AllocationRequest, pools: Iterable[Pool],
     """
     by_name = {p.name: p for p in pools}
     wanted = policy_for_product_type(req.product_type)
+    group = group_of(req)
 
     def fits(pool: Pool) -> bool:
-        return wanted is None or pool.policy is wanted
+        return (wanted is None or pool.policy is wanted) and pool.group in ("", group)
+
+    def chosen(pool: Pool) -> Pool:
+        if pool.group and pool.group != group:
+            raise PolicyConflict(f"pool {pool.name!r} is reserved for group {pool.group!r}; "
+                                 f"this pod is {'in group ' + repr(group) if group else 'in none'}")
+        if not fits(pool):
+            raise _mismatch(req, pool)
+        return pool
 
     if req.pool:
         pool = by_name.get(req.pool)
         if pool is None:
             raise NotFound(f"pool {req.pool!r} does not exist")
-        if not fits(pool):
-            raise _mismatch(req, pool)
-        return pool
+        return chosen(pool)
     if ip_pool:
-        pool = by_name[ip_pool]
-        if not fits(pool):
-            raise _mismatch(req, pool)
-        return pool
+        return chosen(by_name[ip_pool])
+    # A stateful group with a pool of its own draws from it (issue 3: "a group may own a
+    # named IP pool").
+    owned = [p for p in by_name.values() if group and p.group == group and fits(p)]
+    if len(owned) == 1:
+        return owned[0]
     if req.config_pool and req.config_pool not in by_name:
         raise NotFound(f"pool {req.config_pool!r} (network config) does not exist")
     for name in (req.config_pool, namespace_default):
@@ -77,17 +87,31 @@ def choose_pool(req: AllocationRequest, pools: Iterable[Pool],
             "no pool for this pod: set the ecnet.io/pool annotation, the network "
             "config's \"pool\", or a namespace default (ipctl namespace default)")
     label = req.product_type.strip().lower()
-    typed = [p for p in by_name.values() if p.product_type.strip().lower() == label]
+    open_pools = [p for p in by_name.values() if fits(p)]
+    typed = [p for p in open_pools if p.product_type.strip().lower() == label]
     if not typed:
-        typed = [p for p in by_name.values() if p.product_type
+        typed = [p for p in open_pools if p.product_type
                  and policy_for_product_type(p.product_type) is wanted]
     if not typed:
-        typed = [p for p in by_name.values() if p.policy is wanted and not p.product_type]
+        typed = [p for p in open_pools if p.policy is wanted and not p.product_type]
     if len(typed) != 1:
         raise InvalidArgument(
             f"product type {req.product_type!r} matches {len(typed)} pools; name one "
             "(ecnet.io/pool)")
     return typed[0]
+
+
+_ORDINAL = re.compile(r"(.+)-\d+")
+
+
+def group_of(req: AllocationRequest) -> str:
+    """The stateful group a pod belongs to, `namespace/set-name`, from its StatefulSet-style
+    name (`set-name-<ordinal>`), or from an explicit owner of that form; "" if none."""
+    ident = req.owner or (f"{req.pod.namespace}/{req.pod.name}"
+                          if req.pod.namespace and req.pod.name else "")
+    ns, sep, name = ident.rpartition("/")
+    m = _ORDINAL.fullmatch(name)
+    return f"{ns}/{m.group(1)}" if sep and m else ""
 
 
 def _mismatch(req: AllocationRequest, pool: Pool) -> PolicyConflict:

@@ -152,6 +152,11 @@ class IpamService:
             if policy_for_product_type(product_type) is not pol:
                 raise InvalidArgument(
                     f"product type {product_type!r} does not match policy {pol.value}")
+        group = group.strip()
+        if group and (pol is not Policy.STICKY or group.count("/") != 1
+                      or not all(group.split("/"))):
+            raise InvalidArgument(f"group {group!r}: only a sticky pool has a group, written "
+                                  "namespace/statefulset-name")
         pool = Pool(id=str(uuid.uuid4()), name=name, policy=pol,
                     quarantine_seconds=(addr_default_quarantine(pol)
                                         if quarantine_seconds is None else quarantine_seconds),

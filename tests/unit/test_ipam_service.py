@@ -549,3 +549,24 @@ def test_released_objects_are_kept_for_resync_then_pruned(svc: IpamService,
     clock.now += 7 * 24 * 3600 + 1
     svc.sweep()
     assert svc.released_onos_objects() == {"port": [], "subnet": [], "network": []}
+
+
+def test_a_stateful_group_draws_from_its_own_pool(svc: IpamService) -> None:
+    """A sticky pool with a group is reserved for that StatefulSet's members (namespace/
+    set-name, from pod names set-name-<ordinal>); they draw from it first."""
+    svc.create_pool("shared", "sticky")
+    svc.create_subnet("shared", "10.21.0.0/24")
+    svc.create_pool("db-ips", "sticky", group="shop/db")
+    svc.create_subnet("db-ips", "10.21.1.0/28")
+    svc.set_namespace_default("shop", "shared")
+    member = svc.allocate(req("m0", pool="", ns="shop", name="db-0", product_type="sticky"))
+    assert ips(member)[0].startswith("10.21.1.")
+    assert ips(svc.allocate(req("m1", pool="", ns="shop", name="db-1")))[0].startswith("10.21.1.")
+    other = svc.allocate(req("o0", pool="", ns="shop", name="cache-0", product_type="sticky"))
+    assert ips(other)[0].startswith("10.21.0.")     # not a member: the shared pool
+    with pytest.raises(PolicyConflict, match="reserved for group 'shop/db'"):
+        svc.allocate(req("o1", pool="db-ips", ns="shop", name="cache-1"))
+    with pytest.raises(InvalidArgument, match="only a sticky pool"):
+        svc.create_pool("bad", "dynamic", group="shop/web")
+    with pytest.raises(InvalidArgument, match="namespace/statefulset-name"):
+        svc.create_pool("bad", "sticky", group="db")
