@@ -333,6 +333,29 @@ def subnet_list(s: Settings, pool_name: str) -> None:
     emit(s, s.call("ListSubnets", pb.ListSubnetsRequest(pool=pool_name)).subnets, SUBNET_COLS)
 
 
+@subnet.command("show")
+@click.argument("cidr_or_id")
+@pass_settings
+def subnet_show(s: Settings, cidr_or_id: str) -> None:
+    """One subnet by CIDR or id (prefix of 8+ characters): settings and usage."""
+    text = cidr_or_id.strip()
+    subnets = s.call("ListSubnets", pb.ListSubnetsRequest()).subnets
+    want = str(ipaddress.ip_network(text, strict=False)) if _is_network(text) else ""
+    found = [x for x in subnets if x.id == text or (want and x.cidr == want)]
+    if not found and len(text) >= 8:
+        found = [x for x in subnets if x.id.startswith(text)]
+    if len(found) != 1:
+        raise IpctlError(f"subnet {text!r} "
+                                   + ("does not exist" if not found else "is ambiguous"))
+    x, u = found[0], found[0].usage
+    emit_fields(s, x, [
+        ("id", x.id), ("pool", x.pool), ("cidr", x.cidr), ("gateway", x.gateway),
+        ("excludes", ",".join(x.excludes) or "-"), ("network id", x.network_id),
+        ("total", u.total), ("used", u.used), ("reserved", u.reserved),
+        ("quarantined", u.quarantined), ("free", u.free),
+    ])
+
+
 def _is_network(text: str) -> bool:
     try:
         ipaddress.ip_network(text, strict=False)

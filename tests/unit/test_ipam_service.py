@@ -570,3 +570,23 @@ def test_a_stateful_group_draws_from_its_own_pool(svc: IpamService) -> None:
         svc.create_pool("bad", "dynamic", group="shop/web")
     with pytest.raises(InvalidArgument, match="namespace/statefulset-name"):
         svc.create_pool("bad", "sticky", group="db")
+
+
+def test_dynamic_pools_quarantine_60_s_by_default(svc: IpamService, clock: Clock) -> None:
+    pool = svc.create_pool("p", "dynamic")
+    assert pool.quarantine_seconds == 60
+    svc.create_subnet("p", "10.22.0.0/29")          # five usable addresses
+    first = ips(svc.allocate(req("c1")))
+    svc.release("c1", "eth0")
+    assert usage(svc).quarantined == 1
+    others = [ips(svc.allocate(req(f"c{i}"))) for i in range(2, 6)]
+    assert first not in others                      # the released one rests
+    with pytest.raises(PoolExhausted):
+        svc.allocate(req("c6"))
+    clock.now += 59
+    svc.sweep()
+    with pytest.raises(PoolExhausted):
+        svc.allocate(req("c6"))
+    clock.now += 2
+    assert svc.sweep()[0] == 1
+    assert ips(svc.allocate(req("c6"))) == first

@@ -63,6 +63,48 @@ def test_bindings_and_reservations(addr: str) -> None:
     assert code == 0 and "nothing to do" in out
 
 
+def test_subnet_show_release_unreserve_and_deletes(addr: str) -> None:
+    assert ipctl(addr, "pool", "create", "grp", "--policy", "sticky")[0] == 0
+    code, out, _ = ipctl(addr, "subnet", "create", "grp", "10.53.0.0/28")
+    assert code == 0
+    code, out, _ = ipctl(addr, "-o", "json", "subnet", "list", "--pool", "grp")
+    sid = json.loads(out)[0]["id"]
+    code, out, _ = ipctl(addr, "subnet", "show", "10.53.0.0/28")
+    assert code == 0 and sid in out and "free" in out and "13" in out
+    assert ipctl(addr, "subnet", "show", sid[:8])[0] == 0
+    code, _, err = ipctl(addr, "subnet", "show", "10.99.0.0/24")
+    assert code == 1 and err == "ipctl: error: subnet '10.99.0.0/24' does not exist\n"
+    # a sticky member's kept IP: bound, then released by the admin
+    assert ipctl(addr, "bind", "grp", "shop/db-0")[0] == 0
+    code, out, _ = ipctl(addr, "release", "grp", "shop/db-0")
+    assert code == 0 and "shop/db-0 released in pool grp" in out
+    # reserve / unreserve change the usage both ways
+    def reserved() -> int:
+        code, out, _ = ipctl(addr, "-o", "json", "subnet", "show", sid)
+        return int(json.loads(out)["usage"].get("reserved", 0))
+    before = reserved()                       # the gateway counts as reserved
+    assert ipctl(addr, "reserve", "grp", "10.53.0.9")[0] == 0
+    assert reserved() == before + 1
+    assert ipctl(addr, "unreserve", "grp", "10.53.0.9")[0] == 0
+    assert reserved() == before
+    # deletes, and what they refuse
+    code, _, err = ipctl(addr, "pool", "delete", "grp")
+    assert code == 1 and "still has subnets" in err
+    code, _, err = ipctl(addr, "subnet", "delete", "")
+    assert code == 1 and "required" in err
+    assert ipctl(addr, "subnet", "delete", "10.53.0.0/28")[0] == 0
+    assert ipctl(addr, "pool", "delete", "grp")[0] == 0
+    code, out, _ = ipctl(addr, "-o", "json", "pool", "list")
+    assert "grp" not in {p["pool"]["name"] for p in json.loads(out)}
+
+
+def test_sync_commands_without_onos_say_so(addr: str) -> None:
+    code, out, _ = ipctl(addr, "sync", "status")
+    assert code == 0 and "enabled" in out
+    code, _, err = ipctl(addr, "sync", "now")
+    assert code == 1 and "--onos-url" in err
+
+
 @pytest.mark.parametrize("args,msg", [
     (["pool", "show", "nope"], "pool 'nope' does not exist"),
     (["subnet", "create", "nope", "10.52.0.0/24"], "pool 'nope' does not exist"),

@@ -473,3 +473,12 @@ def test_sql_store_outbox_end_to_end(tmp_path: Path, emu: EmulatorServer,
         assert one["binding:host_id"] == "node-1" and one["device_id"] == "uid-5"
     finally:
         store.close()
+
+
+def test_backoff_grows_exponentially_with_full_jitter_up_to_the_cap() -> None:
+    w = worker(MemoryOutbox(), None, FakeClock(), base_backoff=0.1, max_backoff=5.0)
+    for attempts, cap in ((0, 0.1), (1, 0.2), (3, 0.8), (5, 3.2), (6, 5.0), (40, 5.0)):
+        draws = [w._backoff(attempts) for _ in range(400)]
+        assert all(0.0 <= d <= cap for d in draws), (attempts, max(draws))
+        # full jitter: spread over the whole range, not clustered at the cap
+        assert min(draws) < 0.2 * cap and max(draws) > 0.8 * cap, attempts
