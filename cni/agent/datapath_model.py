@@ -197,9 +197,11 @@ def diff_tunnels(desired: Mapping[str, Tunnel], current: Mapping[str, Tunnel]) -
 
 def active_gateway(topo: Topology, me: str) -> str | None:
     """The one gateway every agent agrees on: the first ready gateway node by name
-    (others stand by). Agreement needs no coordination: all see the same list."""
+    (others stand by). Agreement needs no coordination: all see the same list. Only a
+    standalone node can serve: an ONOS-mode node is no tunnel peer of ours."""
     for n in topo.nodes:
-        if n.gateway and n.ready and (n.name == me or n.underlay_ip):
+        if (n.gateway and n.ready and n.datapath == "standalone"
+                and (n.name == me or n.underlay_ip)):
             return n.name
     return None
 

@@ -154,6 +154,11 @@ def test_the_first_ready_gateway_by_name_is_active() -> None:
     nodes = tuple(NodeView(n.name, n.underlay_ip, n.ready, gateway=n.name in ("h1", "h3"))
                   for n in topo(stale=("h1",)).nodes)
     assert active_gateway(Topology(nodes=nodes), "h2") == "h3"
+    # a gateway in ONOS mode is nobody's tunnel peer here: the standalone standby serves
+    nodes = tuple(NodeView(n.name, n.underlay_ip, n.ready, gateway=n.name in ("h1", "h3"),
+                           datapath="onos" if n.name == "h1" else "standalone")
+                  for n in topo().nodes)
+    assert active_gateway(Topology(nodes=nodes), "h2") == "h3"
 
 
 def test_gateway_addresses_take_the_subnet_prefix() -> None:
