@@ -86,6 +86,7 @@ class ControllerClient:
                 if err.code() == grpc.StatusCode.UNAVAILABLE and self.ready(self.reconnect_wait):
                     return self._call(self.stub.AllocatePort, req)  # controller came back
                 raise to_cni_error(err, self.target) from None
+        result.done = fut.done  # type: ignore[attr-defined]
         return result
 
     def release_async(self, req: pb.ReleaseRequest) -> Callable[[], pb.ReleaseResponse]:

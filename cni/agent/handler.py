@@ -274,8 +274,12 @@ class CniHandler:
         try:
             pend = self.netlink.prepare_pod_interface(
                 req.netns, req.ifname, req.conf.mtu or self.cfg.default_mtu, spec_host)
-            if pend is not None:
+            # Usually the allocation beats the kernel's veth creation: then the host end is
+            # attached once, with every id, after it (each OVSDB change costs ovs-vswitchd
+            # a pass over all its ports). Otherwise attach now and add the ids later.
+            if pend is not None and not _done(pending_alloc):
                 attach = self._pool.submit(self._attach, req, None, spec_host, proposed)
+            if pend is not None:
                 self.netlink.enter_pod(pend)  # pod-side sockets while OVS attaches
         except BaseException:
             self._undo(pend, attach, spec_host)
@@ -309,17 +313,19 @@ class CniHandler:
                     self._attach(req, port, host_if, port.id)
                 host_mac = res.host_mac
             else:
-                assert attach is not None
                 if mtu != (req.conf.mtu or self.cfg.default_mtu):
                     self.netlink.finish_host_end(pend, host_if, mtu)
-                # the ids that need the port (attached-mac, ips) follow the attach
-                first = attach
+                if attach is None:   # one transaction with every id, beside the pod side
+                    attach = ids = self._pool.submit(self._attach, req, port, host_if, port.id)
+                else:
+                    # the ids that need the port (attached-mac, ips) follow the attach
+                    first = attach
 
-                def ids_after_attach() -> None:
-                    first.result()
-                    self._attach(req, port, host_if, port.id, wait=False)
+                    def ids_after_attach() -> None:
+                        first.result()
+                        self._attach(req, port, host_if, port.id, wait=False)
 
-                attach = ids = self._pool.submit(ids_after_attach)
+                    attach = ids = self._pool.submit(ids_after_attach)
                 res = self.netlink.finish_pod_end(pend, spec, "")
                 ids.result()
                 iface = self.ovs.get_interface(host_if)
@@ -449,6 +455,12 @@ class CniHandler:
             if have and have != want:
                 raise ce.CheckFailed(f"prevResult addresses {sorted(have)} differ from the "
                                      f"allocated {sorted(want)}")
+
+
+def _done(pending: Callable[[], Any]) -> bool:
+    """Whether an async call (Controller.allocate_async) has its answer already."""
+    done = getattr(pending, "done", None)
+    return bool(done()) if done is not None else False
 
 
 def _quietly(fn: Callable[[], T]) -> T | None:

@@ -464,8 +464,16 @@ c.sendall(str(n).encode()); c.close()
 """
 
 _TCP_CLIENT = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
+import socket, sys, time
+deadline = time.monotonic() + 5  # the server may still be starting (a loaded CI machine)
+while True:
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
+        break
+    except ConnectionRefusedError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.05)
 buf = b'x' * 65536; left = int(sys.argv[3])
 while left > 0:
     n = s.send(buf[:min(left, len(buf))]); left -= n
