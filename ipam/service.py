@@ -344,6 +344,21 @@ class IpamService:
                                               limit=limit or 1000))
             return [(p, pools[p.pool_id].name) for p in ports]
 
+    def active_endpoints(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
+        """(port id, MAC, node, addresses IPv4 first) of every active port, by port id."""
+        with self.store.read() as uow:
+            rows = uow.active_endpoints()
+        out: list[tuple[str, str, str, tuple[str, ...]]] = []
+        ips: list[str] = []
+        for i, (port_id, mac, node, ip) in enumerate(rows):
+            if ip is not None:
+                ips.append(ip)
+            if i + 1 == len(rows) or rows[i + 1][0] != port_id:
+                ips.sort(key=lambda a: (":" in a, a))
+                out.append((port_id, mac, node, tuple(ips)))
+                ips = []
+        return out
+
     # ----------------------------------------------------------- admin binds
     def bind(self, pool_name: str, owner: str, ip: str = "", hostname: str = "") -> Port:
         """Pin an address to an owner ahead of its first pod (fixed/sticky pools)."""

@@ -158,18 +158,20 @@ def _snapshots(servicer: Any) -> TopologySnapshot:
         return snap
 
 
-def topology_revision(nodes: list[pb.NodeInfo], ports: list[pb.RemotePort],
+def topology_revision(nodes: list[pb.NodeInfo],
+                      ports: list[tuple[str, str, str, tuple[str, ...]]],
                       subnets: list[pb.Subnet]) -> int:
     """A stable 63-bit digest of what agents act on. last_seen is left out on purpose:
-    every heartbeat moves it, and agents care only about the ready/stale state it yields."""
+    every heartbeat moves it, and agents care only about the ready/stale state it yields.
+    Ports are hashed as text (id, MAC, node, addresses), not as serialized messages: the
+    digest is rebuilt up to 5 times a second over every active port."""
     h = hashlib.sha256()
     for n in sorted(nodes, key=lambda n: n.name):
         c = pb.NodeInfo()
         c.CopyFrom(n)
         c.ClearField("last_seen")
         h.update(b"n" + c.SerializeToString(deterministic=True))
-    for p in ports:
-        h.update(b"p" + p.SerializeToString(deterministic=True))
+    h.update("".join(f"p{i}|{m}|{n}|{','.join(a)}\n" for i, m, n, a in ports).encode())
     for s in sorted(subnets, key=lambda s: s.id):
         h.update(b"s" + s.SerializeToString(deterministic=True))
     # Never 0: 0 means "I have nothing" in TopologyRequest.since_revision.
@@ -247,15 +249,13 @@ class ControllerServicer(pb_grpc.IPControllerServicer):
     def _build_topology(self) -> pb.TopologyResponse:
         stale = 3 * self.heartbeat_seconds
         nodes = [node_pb(n, stale) for n in self.ipam.list_nodes()]
-        ports = [pb.RemotePort(port_id=p.id, mac=p.mac, ips=[a.ip for a in p.addresses],
-                               node=p.node)
-                 for p, _ in self.ipam.list_ports(state="active", limit=1_000_000)]
-        ports.sort(key=lambda p: p.port_id)
+        endpoints = self.ipam.active_endpoints()   # by port id: a stable order to hash
+        ports = [pb.RemotePort(port_id=i, mac=m, ips=a, node=n) for i, m, n, a in endpoints]
         with self.ipam.store.read() as uow:
             pools = {p.id: p.name for p in uow.list_pools()}
             subnets = [pb.Subnet(id=s.id, pool=pools.get(s.pool_id, ""), cidr=s.cidr,
                                  gateway=s.gateway or "") for s in uow.list_subnets()]
-        return pb.TopologyResponse(revision=topology_revision(nodes, ports, subnets),
+        return pb.TopologyResponse(revision=topology_revision(nodes, endpoints, subnets),
                                    nodes=nodes, ports=ports, subnets=subnets)
 
 

@@ -262,6 +262,14 @@ class _MemoryUow:
                 if p.pool_id == pool_id and p.state is PortState.IDLE
                 and p.updated_at <= cutoff][:limit]
 
+    def active_endpoints(self) -> list[tuple[str, str, str, str | None]]:
+        out: list[tuple[str, str, str, str | None]] = []
+        for p in sorted(self.st.ports.values(), key=lambda p: p.id):
+            if p.state is PortState.ACTIVE:
+                out += [(p.id, p.mac, p.node, a.ip) for a in p.addresses] or \
+                    [(p.id, p.mac, p.node, None)]
+        return out
+
     def mac_in_use(self, mac: str) -> bool:
         return any(p.mac == mac for p in self.st.ports.values())
 

@@ -165,6 +165,9 @@ class _Statements:
         self.add_outbox = q(
             "INSERT INTO outbox (kind, object_id, op, payload, created_at, attempts,"
             " next_attempt_at, last_error, failed) VALUES (?, ?, ?, ?, ?, 0, ?, '', false)")
+        self.active_endpoints = q(
+            "SELECT p.id, p.mac, p.node, a.ip FROM ports p LEFT JOIN addresses a"
+            " ON a.port_id = p.id WHERE p.state = 'active' ORDER BY p.id")
         self.add_released = q(
             "INSERT INTO released (kind, object_id, released_at) VALUES (?, ?, ?)"
             " ON CONFLICT (kind, object_id) DO UPDATE SET released_at = excluded.released_at")
@@ -480,6 +483,9 @@ class _SqlUow:
         self._x(self.q.add_outbox, (kind, object_id, op,
                                     json.dumps(payload) if payload is not None else None,
                                     now, now))
+
+    def active_endpoints(self) -> list[tuple[str, str, str, str | None]]:
+        return [tuple(r) for r in self._x(self.q.active_endpoints).fetchall()]  # type: ignore[misc]
 
     # ------------------------------------------------------ released objects
     def add_released(self, kind: str, object_id: str, now: float) -> None:

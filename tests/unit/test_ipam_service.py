@@ -590,3 +590,21 @@ def test_dynamic_pools_quarantine_60_s_by_default(svc: IpamService, clock: Clock
     clock.now += 2
     assert svc.sweep()[0] == 1
     assert ips(svc.allocate(req("c6"))) == first
+
+
+def test_active_endpoints_match_the_ports(svc: IpamService) -> None:
+    """The topology's lean read agrees with the full port list, dual-stack included."""
+    svc.create_pool("p", "dynamic", quarantine_seconds=0)
+    svc.create_subnet("p", "10.23.0.0/24")
+    svc.create_subnet("p", "fd00:23::/64")
+    svc.create_pool("vm", "fixed")
+    svc.create_subnet("vm", "10.24.0.0/24")
+    for i in range(5):
+        svc.allocate(req(f"c{i}", node=f"n{i % 2}"))
+    svc.release("c2", "eth0")
+    svc.bind("vm", "idle-owner")                      # idle: not in the topology
+    want = sorted((p.id, p.mac, p.node, tuple(a.ip for a in p.addresses))
+                  for p, _ in svc.list_ports(state="active"))
+    got = svc.active_endpoints()
+    assert got == want and len(got) == 4
+    assert all(len(ips) == 2 and ":" not in ips[0] and ":" in ips[1] for *_, ips in got)
