@@ -925,28 +925,9 @@ class PodNetlink:
         (forty pairs in ~26 ms). Moving a link into a group is a plain attribute change,
         cheap enough for DEL's own path."""
         host_ifname = validate_ifname(host_ifname, "host interface name")
-
-        def job(ipr: Any) -> bool:
-            link = _get_link(ipr, host_ifname)
-            if link is None:
-                return False
-            if _kind(link) != "veth":
-                log.warning("not deleting host interface that is not a veth host_ifname=%s "
-                            "kind=%s", host_ifname, _kind(link))
-                return False
-            try:
-                ipr.link("set", index=link["index"], group=DOOMED_GROUP)
-            except NetlinkError as exc:
-                if exc.code in _GONE:
-                    return False
-                raise
-            return True
-
-        try:
-            return self._host.run(job)
-        except NetlinkError as exc:
-            raise PlumbingError(f"marking host interface {host_ifname} for deletion failed: "
-                                f"{exc_text(exc)}", exc_text(exc)) from exc
+        return self._on_host_veth(host_ifname, "marking host interface {} for deletion",
+                                  lambda ipr, index: ipr.link("set", index=index,
+                                                              group=DOOMED_GROUP))
 
     def reap_doomed(self) -> bool:
         """Delete every doomed pair in one request; False if there was none."""
@@ -966,16 +947,23 @@ class PodNetlink:
                                 exc_text(exc)) from exc
 
     def _delete_host_end(self, host_ifname: str) -> bool:
+        return self._on_host_veth(host_ifname, "deleting host interface {}",
+                                  lambda ipr, index: ipr.link("del", index=index))
+
+    def _on_host_veth(self, host_ifname: str, what: str,
+                      action: Callable[[Any, int], object]) -> bool:
+        """Run `action` on our host veth end by that name; False if there is none (or it is
+        not a veth: never ours to touch), or it vanished meanwhile."""
         def job(ipr: Any) -> bool:
             link = _get_link(ipr, host_ifname)
             if link is None:
                 return False
             if _kind(link) != "veth":
-                log.warning("not deleting host interface that is not a veth host_ifname=%s "
+                log.warning("not touching host interface that is not a veth host_ifname=%s "
                             "kind=%s", host_ifname, _kind(link))
                 return False
             try:
-                ipr.link("del", index=link["index"])
+                action(ipr, link["index"])
             except NetlinkError as exc:
                 if exc.code in _GONE:
                     return False
@@ -985,8 +973,8 @@ class PodNetlink:
         try:
             return self._host.run(job)
         except NetlinkError as exc:
-            raise PlumbingError(f"deleting host interface {host_ifname} failed: "
-                                f"{exc_text(exc)}", exc_text(exc)) from exc
+            raise PlumbingError(f"{what.format(host_ifname)} failed: {exc_text(exc)}",
+                                exc_text(exc)) from exc
 
     # -------------------------------------------------------------------------- CHECK
     def check_pod_interface(self, netns: str, ifname: str, mac: str,
