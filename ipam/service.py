@@ -292,7 +292,7 @@ class IpamService:
             if owner is not None:
                 bound = uow.port_by_owner(pool.id, owner)
                 if bound is not None:
-                    port = self._attach_bound(uow, pool, bound, req, now)
+                    port = self._attach_bound(uow, view, bound, req, now)
                     return Allocation(port, pool, view.subnets, False)
             port = self._new_port(uow, view, req, owner, now, PortState.ACTIVE)
             return Allocation(port, pool, view.subnets, False)
@@ -624,8 +624,9 @@ class IpamService:
         self._outbox(uow, "port", port.id, "upsert", port_payload(pool, port))
         return port
 
-    def _attach_bound(self, uow: UnitOfWork, pool: Pool, bound: Port,
+    def _attach_bound(self, uow: UnitOfWork, view: PoolView, bound: Port,
                       req: AllocationRequest, now: float) -> Port:
+        pool = view.pool
         if req.requested_ip and req.requested_ip not in {a.ip for a in bound.addresses}:
             raise PolicyConflict(
                 f"owner {bound.owner!r} is bound to "
@@ -653,6 +654,28 @@ class IpamService:
                        generation=bound.generation + 1, updated_at=now)
         if not uow.update_port(port, bound.generation):
             raise PolicyConflict(f"port {bound.id} changed concurrently; retry")
+        # The pool may have gained an address family since the binding was made (an IPv6
+        # subnet added to grow it dual-stack): the owner keeps its address and gets one of
+        # the new family too. None free there is no reason to refuse the pod its old IP.
+        have = {addr.parse_address(a.ip).version for a in bound.addresses}
+        added: list[PortAddress] = []
+        for version, members in view.families:
+            if version in have:
+                continue
+            for s, net in members:
+                free = uow.take_free(s.id)
+                if free is not None:
+                    added.append(PortAddress(s.id, str(addr.address_at(net, free)), free))
+                    break
+            else:
+                log.warning("bound port gets no IPv%d address: none free pool=%s owner=%s",
+                            version, pool.name, bound.owner)
+        for a in added:
+            uow.insert_address(a.subnet_id, a.offset, a.ip, AddressState.ALLOCATED, port.id,
+                               port.generation)
+        if added:
+            port = replace(port, addresses=tuple(sorted(
+                (*port.addresses, *added), key=lambda a: (":" in a.ip, a.ip))))
         self._outbox(uow, "port", port.id, "upsert", port_payload(pool, port))
         return port
 

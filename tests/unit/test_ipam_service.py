@@ -608,3 +608,18 @@ def test_active_endpoints_match_the_ports(svc: IpamService) -> None:
     got = svc.active_endpoints()
     assert got == want and len(got) == 4
     assert all(len(ips) == 2 and ":" not in ips[0] and ":" in ips[1] for *_, ips in got)
+
+
+def test_a_bound_owner_gains_a_family_added_to_its_pool(svc: IpamService) -> None:
+    svc.create_pool("vm", "fixed")
+    svc.create_subnet("vm", "10.25.0.0/24")
+    first = svc.allocate(req("c1", pool="vm", name="vm-1"))
+    assert ips(first) == ["10.25.0.2"]
+    svc.release("c1", "eth0")
+    svc.create_subnet("vm", "fd00:25::/64")          # the pool grows dual-stack
+    again = svc.allocate(req("c2", pool="vm", name="vm-1", uid="u-new"))
+    assert ips(again)[0] == "10.25.0.2" and ips(again)[1].startswith("fd00:25::")
+    svc.release("c2", "eth0")
+    third = svc.allocate(req("c3", pool="vm", name="vm-1", uid="u-3"))
+    assert ips(third) == ips(again)                  # kept, not drawn again
+    assert usage(svc, "vm").used == 2                 # one address of each family
