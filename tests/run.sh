@@ -14,6 +14,8 @@ echo "==> import contracts"
 lint-imports --config pyproject.toml
 echo "==> ruff"
 ruff check cni ipcontroller ipam ovs_driver tests
+echo "==> mypy"
+mypy cni ipam ipcontroller ovs_driver
 # Nothing may hide behind a skip in CI: a missing PostgreSQL, OVS or root fails the run.
 export ECNET_REQUIRE_ALL=${ECNET_REQUIRE_ALL:-1}
 echo "==> pytest"
