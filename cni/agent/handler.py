@@ -106,6 +106,9 @@ class KeyedLocks:
                     del self._locks[key]
 
 
+RETRY_STUCK_SECONDS = 1.0  # before retrying pairs the kernel refused to delete
+
+
 class Teardown:
     """Veth pairs of deleted pods, removed in the background in batches.
 
@@ -123,9 +126,9 @@ class Teardown:
         self._cv = threading.Condition()
         self._pending: dict[str, int] = {}       # key -> the reap cycle that covers it
         self._names: dict[str, int] = {}         # doomed host ends -> their cycle
-        self._extra: list[Callable[[], None]] = []  # pairs found only inside a pod netns
+        self._owners: dict[str, str] = {}        # doomed host end -> its container id
+        self._extra: list[Callable[[], object]] = []  # pairs found only inside a pod netns
         self._started = 0                         # last cycle begun
-        self._finished = 0                        # last cycle completed
         self._urgent = False
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -146,6 +149,7 @@ class Teardown:
                 self._pending[key] = cycle
             for name in doomed:
                 self._names[name] = cycle
+                self._owners[name] = container_id
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="veth-reaper",
                                                 daemon=True)
@@ -153,12 +157,14 @@ class Teardown:
             self._cv.notify_all()
 
     def _quiet_delete(self, name: str, netns: str | None, ifname: str | None,
-                      container_id: str) -> None:
+                      container_id: str) -> bool:
         try:
             self.netlink.delete_pod_interface(name, netns, ifname)
+            return True
         except Exception as exc:  # noqa: BLE001 - logged; the netns removal destroys the pair
             log.error("veth teardown failed container=%s name=%s: %s", container_id[:12],
                       name, exc)
+            return False
 
     def _loop(self) -> None:
         while True:
@@ -179,42 +185,50 @@ class Teardown:
                 cycle = self._started
                 extra, self._extra = self._extra, []
                 names = [n for n, c in self._names.items() if c <= cycle]
+            stuck: list[str] = []
             try:
                 self.netlink.reap_doomed()
             except Exception as exc:  # noqa: BLE001 - fall back to one by one
                 log.error("batched veth teardown failed, deleting %d pairs one by one: %s",
                           len(names), exc)
-                for name in names:
-                    self._quiet_delete(name, None, None, "")
+                stuck = [n for n in names if not self._quiet_delete(n, None, None, "")]
             for job in extra:
                 job()
             with self._cv:
-                self._finished = cycle
+                # A pair that could not be deleted stays pending (its waiters keep waiting,
+                # then get "try again later") and is tried again a second later.
+                for name in stuck:
+                    self._names[name] = self._pending[name] = cycle + 1
+                    if name in self._owners:
+                        self._pending[self._owners[name]] = cycle + 1
                 for table in (self._pending, self._names):
                     for key in [k for k, c in table.items() if c <= cycle]:
                         del table[key]
+                for name in [n for n in self._owners if n not in self._names]:
+                    del self._owners[name]
                 self._cv.notify_all()
+                if stuck and not self._stopped:
+                    self._cv.wait(RETRY_STUCK_SECONDS)
 
     def wait_for(self, key: str, timeout: float = 30.0) -> None:
         """Return once `key`'s pair is gone, hurrying its cycle along."""
         with self._cv:
-            cycle = self._pending.get(key)
-            if cycle is None:
+            if key not in self._pending:
                 return
             self._urgent = True
             self._cv.notify_all()
-            if not self._cv.wait_for(lambda: self._finished >= cycle, timeout):
+            if not self._cv.wait_for(lambda: key not in self._pending, timeout):
                 raise ce.TryAgainLater(f"the previous veth pair of {key} is still being "
                                        f"removed after {timeout:.0f} s")
 
     def drain(self, timeout: float = 30.0) -> None:
         with self._cv:
-            if not self._pending:
+            keys = set(self._pending)
+            if not keys:
                 return
-            last = max(self._pending.values())
             self._urgent = True
             self._cv.notify_all()
-            if not self._cv.wait_for(lambda: self._finished >= last, timeout):
+            if not self._cv.wait_for(lambda: not keys & self._pending.keys(), timeout):
                 raise TimeoutError(f"veth teardown did not finish in {timeout} s")
 
     def stop(self) -> None:
@@ -412,10 +426,19 @@ class CniHandler:
             found = self.ovs.find_interfaces(**{"ecnet/container": req.container_id,
                                                 "ecnet/ifname": req.ifname})
             for iface in found:
-                # Under the host name's lock, so a bound port's next ADD (same name) either
-                # comes before (and this DEL finds nothing of it: its ids name another
-                # container) or after the pair is doomed (and waits for it to go).
+                # Under the host name's lock, and only if the port is still this container's:
+                # a bound port's next ADD (same name, new container) may have taken it over
+                # since the lookup; then it is that pod's, not ours to delete. Otherwise the
+                # next ADD comes after the pair is doomed and waits for it to go.
                 with self.locks.hold(_NAME_LOCK + iface.name):
+                    now = self.ovs.get_interface(iface.name)
+                    if now is None or now.external_ids.get("ecnet/container") != \
+                            req.container_id:
+                        log.info("DEL container=%s: port %s now belongs to container %s; "
+                                 "left alone", req.container_id[:12], iface.name,
+                                 (now.external_ids.get("ecnet/container", "?")[:12]
+                                  if now is not None else "none"))
+                        continue
                     self.ovs.delete_port(self.cfg.bridge, iface.name)  # off the network
                     self.teardown.start(req.container_id, [iface.name], None, req.ifname)
         except OvsError as exc:

@@ -109,3 +109,46 @@ def test_a_client_that_never_finishes_does_not_pin_a_worker(
         ok.close()
     finally:
         srv.shutdown_and_remove()
+
+
+class Iface:
+    def __init__(self, name: str, container: str) -> None:
+        self.name = name
+        self.external_ids = {"ecnet/container": container, "ecnet/ifname": "eth0"}
+
+
+class TakenOverOvs:
+    """The bound port's host end was found for the old container, then taken over by the
+    new container's ADD before this DEL got the host name's lock."""
+
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def find_interfaces(self, **ids: str) -> list[Iface]:
+        return [Iface("tapabcdef01-23", ids["ecnet/container"])]
+
+    def get_interface(self, name: str) -> Iface:
+        return Iface(name, "the-new-container")
+
+    def delete_port(self, bridge: str, name: str) -> bool:
+        self.deleted.append(name)
+        return True
+
+
+class RecordingNetlink(NoNetlink):
+    def __init__(self) -> None:
+        self.doomed: list[str] = []
+
+    def doom_host_end(self, name: str) -> bool:
+        self.doomed.append(name)
+        return True
+
+
+def test_del_leaves_a_port_another_container_took_over() -> None:
+    ovs, nl, ctl = TakenOverOvs(), RecordingNetlink(), FakeController()
+    h = CniHandler(AgentConfig(node="n1"), ctl, nl, ovs)  # type: ignore[arg-type]
+    rc, out = run(h, "DEL")
+    assert rc == 0, out
+    assert ovs.deleted == [] and nl.doomed == []     # the live pod keeps its port and veth
+    assert ctl.released == ["c0ffee"]                # the old container's release still runs
+    h.teardown.stop()

@@ -155,3 +155,23 @@ def test_dels_racing_the_reaper_are_never_lost(nl: FakeNetlink) -> None:
     td.drain(timeout=5)
     assert nl.links == set()
     td.stop()
+
+
+def test_a_pair_that_cannot_be_deleted_keeps_its_waiters_waiting(nl: FakeNetlink) -> None:
+    from cni.errors import TryAgainLater
+    nl.links = {"tapX"}
+    nl.fail_reap = True
+    real_delete = nl.delete_pod_interface
+
+    def refuse(host: str, netns: Any = None, ifname: Any = None) -> bool:
+        raise OSError("EBUSY")
+    nl.delete_pod_interface = refuse  # type: ignore[method-assign]
+    td = Teardown(nl, batch_delay=0.0)  # type: ignore[arg-type]
+    td.start("cX", ["tapX"], None, "eth0")
+    with pytest.raises(TryAgainLater):
+        td.wait_for("tapX", timeout=0.5)           # never "gone" while it still exists
+    assert "tapX" in nl.links
+    nl.delete_pod_interface = real_delete  # type: ignore[method-assign]
+    td.wait_for("cX", timeout=5)                    # the retry a second later succeeds
+    assert "tapX" not in nl.links
+    td.stop()
