@@ -195,7 +195,10 @@ class ControllerServicer(pb_grpc.IPControllerServicer):
             container_id=request.container_id, ifname=request.ifname,
             pod=PodIdentity(request.pod.namespace, request.pod.name, request.pod.uid),
             node=request.node, netns=request.netns, product_type=request.product_type,
-            pool=request.pool, requested_ip=request.requested_ip, owner=request.owner,
+            # An older agent sends its one pick in `pool`: an explicit choice.
+            pool=(request.pod_pool if request.pod_pool or request.config_pool
+                  else request.pool),
+            requested_ip=request.requested_ip, owner=request.owner,
             hostname=request.hostname, port_id=request.port_id,
             config_pool=request.config_pool)
         alloc = self.ipam.allocate(req)

@@ -374,7 +374,8 @@ class CniHandler:
             node=self.cfg.node,
             pod=pb.PodRef(namespace=req.args.pod_namespace, name=req.args.pod_name,
                           uid=req.args.pod_uid),
-            product_type=req.product_type, pool=req.pool, config_pool=req.config_pool,
+            product_type=req.product_type, pool=req.pool or req.config_pool,
+            pod_pool=req.pool, config_pool=req.config_pool,
             requested_ip=req.requested_ip,
             owner=req.owner, network=req.conf.name, hostname=req.hostname)
 

@@ -17,7 +17,7 @@ class PodRef(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("container_id", "ifname", "netns", "node", "pod", "product_type", "pool", "requested_ip", "owner", "network", "hostname", "port_id", "config_pool")
+    __slots__ = ("container_id", "ifname", "netns", "node", "pod", "product_type", "pool", "requested_ip", "owner", "network", "hostname", "port_id", "config_pool", "pod_pool")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     IFNAME_FIELD_NUMBER: _ClassVar[int]
     NETNS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class AllocateRequest(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PORT_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_POOL_FIELD_NUMBER: _ClassVar[int]
+    POD_POOL_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     ifname: str
     netns: str
@@ -44,7 +45,8 @@ class AllocateRequest(_message.Message):
     hostname: str
     port_id: str
     config_pool: str
-    def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., netns: _Optional[str] = ..., node: _Optional[str] = ..., pod: _Optional[_Union[PodRef, _Mapping]] = ..., product_type: _Optional[str] = ..., pool: _Optional[str] = ..., requested_ip: _Optional[str] = ..., owner: _Optional[str] = ..., network: _Optional[str] = ..., hostname: _Optional[str] = ..., port_id: _Optional[str] = ..., config_pool: _Optional[str] = ...) -> None: ...
+    pod_pool: str
+    def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., netns: _Optional[str] = ..., node: _Optional[str] = ..., pod: _Optional[_Union[PodRef, _Mapping]] = ..., product_type: _Optional[str] = ..., pool: _Optional[str] = ..., requested_ip: _Optional[str] = ..., owner: _Optional[str] = ..., network: _Optional[str] = ..., hostname: _Optional[str] = ..., port_id: _Optional[str] = ..., config_pool: _Optional[str] = ..., pod_pool: _Optional[str] = ...) -> None: ...
 
 class IPConfig(_message.Message):
     __slots__ = ("address", "gateway", "subnet_id", "cidr")

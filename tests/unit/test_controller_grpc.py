@@ -113,3 +113,23 @@ def test_activity_summary_counts_and_reports_once_per_interval(
         summary.note("allocate-new")           # a new interval has begun: no second line
     assert [r.getMessage() for r in caplog.records] == [
         "activity in the last 10s: allocate-new=4 release-released=1"]
+
+
+def test_old_and_new_agents_pool_fields(stubs) -> None:  # type: ignore[no-untyped-def]
+    """An older agent sends one pick in `pool` (an explicit choice); a newer one sends the
+    annotation and the network config's pool apart, and `pool` for older controllers."""
+    ctl, admin, _ = stubs
+    admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="web", policy="dynamic")))
+    admin.CreateSubnet(pb.CreateSubnetRequest(pool="web", cidr="10.31.0.0/24"))
+    admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="vm", policy="fixed",
+                                                       product_type="light-vm")))
+    admin.CreateSubnet(pb.CreateSubnetRequest(pool="vm", cidr="10.32.0.0/24"))
+    old = alloc("old", pool="web")
+    old.product_type = "light-vm"
+    with pytest.raises(grpc.RpcError) as err:
+        ctl.AllocatePort(old)
+    assert error_class(err.value) == "PolicyConflict"
+    new = alloc("new", pool="web")
+    new.product_type, new.config_pool = "light-vm", "web"
+    got = ctl.AllocatePort(new).port
+    assert got.ips[0].address.startswith("10.32.0.")  # the annotated type beat the netconf pool
