@@ -463,14 +463,14 @@ class IpamService:
                      for p in uow.list_ports(PortFilter(limit=10_000_000))]
         return networks, subnets, ports
 
-    def released_onos_objects(self) -> dict[str, list[str]]:
-        """What the store released recently (RELEASED_TTL_SECONDS), by kind, minus anything
-        live again: a full resync deletes these from ONOS once more."""
+    def released_onos_objects(self, since: float | None = None) -> dict[str, list[str]]:
+        """What the store released (since `since`, else within RELEASED_TTL_SECONDS), by
+        kind, minus anything live again: a resync deletes these from ONOS once more."""
         with self.store.read() as uow:
             live = {("network", p.network_id) for p in uow.list_pools()
                     if uow.list_subnets(p.id)}
             out: dict[str, list[str]] = {"network": [], "subnet": [], "port": []}
-            for kind, object_id in uow.list_released():
+            for kind, object_id in uow.list_released(since):
                 if (kind, object_id) not in live and kind in out:
                     out[kind].append(object_id)
         return out

@@ -497,8 +497,9 @@ def sync_now(s: Settings) -> None:
     """Resynchronise ONOS with the IPAM state now."""
     r = s.call("SyncNow", pb.SyncNowRequest())
     if r.forwarded:
-        text = (f"resync requested from the replica holding the sync lease "
-                f"({r.holder or 'none yet: the next holder runs it'})")
+        text = (f"resync requested; the replica holding the sync lease runs it within a "
+                f"second ({r.holder or 'none yet: the next holder runs it'}); see "
+                "`ipctl sync status`")
     else:
         text = f"resync queued {r.queued} ONOS change(s)"
     emit_done(s, r, text)

@@ -10,8 +10,9 @@ What the resync repairs (ONOS has no read-back, shared/onos-contract.md):
   late) is removed again. DELETE of an absent object is 204: a replayed delete is harmless.
 * It leaves objects with pending outbox rows to those rows, which carry the newest state, so
   it neither resurrects a port whose delete is queued nor doubles the backlog's work.
-Any replica can be asked for a resync (`ipctl sync now`); one that does not hold the lease
-records the request in the database and the holder runs it within a second.
+Any replica can be asked for a resync (`ipctl sync now`): it counts the request in the
+database and the lease holder runs it within a second, replaying every kept delete. The
+periodic resync replays only the deletes released since the holder's previous one.
 """
 from __future__ import annotations
 
@@ -34,9 +35,15 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 LEASE_NAME = "onos-sync"
-# sync_state keys: a resync asked of any replica (a timestamp), and when one last completed.
-RESYNC_REQUESTED = "resync-requested"
+# sync_state keys: resync requests made so far (a counter any replica bumps), the count the
+# lease holders have served, and when a resync last completed (for `ipctl sync status`).
+RESYNC_REQUESTS = "resync-requests"
+RESYNC_SERVED = "resync-served"
 LAST_RESYNC = "last-resync"
+# A periodic resync replays the deletes released since the previous one began, less this
+# margin (clock steps, a slow previous run); a requested one, or the first one after taking
+# the lease, replays everything the `released` table keeps.
+RELEASED_MARGIN_SECONDS = 300.0
 # After a failed resync (ONOS down or refusing us) try again this soon, not a whole interval
 # later: the state ONOS lost stays lost until a resync succeeds.
 RESYNC_RETRY_SECONDS = 30.0
@@ -68,17 +75,20 @@ class SyncRunner:
         self.resync_interval = settings.onos_resync_interval
         self.last_resync = 0.0     # when a resync last completed here (status)
         self._next_resync = 0.0    # when the periodic loop tries next (0: at start-up)
-        # Requests (RESYNC_REQUESTED) up to this time are served; start-up resyncs anyway.
-        self._handled_request = time.time()
+        self._next_request_try = 0.0   # after a failed requested resync: not every second
+        # Deletes released before this were replayed by an earlier resync of this holder;
+        # None: replay all (start-up, a new lease, a request).
+        self._released_cutoff: float | None = None
+        self._was_leader = False
 
-    def _desired(self) -> DesiredState:
+    def _desired(self, released_since: float | None = None) -> DesiredState:
         """The store's live objects, minus ports that still have outbox rows.
 
         The snapshot is read first and the outbox after it. Rows cannot disappear in between
         (only the lease holder drains, and it is busy here), so every port released after the
         snapshot has its delete row in the second read and is skipped, never resurrected."""
         networks, subnets, ports = self.ipam.desired_onos_state()
-        released = self.ipam.released_onos_objects()
+        released = self.ipam.released_onos_objects(released_since)
         pending = self._pending_ports()
         return DesiredState(
             networks=[_as(OnosNetwork, from_payload("network", n)) for n in networks],
@@ -96,27 +106,32 @@ class SyncRunner:
             return set()
         return {r.object_id for r in rows() if r.kind == "port"}
 
-    def resync_now(self) -> int:
+    def resync_now(self, full: bool = True) -> int:
+        """Replay the store to ONOS now (this replica must hold the lease). `full` replays
+        every kept delete; otherwise only those since this holder's previous resync."""
         started = time.time()
-        calls = self.worker.resync(self._desired)
+        since = None if full else self._released_cutoff
+        calls = self.worker.resync(lambda: self._desired(since))
         if self.worker.status().leader:
             self.last_resync = time.time()
             self._set_state(LAST_RESYNC, repr(self.last_resync))
-            self._handled_request = max(self._handled_request, started)
-        log.info("onos resync calls=%d", calls)
+            self._released_cutoff = started - RELEASED_MARGIN_SECONDS
+        log.info("onos resync calls=%d full=%s", calls, since is None)
         return calls
 
     def request_resync(self) -> pb.SyncNowResponse:
-        """`ipctl sync now` on any replica: the lease holder resyncs at once; another replica
-        records the request for the holder (ONOS must see one replayer at a time)."""
-        if self.worker.status().leader:
-            return pb.SyncNowResponse(queued=self.resync_now())
-        self._set_state(RESYNC_REQUESTED, repr(time.time()))
+        """`ipctl sync now` on any replica: count a request in the database; the replica
+        holding the lease runs it within a second (one replayer at a time, and a long
+        replay never holds the caller's RPC open)."""
+        self._set_state(RESYNC_REQUESTS, str(self._count(RESYNC_REQUESTS) + 1))
         return pb.SyncNowResponse(forwarded=True, holder=self.lease_holder())
 
-    def _requested_since_last(self) -> bool:
-        text = self._get_state(RESYNC_REQUESTED)
-        return bool(text) and float(text) > self._handled_request  # type: ignore[arg-type]
+    def _count(self, key: str) -> int:
+        text = self._get_state(key)
+        try:
+            return int(text) if text else 0
+        except ValueError:
+            return 0
 
     def _get_state(self, key: str) -> str | None:
         get = getattr(self.store, "get_state", None)
@@ -149,24 +164,38 @@ class SyncRunner:
             SYNC_PENDING.set(st.pending)
             SYNC_FAILED.set(st.failed)
             SYNC_OLDEST.set(st.oldest_pending_seconds or 0)
-            now = time.time()
-            try:
-                asked = st.leader and self._requested_since_last()
-            except Exception:  # noqa: BLE001 - a store hiccup must not end the loop
-                log.exception("reading resync requests failed")
-                asked = False
-            if asked or (self.resync_interval and st.leader and now >= self._next_resync):
-                try:
-                    self.resync_now()
-                    self._next_resync = time.time() + self.resync_interval
-                except Exception as exc:  # noqa: BLE001 - retried soon, see RESYNC_RETRY
-                    log.warning("periodic onos resync failed: %s", exc)
-                    # A request is served by the periodic retry, not by one attempt a second.
-                    self._handled_request = max(self._handled_request, now)
-                    self._next_resync = time.time() + min(self.resync_interval,
-                                                          RESYNC_RETRY_SECONDS)
+            if st.leader and not self._was_leader:
+                self._released_cutoff = None   # a new holder replays every kept delete
+            self._was_leader = st.leader
+            if st.leader:
+                self._serve(time.time())
         drainer.join(timeout=5)
         self.client.close()
+
+    def _serve(self, now: float) -> None:
+        """One round of the holder's loop: a requested resync first, else a periodic one."""
+        try:
+            asked, served = self._count(RESYNC_REQUESTS), self._count(RESYNC_SERVED)
+        except Exception:  # noqa: BLE001 - a store hiccup must not end the loop
+            log.exception("reading resync requests failed")
+            asked = served = 0
+        if asked > served and now >= self._next_request_try:
+            try:
+                self.resync_now(full=True)
+                self._set_state(RESYNC_SERVED, str(asked))
+                self._next_resync = time.time() + self.resync_interval
+            except Exception as exc:  # noqa: BLE001 - kept; tried again RESYNC_RETRY later
+                log.warning("requested onos resync failed: %s", exc)
+                self._next_request_try = time.time() + RESYNC_RETRY_SECONDS
+            return
+        if self.resync_interval and now >= self._next_resync:
+            try:
+                self.resync_now(full=False)
+                self._next_resync = time.time() + self.resync_interval
+            except Exception as exc:  # noqa: BLE001 - retried soon, see RESYNC_RETRY
+                log.warning("periodic onos resync failed: %s", exc)
+                self._next_resync = time.time() + min(self.resync_interval,
+                                                      RESYNC_RETRY_SECONDS)
 
     def lease_holder(self) -> str:
         """Who drains right now (any replica can answer), or "" while nobody holds it."""

@@ -280,8 +280,8 @@ class _MemoryUow:
     def forget_released(self, kind: str, object_id: str) -> None:
         self.st.released.pop((kind, object_id), None)
 
-    def list_released(self) -> list[tuple[str, str]]:
-        return sorted(self.st.released)
+    def list_released(self, since: float | None = None) -> list[tuple[str, str]]:
+        return sorted(k for k, at in self.st.released.items() if since is None or at >= since)
 
     def prune_released(self, before: float) -> int:
         old = [k for k, at in self.st.released.items() if at < before]

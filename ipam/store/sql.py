@@ -494,10 +494,12 @@ class _SqlUow:
     def forget_released(self, kind: str, object_id: str) -> None:
         self._x(self.q.forget_released, (kind, object_id))
 
-    def list_released(self) -> list[tuple[str, str]]:
+    def list_released(self, since: float | None = None) -> list[tuple[str, str]]:
         r = t.released.c
-        return [(row.kind, row.object_id) for row in self.c.execute(
-            select(r.kind, r.object_id).order_by(r.kind, r.object_id))]
+        q = select(r.kind, r.object_id).order_by(r.kind, r.object_id)
+        if since is not None:
+            q = q.where(r.released_at >= since)
+        return [(row.kind, row.object_id) for row in self.c.execute(q)]
 
     def prune_released(self, before: float) -> int:
         res = self.c.execute(delete(t.released).where(t.released.c.released_at < before))

@@ -407,7 +407,7 @@ def test_resync_restores_what_onos_lost_and_tombstones_win(tmp_path: Path,
                             "--onos-resync-interval", "0") as ctl:
         s = Stubs(ctl.port)
         code, out = ipctl(ctl.port, "sync", "now")
-        assert code == 0 and "resync queued" in out, out
+        assert code == 0 and "resync requested" in out, out
         assert wait_until(lambda: drained(s), timeout=15), s.sync_status()
         # (c) the ghost, deleted for good before the backup came back, is deleted again.
         assert wait_until(lambda: ghost.id not in emu.snapshot()["ports"], timeout=15)

@@ -546,6 +546,12 @@ def test_released_objects_are_kept_for_resync_then_pruned(svc: IpamService,
                                            "network": [pool.network_id]}
     svc.create_subnet("p", "10.20.1.0/24")          # the pool's network is live again
     assert svc.released_onos_objects()["network"] == []
+    clock.now += 100
+    b = svc.allocate(req("c2"))
+    svc.release("c2", "eth0")
+    # a periodic resync replays only what was released since the previous one
+    assert svc.released_onos_objects(since=clock.now - 10)["port"] == [b.port.id]
+    assert sorted(svc.released_onos_objects()["port"]) == sorted([a.port.id, b.port.id])
     clock.now += 7 * 24 * 3600 + 1
     svc.sweep()
     assert svc.released_onos_objects() == {"port": [], "subnet": [], "network": []}
