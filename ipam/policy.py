@@ -44,6 +44,7 @@ def choose_pool(req: AllocationRequest, pools: Iterable[Pool],
     1. the `ecnet.io/pool` annotation (`req.pool`): must exist and fit the product type;
     2. the pool owning the `ecnet.io/ip` annotation's address (`ip_pool`, found by the
        caller from the subnets);
+    2b. the sticky pool owned by the pod's stateful group (`group_of`), if it fits;
     3. the network config's pool (`req.config_pool`), then the namespace default, each
        taken only if it fits the requested product type (an annotated product type beats
        the network config);
