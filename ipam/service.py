@@ -463,6 +463,18 @@ class IpamService:
                      for p in uow.list_ports(PortFilter(limit=10_000_000))]
         return networks, subnets, ports
 
+    def onos_port_payloads(self, port_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """The ONOS payloads of these ports as the store has them now (gone ones left out):
+        a chunked resync re-reads each chunk just before sending it."""
+        with self.store.read() as uow:
+            pools = {p.id: p for p in uow.list_pools()}
+            out = []
+            for port_id in port_ids:
+                port = uow.get_port(port_id)
+                if port is not None and port.pool_id in pools:
+                    out.append(port_payload(pools[port.pool_id], port))
+        return out
+
     def released_onos_objects(self, since: float | None = None) -> dict[str, list[str]]:
         """What the store released (since `since`, else within RELEASED_TTL_SECONDS), by
         kind, minus anything live again: a resync deletes these from ONOS once more."""

@@ -296,61 +296,89 @@ class SyncWorker:
             paused_until=self._pause_until)
 
     # ------------------------------------------------------------------ resync
-    def resync(self, source: Callable[[], DesiredState | tuple[Any, ...]]) -> int:
+    def resync(self, source: Callable[[], DesiredState | tuple[Any, ...]],
+               fresh_ports: Callable[[list[str]], list[OnosPort]] | None = None,
+               chunk: int = 500) -> int:
         """Replay the desired state to ONOS and return how many operations were sent.
 
-        Runs under the drain lock and needs the lease. `source` must return one consistent
-        snapshot of the store: a change committed after it has its own outbox row, which the
-        worker applies after this replay, so a stale snapshot is corrected, never the reverse.
+        Needs the lease, and runs under the drain lock: `source` must return one consistent
+        snapshot of the store; a change committed after it has its own outbox row, which the
+        worker applies after the replay, so a stale snapshot is corrected, never the reverse.
+
+        With `fresh_ports`, the ports (by far the most objects) are replayed in chunks and
+        the drain runs between them, so a long replay does not hold up the outbox. Each
+        chunk re-reads its ports under the lock (`fresh_ports(ids)` returns the ones still
+        live and without pending rows, as they are now): the drain can no longer have
+        applied anything newer than what the chunk sends.
         Stops (raises) on OnosUnavailable/OnosAuthError; a rejected object is logged, skipped.
         """
+        c = self.client
         with self._lock:
             if not self._renew(self.clock(), force=True):
                 log.info("onos resync skipped holder=%s reason=not-leader", self.holder)
                 return 0
             want = DesiredState(*source())
-            c = self.client
             ops: list[tuple[str, str, Callable[[], object]]] = []
             ops += [("network", n.id, partial(c.upsert_network, n)) for n in want.networks]
             ops += [("subnet", s.id, partial(c.upsert_subnet, s)) for s in want.subnets]
-            ops += [("port", p.id, partial(c.upsert_port, p)) for p in want.ports]
+            if fresh_ports is None:
+                ops += [("port", p.id, partial(c.upsert_port, p)) for p in want.ports]
             ops += [("port", i, partial(c.delete_port, i)) for i in want.deleted_ports]
             ops += [("subnet", i, partial(c.delete_subnet, i)) for i in want.deleted_subnets]
             ops += [("network", i, partial(c.delete_network, i))
                     for i in want.deleted_networks]
-            sent = 0
-            for kind, obj_id, call in ops:
-                # A long replay must keep the lease: were it to lapse, another replica would
-                # drain (e.g. a port's DELETE) while this one still replays an older snapshot.
-                if not self._renew(self.clock(), force=False):
-                    self._note_error(f"resync aborted after {sent} calls: lost the lease")
-                    log.warning("onos resync aborted holder=%s reason=lost-lease sent=%d",
-                                self.holder, sent)
+            sent, ok = self._replay(ops, 0)
+        if ok and fresh_ports is not None:
+            ids = [p.id for p in want.ports]
+            for start in range(0, len(ids), max(1, chunk)):
+                with self._lock:
+                    if not self._renew(self.clock(), force=True):
+                        self._note_error(f"resync aborted after {sent} calls: lost the lease")
+                        log.warning("onos resync aborted holder=%s reason=lost-lease "
+                                    "sent=%d", self.holder, sent)
+                        return sent
+                    ports = fresh_ports(ids[start:start + chunk])
+                    sent, ok = self._replay(
+                        [("port", p.id, partial(c.upsert_port, p)) for p in ports], sent)
+                if not ok:
                     return sent
-                sent += 1
-                try:
-                    call()
-                except OnosRejected as e:
-                    outcome = "in_use" if e.in_use else "rejected"
-                    log.warning("onos resync %s kind=%s id=%s error=%s", outcome, kind,
-                                obj_id, e)
-                    self._hook(outcome, None, e)
-                    continue
-                except OnosError as e:
-                    outcome = "auth" if isinstance(e, OnosAuthError) else "unavailable"
-                    if isinstance(e, OnosUnavailable) and e.ambiguous:
-                        self._mark_unsettled((kind, obj_id), self.clock())
-                    text = _auth_text(e) if isinstance(e, OnosAuthError) else outcome
-                    self._note_error(f"{text}: resync {kind}/{obj_id}: {e}")
-                    self._hook(outcome, None, e)
-                    raise
-                self._last_success_at = self.clock()
-                self._hook("ok", None, None)
-            log.info("onos resync done holder=%s ops=%d networks=%d subnets=%d ports=%d "
-                     "deleted=%d", self.holder, sent, len(want.networks), len(want.subnets),
-                     len(want.ports), len(want.deleted_ports) + len(want.deleted_subnets)
-                     + len(want.deleted_networks))
-            return sent
+        log.info("onos resync done holder=%s ops=%d networks=%d subnets=%d ports=%d "
+                 "deleted=%d", self.holder, sent, len(want.networks), len(want.subnets),
+                 len(want.ports), len(want.deleted_ports) + len(want.deleted_subnets)
+                 + len(want.deleted_networks))
+        return sent
+
+    def _replay(self, ops: list[tuple[str, str, Callable[[], object]]],
+                sent: int) -> tuple[int, bool]:
+        """Send `ops` in order (under the drain lock); (calls sent so far, completed)."""
+        for kind, obj_id, call in ops:
+            # A long replay must keep the lease: were it to lapse, another replica would
+            # drain (e.g. a port's DELETE) while this one still replays an older snapshot.
+            if not self._renew(self.clock(), force=False):
+                self._note_error(f"resync aborted after {sent} calls: lost the lease")
+                log.warning("onos resync aborted holder=%s reason=lost-lease sent=%d",
+                            self.holder, sent)
+                return sent, False
+            sent += 1
+            try:
+                call()
+            except OnosRejected as e:
+                outcome = "in_use" if e.in_use else "rejected"
+                log.warning("onos resync %s kind=%s id=%s error=%s", outcome, kind,
+                            obj_id, e)
+                self._hook(outcome, None, e)
+                continue
+            except OnosError as e:
+                outcome = "auth" if isinstance(e, OnosAuthError) else "unavailable"
+                if isinstance(e, OnosUnavailable) and e.ambiguous:
+                    self._mark_unsettled((kind, obj_id), self.clock())
+                text = _auth_text(e) if isinstance(e, OnosAuthError) else outcome
+                self._note_error(f"{text}: resync {kind}/{obj_id}: {e}")
+                self._hook(outcome, None, e)
+                raise
+            self._last_success_at = self.clock()
+            self._hook("ok", None, None)
+        return sent, True
 
     # ------------------------------------------------------------------ internals
     def _renew(self, now: float, *, force: bool) -> bool:

@@ -482,3 +482,34 @@ def test_backoff_grows_exponentially_with_full_jitter_up_to_the_cap() -> None:
         assert all(0.0 <= d <= cap for d in draws), (attempts, max(draws))
         # full jitter: spread over the whole range, not clustered at the cap
         assert min(draws) < 0.2 * cap and max(draws) > 0.8 * cap, attempts
+
+
+def test_a_chunked_resync_sends_each_chunk_as_the_store_has_it_then(
+        emu: EmulatorServer, client: OnosClient) -> None:
+    """Ports go in chunks, each re-read just before it is sent (the drain runs between
+    chunks): a port released or changed after the snapshot goes as it is now (or not at
+    all), never as the stale snapshot had it."""
+    emu.start()
+    clock, ob = FakeClock(), MemoryOutbox()
+    w = worker(ob, client, clock)
+    ports = [make_port(i) for i in range(5)]
+    live = {p.id: p for p in ports}
+    calls: list[list[str]] = []
+
+    def fresh(ids: list[str]) -> list[Any]:
+        calls.append(ids)
+        if len(calls) == 2:   # between the chunks: port 3 released, port 4 moved
+            live.pop(ports[3].id)
+            live[ports[4].id] = replace(ports[4], host_id="node-moved")
+        return [live[i] for i in ids if i in live]
+
+    assert w.resync(lambda: DesiredState([NET], [SUB], ports), fresh, chunk=2) == 2 + 4
+    assert [len(c) for c in calls] == [2, 2, 1]
+    state = emu.snapshot()
+    assert set(live_ports(state)) == {p.id for p in ports} - {ports[3].id}
+    assert live_ports(state)[ports[4].id]["binding:host_id"] == "node-moved"
+    w2 = worker(ob, client, clock, holder="w1")
+    seen = []
+    w2.resync(lambda: DesiredState([NET], [SUB], ports[:2]),
+              lambda ids: seen.append(w2._lock.locked()) or [live[i] for i in ids], chunk=1)
+    assert seen == [True, True]      # each chunk runs under the drain lock
