@@ -622,19 +622,27 @@ class IpamService:
         for version, members in view.families:
             if version == requested:
                 continue
-            for s, net in members:
-                free = uow.take_free(s.id)
-                if free is not None:
-                    taken.append(PortAddress(s.id, str(addr.address_at(net, free)), free))
-                    break
-            else:
+            got = self._take_in_family(uow, members)
+            if got is None:
                 raise PoolExhausted(f"pool {pool.name!r} has no free IPv{version} address")
+            taken.append(got)
         port = replace(port, addresses=tuple(taken))
         for a in taken:
             uow.insert_address(a.subnet_id, a.offset, a.ip, AddressState.ALLOCATED, port.id,
                                port.generation)
         self._outbox(uow, "port", port.id, "upsert", port_payload(pool, port))
         return port
+
+    @staticmethod
+    def _take_in_family(uow: UnitOfWork, members: tuple[tuple[Subnet, addr.Network], ...]
+                        ) -> PortAddress | None:
+        """The lowest free address of the first subnet (in order) of one family that has
+        any; None when all are full."""
+        for s, net in members:
+            free = uow.take_free(s.id)
+            if free is not None:
+                return PortAddress(s.id, str(addr.address_at(net, free)), free)
+        return None
 
     def _attach_bound(self, uow: UnitOfWork, view: PoolView, bound: Port,
                       req: AllocationRequest, now: float) -> Port:
@@ -674,14 +682,12 @@ class IpamService:
         for version, members in view.families:
             if version in have:
                 continue
-            for s, net in members:
-                free = uow.take_free(s.id)
-                if free is not None:
-                    added.append(PortAddress(s.id, str(addr.address_at(net, free)), free))
-                    break
-            else:
+            got = self._take_in_family(uow, members)
+            if got is None:
                 log.warning("bound port gets no IPv%d address: none free pool=%s owner=%s",
                             version, pool.name, bound.owner)
+            else:
+                added.append(got)
         for a in added:
             uow.insert_address(a.subnet_id, a.offset, a.ip, AddressState.ALLOCATED, port.id,
                                port.generation)

@@ -368,6 +368,25 @@ def _kind(msg: Any) -> str | None:
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
+def _unless_gone(call: Callable[[], object]) -> bool:
+    """Run a netlink request; False if its object is already gone, True if it ran."""
+    try:
+        call()
+    except NetlinkError as exc:
+        if exc.code in _GONE:
+            return False
+        raise
+    return True
+
+
+def _plumbing(call: Callable[[], T], what: str) -> T:
+    """A host netlink call whose failure is the pod's plumbing error (CNI code 110)."""
+    try:
+        return call()
+    except NetlinkError as exc:
+        raise PlumbingError(f"{what} failed: {exc_text(exc)}", exc_text(exc)) from exc
+
+
 def _get_link(ipr: Any, ifname: str) -> Any | None:
     try:
         links = ipr.link("get", ifname=ifname)
@@ -932,19 +951,8 @@ class PodNetlink:
     def reap_doomed(self) -> bool:
         """Delete every doomed pair in one request; False if there was none."""
         def job(ipr: Any) -> bool:
-            try:
-                ipr.link("del", group=DOOMED_GROUP)
-            except NetlinkError as exc:
-                if exc.code in _GONE:
-                    return False
-                raise
-            return True
-
-        try:
-            return self._reaper.run(job)
-        except NetlinkError as exc:
-            raise PlumbingError(f"deleting the doomed veth pairs failed: {exc_text(exc)}",
-                                exc_text(exc)) from exc
+            return _unless_gone(lambda: ipr.link("del", group=DOOMED_GROUP))
+        return _plumbing(lambda: self._reaper.run(job), "deleting the doomed veth pairs")
 
     def _delete_host_end(self, host_ifname: str) -> bool:
         return self._on_host_veth(host_ifname, "deleting host interface {}",
@@ -962,19 +970,8 @@ class PodNetlink:
                 log.warning("not touching host interface that is not a veth host_ifname=%s "
                             "kind=%s", host_ifname, _kind(link))
                 return False
-            try:
-                action(ipr, link["index"])
-            except NetlinkError as exc:
-                if exc.code in _GONE:
-                    return False
-                raise
-            return True
-
-        try:
-            return self._host.run(job)
-        except NetlinkError as exc:
-            raise PlumbingError(f"{what.format(host_ifname)} failed: {exc_text(exc)}",
-                                exc_text(exc)) from exc
+            return _unless_gone(lambda: action(ipr, link["index"]))
+        return _plumbing(lambda: self._host.run(job), what.format(host_ifname))
 
     # -------------------------------------------------------------------------- CHECK
     def check_pod_interface(self, netns: str, ifname: str, mac: str,
