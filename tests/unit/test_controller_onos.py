@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,6 +24,15 @@ def wait_until(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-
     return False
 
 
+def stubs_with_pool(ctl: Any, cidr: str) -> tuple[Any, Any]:
+    """Pod-path and admin stubs of a running controller, with a dynamic pool "p" on cidr."""
+    ch = grpc.insecure_channel(f"127.0.0.1:{ctl.port}")
+    c, admin = pb_grpc.IPControllerStub(ch), pb_grpc.IPAdminStub(ch)
+    admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
+    admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr=cidr))
+    return c, admin
+
+
 def alloc(cid: str) -> pb.AllocateRequest:
     return pb.AllocateRequest(container_id=cid, ifname="eth0", node="node-a", pool="p",
                               pod=pb.PodRef(namespace="ns", name=f"pod-{cid}", uid=f"u-{cid}"))
@@ -31,10 +41,7 @@ def alloc(cid: str) -> pb.AllocateRequest:
 def test_ports_reach_onos_and_leave_on_release(tmp_path: Path) -> None:
     with EmulatorServer() as onos, running_controller(
             sqlite_url(tmp_path), "--onos-url", onos.url) as ctl:
-        ch = grpc.insecure_channel(f"127.0.0.1:{ctl.port}")
-        c, admin = pb_grpc.IPControllerStub(ch), pb_grpc.IPAdminStub(ch)
-        admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
-        admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.40.0.0/24"))
+        c, admin = stubs_with_pool(ctl, "10.40.0.0/24")
         ports = [c.AllocatePort(alloc(f"c{i}")).port for i in range(5)]
         assert wait_until(lambda: len(onos.snapshot()["ports"]) == 5)
         state = onos.snapshot()
@@ -60,10 +67,7 @@ def test_allocation_does_not_wait_for_a_dead_onos(tmp_path: Path) -> None:
     url = onos.url
     onos.stop()  # ONOS is down from the start
     with running_controller(sqlite_url(tmp_path), "--onos-url", url) as ctl:
-        ch = grpc.insecure_channel(f"127.0.0.1:{ctl.port}")
-        c, admin = pb_grpc.IPControllerStub(ch), pb_grpc.IPAdminStub(ch)
-        admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
-        admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.41.0.0/24"))
+        c, admin = stubs_with_pool(ctl, "10.41.0.0/24")
         t = time.perf_counter()
         for i in range(20):
             c.AllocatePort(alloc(f"c{i}"))
@@ -86,10 +90,7 @@ def test_sync_now_on_any_replica_runs_on_the_lease_holder(tmp_path: Path) -> Non
     with EmulatorServer() as onos, \
             running_controller(db, "--onos-url", onos.url, "--holder", "r1",
                                "--onos-resync-interval", "0") as first:
-        ch1 = grpc.insecure_channel(f"127.0.0.1:{first.port}")
-        c, admin1 = pb_grpc.IPControllerStub(ch1), pb_grpc.IPAdminStub(ch1)
-        admin1.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
-        admin1.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.42.0.0/24"))
+        c, admin1 = stubs_with_pool(first, "10.42.0.0/24")
         ports = [c.AllocatePort(alloc(f"c{i}")).port for i in range(3)]
         assert wait_until(lambda: len(onos.snapshot()["ports"]) == 3)
         with running_controller(db, "--onos-url", onos.url, "--holder", "r2",
@@ -114,10 +115,7 @@ def test_a_requested_resync_survives_a_dead_onos(tmp_path: Path,
     url = onos.url
     with running_controller(sqlite_url(tmp_path), "--onos-url", url,
                             "--onos-timeout", "0.5", "--onos-resync-interval", "0") as ctl:
-        ch = grpc.insecure_channel(f"127.0.0.1:{ctl.port}")
-        c, admin = pb_grpc.IPControllerStub(ch), pb_grpc.IPAdminStub(ch)
-        admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
-        admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.43.0.0/24"))
+        c, admin = stubs_with_pool(ctl, "10.43.0.0/24")
         port = c.AllocatePort(alloc("c1")).port
         assert wait_until(lambda: port.id in onos.snapshot()["ports"])
         onos.stop()
