@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from itertools import groupby
 from typing import Any
 
 from . import addr
@@ -349,14 +350,10 @@ class IpamService:
         with self.store.read() as uow:
             rows = uow.active_endpoints()
         out: list[tuple[str, str, str, tuple[str, ...]]] = []
-        ips: list[str] = []
-        for i, (port_id, mac, node, ip) in enumerate(rows):
-            if ip is not None:
-                ips.append(ip)
-            if i + 1 == len(rows) or rows[i + 1][0] != port_id:
-                ips.sort(key=lambda a: (":" in a, a))
-                out.append((port_id, mac, node, tuple(ips)))
-                ips = []
+        for (port_id, mac, node), group in groupby(rows, key=lambda r: r[:3]):
+            ips = sorted((r[3] for r in group if r[3] is not None),
+                         key=lambda a: (":" in a, a))
+            out.append((port_id, mac, node, tuple(ips)))
         return out
 
     # ----------------------------------------------------------- admin binds
@@ -479,8 +476,9 @@ class IpamService:
         """What the store released (since `since`, else within RELEASED_TTL_SECONDS), by
         kind, minus anything live again: a resync deletes these from ONOS once more."""
         with self.store.read() as uow:
+            with_subnets = {s.pool_id for s in uow.list_subnets()}
             live = {("network", p.network_id) for p in uow.list_pools()
-                    if uow.list_subnets(p.id)}
+                    if p.id in with_subnets}
             out: dict[str, list[str]] = {"network": [], "subnet": [], "port": []}
             for kind, object_id in uow.list_released(since):
                 if (kind, object_id) not in live and kind in out:

@@ -346,7 +346,7 @@ def subnet_show(s: Settings, cidr_or_id: str) -> None:
         found = [x for x in subnets if x.id.startswith(text)]
     if len(found) != 1:
         raise IpctlError(f"subnet {text!r} "
-                                   + ("does not exist" if not found else "is ambiguous"))
+                         + ("does not exist" if not found else "is ambiguous"))
     x, u = found[0], found[0].usage
     emit_fields(s, x, [
         ("id", x.id), ("pool", x.pool), ("cidr", x.cidr), ("gateway", x.gateway),

@@ -207,7 +207,7 @@ class ControllerServicer(pb_grpc.IPControllerServicer):
         self.activity.note("allocate-existing" if alloc.existing else "allocate-new")
         log.debug("allocated port=%s container=%s ifname=%s pod=%s/%s existing=%s",
                   alloc.port.id, request.container_id[:12], request.ifname,
-                 request.pod.namespace, request.pod.name, alloc.existing)
+                  request.pod.namespace, request.pod.name, alloc.existing)
         return pb.AllocateResponse(port=port_pb(alloc.port, alloc.pool, alloc.subnets),
                                    existing=alloc.existing)
 

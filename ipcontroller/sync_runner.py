@@ -108,15 +108,13 @@ class SyncRunner:
         ports released or changed since the snapshot go as they are now, or not at all; a
         port with pending rows is left to them, as in `_desired`."""
         payloads = self.ipam.onos_port_payloads(ids)
-        pending = self._pending_ports()
+        pending = self._pending_ports(ids)
         ports = (_as(OnosPort, from_payload("port", d)) for d in payloads)
         return [p for p in ports if p.id not in pending]
 
-    def _pending_ports(self) -> set[str]:
-        rows = getattr(self.store, "outbox_rows", None)
-        if rows is None:
-            return set()
-        return {r.object_id for r in rows() if r.kind == "port"}
+    def _pending_ports(self, ids: list[str] | None = None) -> set[str]:
+        pending = getattr(self.store, "outbox_pending_ids", None)
+        return pending("port", ids) if pending is not None else set()
 
     def resync_now(self, full: bool = True) -> int:
         """Replay the store to ONOS now (this replica must hold the lease). `full` replays

@@ -125,7 +125,6 @@ class Teardown:
         self.batch_delay = batch_delay
         self._cv = threading.Condition()
         self._pending: dict[str, int] = {}       # key -> the reap cycle that covers it
-        self._names: dict[str, int] = {}         # doomed host ends -> their cycle
         self._owners: dict[str, str] = {}        # doomed host end -> its container id
         self._extra: list[Callable[[], object]] = []  # pairs found only inside a pod netns
         self._started = 0                         # last cycle begun
@@ -148,7 +147,6 @@ class Teardown:
             for key in (container_id, *names):
                 self._pending[key] = cycle
             for name in doomed:
-                self._names[name] = cycle
                 self._owners[name] = container_id
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="veth-reaper",
@@ -184,7 +182,7 @@ class Teardown:
                 self._started += 1
                 cycle = self._started
                 extra, self._extra = self._extra, []
-                names = [n for n, c in self._names.items() if c <= cycle]
+                names = [n for n in self._owners if self._pending.get(n, cycle) <= cycle]
             stuck: list[str] = []
             try:
                 self.netlink.reap_doomed()
@@ -198,13 +196,10 @@ class Teardown:
                 # A pair that could not be deleted stays pending (its waiters keep waiting,
                 # then get "try again later") and is tried again a second later.
                 for name in stuck:
-                    self._names[name] = self._pending[name] = cycle + 1
-                    if name in self._owners:
-                        self._pending[self._owners[name]] = cycle + 1
-                for table in (self._pending, self._names):
-                    for key in [k for k, c in table.items() if c <= cycle]:
-                        del table[key]
-                for name in [n for n in self._owners if n not in self._names]:
+                    self._pending[name] = self._pending[self._owners[name]] = cycle + 1
+                for key in [k for k, c in self._pending.items() if c <= cycle]:
+                    del self._pending[key]
+                for name in [n for n in self._owners if n not in self._pending]:
                     del self._owners[name]
                 self._cv.notify_all()
                 if stuck and not self._stopped:

@@ -684,11 +684,9 @@ class PodNetlink:
         if _attr(host_link, "IFLA_GROUP") == DOOMED_GROUP:
             # A DEL doomed this pair and its batch did not remove it: this ADD owns it
             # again, so the next batch must not take it.
-            try:
-                self._host.run(lambda ipr: ipr.link("set", index=host_link["index"], group=0))
-            except NetlinkError as exc:
-                raise PlumbingError(f"reclaiming {plan.host_ifname} from deletion failed: "
-                                    f"{exc_text(exc)}", exc_text(exc)) from exc
+            _plumbing(lambda: self._host.run(
+                lambda ipr: ipr.link("set", index=host_link["index"], group=0)),
+                f"reclaiming {plan.host_ifname} from deletion")
         try:
             res = self._configure(plan, pod, retry=True, pod_link=pod_link, host_link=host_link)
         except _StepFailed as exc:

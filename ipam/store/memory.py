@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -327,6 +327,12 @@ class MemoryStore:
     def outbox_rows(self) -> list[OutboxRow]:
         with self._lock:
             return list(self._state.outbox)
+
+    def outbox_pending_ids(self, kind: str, ids: Sequence[str] | None = None) -> set[str]:
+        wanted = set(ids) if ids is not None else None
+        with self._lock:
+            return {r.object_id for r in self._state.outbox if r.kind == kind
+                    and (wanted is None or r.object_id in wanted)}
 
     def close(self) -> None:
         pass

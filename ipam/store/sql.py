@@ -641,6 +641,16 @@ class SqlStore:
                           r.next_attempt_at, r.created_at, r.last_error, bool(r.failed))
                 for r in rows]
 
+    def outbox_pending_ids(self, kind: str, ids: Sequence[str] | None = None) -> set[str]:
+        """Ids of `kind` with pending rows (among `ids`, if given), without reading the rows:
+        a resync asks once per chunk, while a backlog may be large."""
+        o = t.outbox.c
+        q = select(o.object_id).where(o.kind == kind).distinct()
+        if ids is not None:
+            q = q.where(o.object_id.in_(list(ids)))
+        with self._tx(False) as uow:
+            return {r[0] for r in uow.c.execute(q)}
+
     def outbox_rows(self) -> list[OutboxRow]:
         """Every pending row in order (status views and tests)."""
         with self._tx(False) as uow:
