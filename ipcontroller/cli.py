@@ -25,6 +25,8 @@ from rich.table import Table
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 
+from .refusal import error_code
+
 DEFAULT_CONTROLLER = "127.0.0.1:7400"
 OUTPUTS = ("table", "json")
 # Statuses whose text the controller writes for humans: show it as is.
@@ -56,23 +58,25 @@ def open_channel(target: str) -> grpc.Channel:
 
 
 def rpc_error_message(err: grpc.RpcError, target: str, timeout: float) -> str:
-    """Turn a status into the sentence an operator needs; domain errors keep the server's text."""
+    """Turn a status into the sentence an operator needs. A refusal (the controller gave an
+    ErrorCode, or an older one its "ecnet-error") keeps the server's text whatever its code:
+    that text is written for humans, and every failure exits 1 (the module's promise)."""
     code = err.code() if isinstance(err, grpc.Call) else None
     details = (err.details() if isinstance(err, grpc.Call) else None) or ""
-    meta = dict(err.trailing_metadata() or ()) if isinstance(err, grpc.Call) else {}
-    if code == grpc.StatusCode.UNAVAILABLE and "ecnet-error" not in meta:
-        # No domain error class: the transport failed, not the controller's logic.
+    refused = error_code(err) is not None
+    if code == grpc.StatusCode.UNAVAILABLE and not refused:
+        # No reason given: the transport failed, not the controller's logic.
         return f"cannot reach the IP controller at {target} ({details or 'unavailable'})"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the IP controller at {target} did not answer within {timeout:g}s"
-    if code in DOMAIN_CODES or "ecnet-error" in meta:
+    if code in DOMAIN_CODES or refused:
         return details or (code.name if code else str(err))
     name = code.name if code else "error"
     return f"{details} ({name})" if details else f"IP controller call failed ({name})"
 
 
 @dataclass
-class Settings:
+class IpctlSettings:
     """Where and how to talk; subcommand-level options may still change it before the first call."""
 
     controller: str
@@ -137,7 +141,7 @@ def print_table(rows: Iterable[Any], columns: Sequence[Column], *, header: bool 
     click.echo("\n".join(line.rstrip() for line in buf.getvalue().splitlines()))
 
 
-def emit(s: Settings, rows: Sequence[Any], columns: Sequence[Column]) -> None:
+def emit(s: IpctlSettings, rows: Sequence[Any], columns: Sequence[Column]) -> None:
     """A list command's output: the full messages as a JSON array, or the chosen columns."""
     if s.output == "json":
         print_json(rows)
@@ -145,7 +149,7 @@ def emit(s: Settings, rows: Sequence[Any], columns: Sequence[Column]) -> None:
         print_table(rows, columns)
 
 
-def emit_fields(s: Settings, msg: Message, fields: Sequence[tuple[str, object]]) -> None:
+def emit_fields(s: IpctlSettings, msg: Message, fields: Sequence[tuple[str, object]]) -> None:
     """One object: the full message as JSON, or `field  value` lines for a human."""
     if s.output == "json":
         print_json(msg)
@@ -154,7 +158,7 @@ def emit_fields(s: Settings, msg: Message, fields: Sequence[tuple[str, object]])
                     header=False)
 
 
-def emit_done(s: Settings, msg: Message, text: str) -> None:
+def emit_done(s: IpctlSettings, msg: Message, text: str) -> None:
     """A mutation: the response as JSON for scripts, a sentence for humans."""
     if s.output == "json":
         print_json(msg)
@@ -212,7 +216,7 @@ class IpctlGroup(click.Group):
             raise IpctlError(f"{type(exc).__name__}: {exc}") from None
 
 
-pass_settings = click.make_pass_decorator(Settings)
+pass_settings = click.make_pass_decorator(IpctlSettings)
 
 
 @click.group(cls=IpctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -225,7 +229,7 @@ pass_settings = click.make_pass_decorator(Settings)
 @click.pass_context
 def cli(ctx: click.Context, controller: str, output: str, timeout: float) -> None:
     """Manage ecnet pools, subnets, ports, bindings, nodes and ONOS sync."""
-    settings = Settings(controller, output, timeout)
+    settings = IpctlSettings(controller, output, timeout)
     ctx.obj = settings
     ctx.call_on_close(settings.close)
 
@@ -247,7 +251,7 @@ def pool() -> None:
 @click.option("--product-type", default="", help="product type served ('' = the policy)")
 @click.option("--group", default="", help="sticky: the group owning this pool")
 @pass_settings
-def pool_create(s: Settings, name: str, policy: str, quarantine: int | None, retention: int,
+def pool_create(s: IpctlSettings, name: str, policy: str, quarantine: int | None, retention: int,
                 mtu: int, product_type: str, group: str) -> None:
     """Create a pool."""
     p = pb.Pool(name=name, policy=policy, retention_seconds=retention, mtu=mtu,
@@ -260,7 +264,7 @@ def pool_create(s: Settings, name: str, policy: str, quarantine: int | None, ret
 
 @pool.command("list")
 @pass_settings
-def pool_list(s: Settings) -> None:
+def pool_list(s: IpctlSettings) -> None:
     """Pools with their address counts."""
     emit(s, s.call("ListPools", pb.ListPoolsRequest()).pools, POOL_COLS)
 
@@ -268,7 +272,7 @@ def pool_list(s: Settings) -> None:
 @pool.command("show")
 @click.argument("name")
 @pass_settings
-def pool_show(s: Settings, name: str) -> None:
+def pool_show(s: IpctlSettings, name: str) -> None:
     """One pool, its settings and its subnets with usage."""
     r = s.call("GetPool", pb.GetPoolRequest(name=name))
     if s.output == "json":
@@ -291,14 +295,14 @@ def pool_show(s: Settings, name: str) -> None:
 @pool.command("delete")
 @click.argument("name")
 @pass_settings
-def pool_delete(s: Settings, name: str) -> None:
+def pool_delete(s: IpctlSettings, name: str) -> None:
     """Delete a pool."""
     emit_done(s, s.call("DeletePool", pb.DeletePoolRequest(name=name)), f"pool {name} deleted")
 
 
 @cli.command("usage")
 @pass_settings
-def usage(s: Settings) -> None:
+def usage(s: IpctlSettings) -> None:
     """Totals per pool: used, reserved, quarantined, free, bound."""
     emit(s, s.call("ListPools", pb.ListPoolsRequest()).pools, POOL_COLS)
 
@@ -316,7 +320,7 @@ def subnet() -> None:
 @click.option("--exclude", multiple=True, metavar="RANGE_OR_IP",
               help="an address or a range a-b to keep out (repeatable)")
 @pass_settings
-def subnet_create(s: Settings, pool_name: str, cidr: str, gateway: str,
+def subnet_create(s: IpctlSettings, pool_name: str, cidr: str, gateway: str,
                   exclude: tuple[str, ...]) -> None:
     """Add CIDR to POOL."""
     r = s.call("CreateSubnet", pb.CreateSubnetRequest(pool=pool_name, cidr=cidr,
@@ -328,7 +332,7 @@ def subnet_create(s: Settings, pool_name: str, cidr: str, gateway: str,
 @subnet.command("list")
 @click.option("--pool", "pool_name", default="", metavar="POOL")
 @pass_settings
-def subnet_list(s: Settings, pool_name: str) -> None:
+def subnet_list(s: IpctlSettings, pool_name: str) -> None:
     """Subnets with their address counts."""
     emit(s, s.call("ListSubnets", pb.ListSubnetsRequest(pool=pool_name)).subnets, SUBNET_COLS)
 
@@ -336,7 +340,7 @@ def subnet_list(s: Settings, pool_name: str) -> None:
 @subnet.command("show")
 @click.argument("cidr_or_id")
 @pass_settings
-def subnet_show(s: Settings, cidr_or_id: str) -> None:
+def subnet_show(s: IpctlSettings, cidr_or_id: str) -> None:
     """One subnet by CIDR or id (prefix of 8+ characters): settings and usage."""
     text = cidr_or_id.strip()
     subnets = s.call("ListSubnets", pb.ListSubnetsRequest()).subnets
@@ -367,7 +371,7 @@ def _is_network(text: str) -> bool:
 @subnet.command("delete")
 @click.argument("cidr_or_id")
 @pass_settings
-def subnet_delete(s: Settings, cidr_or_id: str) -> None:
+def subnet_delete(s: IpctlSettings, cidr_or_id: str) -> None:
     """Delete a subnet by CIDR or by id."""
     req = (pb.DeleteSubnetRequest(cidr=cidr_or_id) if _is_network(cidr_or_id)
            else pb.DeleteSubnetRequest(id=cidr_or_id))
@@ -387,7 +391,7 @@ def port() -> None:
               help="e.g. active or idle (the controller validates it)")
 @click.option("--limit", type=click.IntRange(min=0), default=0, help="0 = controller default")
 @pass_settings
-def port_list(s: Settings, pool_name: str, node: str, state: str, limit: int) -> None:
+def port_list(s: IpctlSettings, pool_name: str, node: str, state: str, limit: int) -> None:
     """Ports, optionally filtered."""
     r = s.call("ListPorts", pb.ListPortsRequest(pool=pool_name, node=node, state=state,
                                                 limit=limit))
@@ -400,7 +404,7 @@ def port_list(s: Settings, pool_name: str, node: str, state: str, limit: int) ->
 @click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True)
 @click.option("--note", default="", help="why (kept with the reservation)")
 @pass_settings
-def reserve(s: Settings, pool_name: str, addresses: tuple[str, ...], note: str) -> None:
+def reserve(s: IpctlSettings, pool_name: str, addresses: tuple[str, ...], note: str) -> None:
     """Keep addresses of POOL out of allocation."""
     r = s.call("Reserve", pb.ReserveRequest(pool=pool_name, addresses=list(addresses),
                                             note=note))
@@ -411,7 +415,7 @@ def reserve(s: Settings, pool_name: str, addresses: tuple[str, ...], note: str) 
 @click.argument("pool_name", metavar="POOL")
 @click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True)
 @pass_settings
-def unreserve(s: Settings, pool_name: str, addresses: tuple[str, ...]) -> None:
+def unreserve(s: IpctlSettings, pool_name: str, addresses: tuple[str, ...]) -> None:
     """Give reserved addresses back to allocation."""
     r = s.call("Reserve", pb.ReserveRequest(pool=pool_name, addresses=list(addresses),
                                             unreserve=True))
@@ -424,14 +428,14 @@ def unreserve(s: Settings, pool_name: str, addresses: tuple[str, ...]) -> None:
 @click.option("--ip", default="", metavar="IP", help="the address to pin (default: any free)")
 @click.option("--hostname", default="", metavar="H")
 @pass_settings
-def bind(s: Settings, pool_name: str, owner: str, ip: str, hostname: str) -> None:
+def bind(s: IpctlSettings, pool_name: str, owner: str, ip: str, hostname: str) -> None:
     """Pin an IP to OWNER in a fixed or sticky pool, ahead of its first pod."""
     r = s.call("Bind", pb.BindRequest(pool=pool_name, owner=owner, ip=ip, hostname=hostname))
     addrs = ", ".join(i.address for i in r.port.ips) or "-"
     emit_done(s, r.port, f"{owner} bound to {addrs} in pool {pool_name} (port {r.port.id[:11]})")
 
 
-def _unbind(s: Settings, pool_name: str, owner: str, verb: str) -> None:
+def _unbind(s: IpctlSettings, pool_name: str, owner: str, verb: str) -> None:
     r = s.call("Unbind", pb.UnbindRequest(pool=pool_name, owner=owner))
     text = (f"{owner} {verb} in pool {pool_name}" if r.found
             else f"{owner} has no binding in pool {pool_name}; nothing to do")
@@ -442,7 +446,7 @@ def _unbind(s: Settings, pool_name: str, owner: str, verb: str) -> None:
 @click.argument("pool_name", metavar="POOL")
 @click.argument("owner")
 @pass_settings
-def unbind(s: Settings, pool_name: str, owner: str) -> None:
+def unbind(s: IpctlSettings, pool_name: str, owner: str) -> None:
     """Free OWNER's bound IP (refused while a pod uses it)."""
     _unbind(s, pool_name, owner, "unbound")
 
@@ -451,7 +455,7 @@ def unbind(s: Settings, pool_name: str, owner: str) -> None:
 @click.argument("pool_name", metavar="POOL")
 @click.argument("owner")
 @pass_settings
-def release(s: Settings, pool_name: str, owner: str) -> None:
+def release(s: IpctlSettings, pool_name: str, owner: str) -> None:
     """Release a sticky member's kept IP (same as unbind)."""
     _unbind(s, pool_name, owner, "released")
 
@@ -465,7 +469,7 @@ def namespace() -> None:
 @click.argument("ns", metavar="NAMESPACE")
 @click.argument("pool_name", metavar="POOL")
 @pass_settings
-def namespace_default(s: Settings, ns: str, pool_name: str) -> None:
+def namespace_default(s: IpctlSettings, ns: str, pool_name: str) -> None:
     """Pods of NAMESPACE without other hints get their IP from POOL."""
     r = s.call("SetNamespaceDefault", pb.SetNamespaceDefaultRequest(namespace=ns,
                                                                     pool=pool_name))
@@ -480,7 +484,7 @@ def sync() -> None:
 
 @sync.command("status")
 @pass_settings
-def sync_status(s: Settings) -> None:
+def sync_status(s: IpctlSettings) -> None:
     """Queue depth, failures and lease holder of the ONOS sync."""
     r = s.call("SyncStatus", pb.SyncStatusRequest())
     emit_fields(s, r, [
@@ -493,7 +497,7 @@ def sync_status(s: Settings) -> None:
 
 @sync.command("now")
 @pass_settings
-def sync_now(s: Settings) -> None:
+def sync_now(s: IpctlSettings) -> None:
     """Resynchronise ONOS with the IPAM state now."""
     r = s.call("SyncNow", pb.SyncNowRequest())
     if r.forwarded:
@@ -512,7 +516,7 @@ def node() -> None:
 
 @node.command("list")
 @pass_settings
-def node_list(s: Settings) -> None:
+def node_list(s: IpctlSettings) -> None:
     """Registered nodes and whether their agents are alive."""
     emit(s, s.call("ListNodes", pb.ListNodesRequest()).nodes, NODE_COLS)
 
@@ -520,7 +524,7 @@ def node_list(s: Settings) -> None:
 @node.command("delete")
 @click.argument("name")
 @pass_settings
-def node_delete(s: Settings, name: str) -> None:
+def node_delete(s: IpctlSettings, name: str) -> None:
     """Forget a node (its agent re-registers if it is still running)."""
     emit_done(s, s.call("DeleteNode", pb.DeleteNodeRequest(name=name)), f"node {name} deleted")
 
@@ -528,7 +532,7 @@ def node_delete(s: Settings, name: str) -> None:
 # ------------------------------------- global options after the subcommand
 def _override(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
-        settings = ctx.find_object(Settings)
+        settings = ctx.find_object(IpctlSettings)
         if value is not None and settings is not None:
             setattr(settings, attr, value)
     return callback

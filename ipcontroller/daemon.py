@@ -24,7 +24,7 @@ from ipam.service import IpamService
 from ipam.store import open_store
 
 from . import logconfig
-from .servicer import AdminServicer, ControllerServicer
+from .servicer import IPAdminServicer, IPControllerServicer
 
 log = logging.getLogger("ipcontroller")
 
@@ -32,7 +32,7 @@ DEFAULT_DB = "sqlite:////var/lib/ecnet/ipam.db"
 
 
 @dataclass(frozen=True)
-class Settings:
+class DaemonSettings:
     """Read once at start and validated, so a bad flag fails before we listen."""
 
     listen: str
@@ -52,7 +52,7 @@ class Settings:
     onos_max_backoff: float = 30.0
 
 
-def parse_args(argv: list[str] | None = None) -> Settings:
+def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     p = argparse.ArgumentParser(prog="ecnet-ipcontroller", description=__doc__)
     p.add_argument("--listen", default=os.environ.get("ECNET_LISTEN", "127.0.0.1:7400"),
                    help="gRPC listen addresses, comma-separated: HOST:PORT or unix:PATH "
@@ -101,16 +101,16 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     if a.onos_url and a.onos_lease_ttl < 3 * a.onos_timeout:
         p.error(f"--onos-lease-ttl ({a.onos_lease_ttl:g}s) must be at least 3 x "
                 f"--onos-timeout ({a.onos_timeout:g}s)")
-    return Settings(a.listen, a.db, a.metrics_listen, a.onos_url.rstrip("/"), a.onos_user,
+    return DaemonSettings(a.listen, a.db, a.metrics_listen, a.onos_url.rstrip("/"), a.onos_user,
                     a.onos_password_file, a.onos_timeout, a.onos_resync_interval,
                     a.heartbeat_seconds, a.sweep_interval, a.workers,
                     a.log_level, a.holder, a.onos_lease_ttl, a.onos_max_backoff)
 
 
-class Controller:
+class IpControllerDaemon:
     """The running pieces of one replica, startable in-process for tests."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DaemonSettings) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
         if settings.db.startswith("sqlite:///"):
@@ -130,9 +130,9 @@ class Controller:
                                   options=[("grpc.so_reuseport", 0)])
         on_change = self.sync.wake if self.sync is not None else None
         pb_grpc.add_IPControllerServicer_to_server(
-            ControllerServicer(self.ipam, settings.heartbeat_seconds, on_change), self.server)
+            IPControllerServicer(self.ipam, settings.heartbeat_seconds, on_change), self.server)
         pb_grpc.add_IPAdminServicer_to_server(
-            AdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), self.server)
+            IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = 0
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
     logconfig.setup(settings.log_level)
     try:
-        ctl = Controller(settings)
+        ctl = IpControllerDaemon(settings)
         ctl.start()
     except Exception as exc:  # noqa: BLE001 - a clean one-line failure for operators
         log.error("start-up failed: %s", exc)

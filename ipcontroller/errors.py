@@ -1,7 +1,9 @@
-"""The one table from IPAM exceptions to gRPC status codes.
+"""The one table from IPAM (and ONOS) exceptions to what a refusal says on the wire.
 
-The class name also travels as trailing metadata ("ecnet-error") so the node agent maps it to a
-CNI error code without parsing message text.
+Each class maps to a gRPC status code and an `ErrorCode` (proto), the reason as data: the
+agent and ipctl map the ErrorCode, never a class name, so renaming a class here changes
+nothing a pod sees as long as this table keeps its row. How the reason travels is
+`ipcontroller.refusal`.
 """
 from __future__ import annotations
 
@@ -9,30 +11,36 @@ import logging
 
 import grpc
 
+from ecnet_api.v1 import ecnet_pb2 as pb
 from ipam import errors as e
 from ipam.onos import errors as onos
 
+from .refusal import Refusal
+
 log = logging.getLogger(__name__)
 
-STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
-    e.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    e.NotFound: grpc.StatusCode.NOT_FOUND,
-    e.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    e.PolicyConflict: grpc.StatusCode.FAILED_PRECONDITION,
-    e.InUse: grpc.StatusCode.FAILED_PRECONDITION,
-    e.PoolExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    e.Busy: grpc.StatusCode.UNAVAILABLE,
+S = grpc.StatusCode
+REFUSAL_BY_ERROR: dict[type[Exception], tuple[grpc.StatusCode, pb.ErrorCode]] = {
+    e.InvalidArgument: (S.INVALID_ARGUMENT, pb.ERROR_CODE_INVALID_ARGUMENT),
+    e.NotFound: (S.NOT_FOUND, pb.ERROR_CODE_NOT_FOUND),
+    e.AlreadyExists: (S.ALREADY_EXISTS, pb.ERROR_CODE_ALREADY_EXISTS),
+    e.PolicyConflict: (S.FAILED_PRECONDITION, pb.ERROR_CODE_POLICY_CONFLICT),
+    e.InUse: (S.FAILED_PRECONDITION, pb.ERROR_CODE_IN_USE),
+    e.PoolExhausted: (S.RESOURCE_EXHAUSTED, pb.ERROR_CODE_POOL_EXHAUSTED),
+    e.Busy: (S.UNAVAILABLE, pb.ERROR_CODE_BUSY),
     # `ipctl sync now` talks to ONOS on the caller's behalf
-    onos.OnosAuthError: grpc.StatusCode.FAILED_PRECONDITION,
-    onos.OnosRejected: grpc.StatusCode.FAILED_PRECONDITION,
-    onos.OnosError: grpc.StatusCode.UNAVAILABLE,
+    onos.OnosAuthError: (S.FAILED_PRECONDITION, pb.ERROR_CODE_ONOS_AUTH),
+    onos.OnosRejected: (S.FAILED_PRECONDITION, pb.ERROR_CODE_ONOS_REJECTED),
+    onos.OnosError: (S.UNAVAILABLE, pb.ERROR_CODE_ONOS_UNAVAILABLE),
 }
 
 
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
-    """(code, message, error class) for any exception; unknown ones are INTERNAL."""
+def refusal_for(exc: BaseException) -> Refusal:
+    """The refusal for any exception; one outside the table is a bug: INTERNAL, logged with
+    its traceback here (once), and named by its class only in the message."""
     for cls in type(exc).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls], str(exc), cls.__name__
+        if cls in REFUSAL_BY_ERROR:
+            status, code = REFUSAL_BY_ERROR[cls]
+            return Refusal(status, code, str(exc))
     log.exception("unexpected error in request handler")
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", "Internal"
+    return Refusal(S.INTERNAL, pb.ERROR_CODE_INTERNAL, f"internal error: {type(exc).__name__}")

@@ -1,7 +1,8 @@
 """gRPC servicers: thin translation between protobuf messages and `ipam.service.IpamService`.
 
 Every handler goes through `_handle`, which retries store contention (`Busy`) a few times
-and turns any exception into one gRPC status via `ipcontroller.errors`.
+and turns any exception into one refusal via `ipcontroller.errors`: a gRPC status with the
+reason (an ErrorCode) in its details.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ipam.errors import Busy
 from ipam.service import IpamService
 
 from .activity import ActivitySummary
-from .errors import status_for
+from .errors import refusal_for
 from .metrics import REQUEST_SECONDS, REQUESTS
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,13 @@ def _handle(method: F) -> F:
                         raise
                     time.sleep(random.uniform(0, 0.002 * (2 ** attempt)))
         except Exception as exc:  # noqa: BLE001 - the one edge where errors become statuses
-            code, msg, cls = status_for(exc)
+            refusal = refusal_for(exc)
+            code = refusal.status
             log.log(logging.INFO if code is grpc.StatusCode.NOT_FOUND else logging.WARNING,
-                    "%s refused code=%s error=%s msg=%s", name, code.name, cls, msg)
-            context.set_trailing_metadata((("ecnet-error", cls),))
-            context.abort(code, msg)
+                    "%s refused code=%s error=%s msg=%s", name, code.name,
+                    pb.ErrorCode.Name(refusal.code), refusal.message)
+            context.set_trailing_metadata(refusal.trailing_metadata())
+            context.abort(code, refusal.message)
         finally:
             REQUESTS.labels(name, code.name).inc()
             REQUEST_SECONDS.labels(name).observe(time.perf_counter() - start)
@@ -178,7 +181,7 @@ def topology_revision(nodes: list[pb.NodeInfo],
     return (int.from_bytes(h.digest()[:8], "big") >> 1) or 1
 
 
-class ControllerServicer(pb_grpc.IPControllerServicer):
+class IPControllerServicer(pb_grpc.IPControllerServicer):
     """The pod path: agents allocate and release ports here."""
 
     def __init__(self, ipam: IpamService, heartbeat_seconds: int = 10,
@@ -262,7 +265,7 @@ class ControllerServicer(pb_grpc.IPControllerServicer):
                                    nodes=nodes, ports=ports, subnets=subnets)
 
 
-class AdminServicer(pb_grpc.IPAdminServicer):
+class IPAdminServicer(pb_grpc.IPAdminServicer):
     """What ipctl drives: pools, subnets, bindings, reservations, nodes, sync."""
 
     def __init__(self, ipam: IpamService, sync: Any = None, heartbeat_seconds: int = 10) -> None:

@@ -1,7 +1,10 @@
-"""The agent's warm gRPC channel to the IP controller, with errors mapped to CNI codes.
+"""The agent's warm gRPC channel to the IP controller, with refusals mapped to CNI codes.
 
-The controller sends the IPAM error class in the "ecnet-error" trailing metadata; that (not
-the message text) decides the CNI code.
+The controller says why it refused as data: an `ErrorCode` in an `ErrorDetail` packed into the
+gRPC status details. `_CNI_BY_CODE` is the one table from that code to a CNI error; a class
+renamed on the controller cannot change it. An older controller sends no detail, only the
+IPAM class name in the "ecnet-error" trailing metadata: `_CODE_BY_LEGACY_NAME` turns that
+name into the same ErrorCode, for one release.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from grpc_status import rpc_status
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
@@ -19,28 +23,64 @@ from .. import errors as ce
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_BY_CLASS: dict[str, type[ce.CniError]] = {
-    "PoolExhausted": ce.PoolExhausted,
-    "PolicyConflict": ce.PolicyConflict,
-    "InUse": ce.PolicyConflict,
-    "AlreadyExists": ce.PolicyConflict,
-    "NotFound": ce.NotFound,
-    "InvalidArgument": ce.InvalidConfig,
-    "Busy": ce.TryAgainLater,
+# Every ErrorCode, exhaustively (tests check it). None: not a refusal a pod can act on, so the
+# gRPC status decides (retryable means try again later, anything else is an error of ours).
+_CNI_BY_CODE: dict[pb.ErrorCode, type[ce.CniError] | None] = {
+    pb.ERROR_CODE_UNSPECIFIED: None,
+    pb.ERROR_CODE_INTERNAL: None,
+    pb.ERROR_CODE_INVALID_ARGUMENT: ce.InvalidConfig,
+    pb.ERROR_CODE_NOT_FOUND: ce.NotFound,
+    pb.ERROR_CODE_ALREADY_EXISTS: ce.PolicyConflict,
+    pb.ERROR_CODE_POLICY_CONFLICT: ce.PolicyConflict,
+    pb.ERROR_CODE_IN_USE: ce.PolicyConflict,
+    pb.ERROR_CODE_POOL_EXHAUSTED: ce.PoolExhausted,
+    pb.ERROR_CODE_BUSY: ce.TryAgainLater,
+    # Only `ipctl sync now` reaches ONOS; never a pod's request.
+    pb.ERROR_CODE_ONOS_UNAVAILABLE: None,
+    pb.ERROR_CODE_ONOS_AUTH: None,
+    pb.ERROR_CODE_ONOS_REJECTED: None,
+}
+# What controllers before ErrorCode sent in "ecnet-error" (names they sent that are not here,
+# "Internal" and the ONOS classes, meant "decide by the status" then too).
+_CODE_BY_LEGACY_NAME: dict[str, pb.ErrorCode] = {
+    "InvalidArgument": pb.ERROR_CODE_INVALID_ARGUMENT,
+    "NotFound": pb.ERROR_CODE_NOT_FOUND,
+    "AlreadyExists": pb.ERROR_CODE_ALREADY_EXISTS,
+    "PolicyConflict": pb.ERROR_CODE_POLICY_CONFLICT,
+    "InUse": pb.ERROR_CODE_IN_USE,
+    "PoolExhausted": pb.ERROR_CODE_POOL_EXHAUSTED,
+    "Busy": pb.ERROR_CODE_BUSY,
 }
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 
 
+def refusal_code(call: grpc.Call) -> pb.ErrorCode:
+    """The controller's reason: its ErrorDetail, else (an older controller) the class it
+    named; ERROR_CODE_UNSPECIFIED when it gave none (a transport failure, a proxy)."""
+    try:
+        rich = rpc_status.from_call(call)
+    except ValueError:  # the details disagree with the status (rewritten on the way)
+        rich = None
+    for packed in rich.details if rich is not None else ():
+        if packed.Is(pb.ErrorDetail.DESCRIPTOR):
+            detail = pb.ErrorDetail()
+            packed.Unpack(detail)
+            return detail.code
+    legacy = dict(call.trailing_metadata() or ()).get("ecnet-error", "")
+    return _CODE_BY_LEGACY_NAME.get(str(legacy), pb.ERROR_CODE_UNSPECIFIED)
+
+
 def to_cni_error(err: grpc.RpcError, target: str) -> ce.CniError:
-    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-    details = (err.details() if hasattr(err, "details") else "") or str(code)
-    cls_name = ""
-    for key, value in (err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else ():
-        if key == "ecnet-error":
-            cls_name = str(value)
-    if cls_name in _BY_CLASS:
-        return _BY_CLASS[cls_name](details)
+    if not isinstance(err, grpc.Call):  # raised by the library itself, not from a call
+        unknown = grpc.StatusCode.UNKNOWN
+        return ce.CniError(f"IP controller error: {unknown}", unknown.name)
+    code = err.code()
+    details = err.details() or str(code)
+    # A value added by a newer controller is not in the table: decide by the status.
+    cni_class = _CNI_BY_CODE.get(refusal_code(err))
+    if cni_class is not None:
+        return cni_class(details)
     if code in _RETRYABLE:
         return ce.TryAgainLater(f"IP controller at {target} unavailable, try again later",
                                 details)
@@ -72,9 +112,6 @@ class ControllerClient:
         except grpc.RpcError as err:
             raise to_cni_error(err, self.target) from None
 
-    def allocate(self, req: pb.AllocateRequest) -> pb.AllocateResponse:
-        return self._call(self.stub.AllocatePort, req)
-
     def allocate_async(self, req: pb.AllocateRequest) -> Callable[[], pb.AllocateResponse]:
         """Start the allocation now, collect it later: the agent builds the veth meanwhile."""
         fut = self.stub.AllocatePort.future(req, timeout=self.timeout, wait_for_ready=False)
@@ -89,18 +126,6 @@ class ControllerClient:
         result.done = fut.done  # type: ignore[attr-defined]
         return result
 
-    def release_async(self, req: pb.ReleaseRequest) -> Callable[[], pb.ReleaseResponse]:
-        fut = self.stub.ReleasePort.future(req, timeout=self.timeout, wait_for_ready=False)
-
-        def result() -> pb.ReleaseResponse:
-            try:
-                return fut.result()  # type: ignore[no-any-return]
-            except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.UNAVAILABLE and self.ready(self.reconnect_wait):
-                    return self._call(self.stub.ReleasePort, req)
-                raise to_cni_error(err, self.target) from None
-        return result
-
     def release(self, req: pb.ReleaseRequest) -> pb.ReleaseResponse:
         return self._call(self.stub.ReleasePort, req)
 
@@ -110,9 +135,6 @@ class ControllerClient:
 
     def register_node(self, node: pb.NodeInfo) -> pb.RegisterNodeResponse:
         return self._call(self.stub.RegisterNode, pb.RegisterNodeRequest(node=node), 5.0)
-
-    def topology(self, node: str) -> pb.TopologyResponse:
-        return self._call(self.stub.GetTopology, pb.TopologyRequest(node=node))
 
     def ready(self, timeout: float = 1.0) -> bool:
         fut = grpc.channel_ready_future(self.channel)

@@ -59,7 +59,6 @@ class Netlink(Protocol):
 
 class Controller(Protocol):
     def allocate_async(self, req: pb.AllocateRequest) -> Callable[[], pb.AllocateResponse]: ...
-    def release_async(self, req: pb.ReleaseRequest) -> Callable[[], pb.ReleaseResponse]: ...
     def release(self, req: pb.ReleaseRequest) -> pb.ReleaseResponse: ...
     def get_port(self, container_id: str, ifname: str) -> pb.Port: ...
     def ready(self, timeout: float = 1.0) -> bool: ...
@@ -372,7 +371,7 @@ class CniHandler:
             product_type=req.product_type, pool=req.pool or req.config_pool,
             pod_pool=req.pool, config_pool=req.config_pool,
             requested_ip=req.requested_ip,
-            owner=req.owner, network=req.conf.name, hostname=req.hostname)
+            owner=req.owner, hostname=req.hostname)
 
     def _attach(self, req: CniRequest, port: PortInfo | None, host_if: str, port_id: str,
                 wait: bool = True) -> None:

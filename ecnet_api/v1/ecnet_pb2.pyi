@@ -1,10 +1,46 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
+    ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
+    ERROR_CODE_INVALID_ARGUMENT: _ClassVar[ErrorCode]
+    ERROR_CODE_NOT_FOUND: _ClassVar[ErrorCode]
+    ERROR_CODE_ALREADY_EXISTS: _ClassVar[ErrorCode]
+    ERROR_CODE_POLICY_CONFLICT: _ClassVar[ErrorCode]
+    ERROR_CODE_IN_USE: _ClassVar[ErrorCode]
+    ERROR_CODE_POOL_EXHAUSTED: _ClassVar[ErrorCode]
+    ERROR_CODE_BUSY: _ClassVar[ErrorCode]
+    ERROR_CODE_ONOS_UNAVAILABLE: _ClassVar[ErrorCode]
+    ERROR_CODE_ONOS_AUTH: _ClassVar[ErrorCode]
+    ERROR_CODE_ONOS_REJECTED: _ClassVar[ErrorCode]
+ERROR_CODE_UNSPECIFIED: ErrorCode
+ERROR_CODE_INTERNAL: ErrorCode
+ERROR_CODE_INVALID_ARGUMENT: ErrorCode
+ERROR_CODE_NOT_FOUND: ErrorCode
+ERROR_CODE_ALREADY_EXISTS: ErrorCode
+ERROR_CODE_POLICY_CONFLICT: ErrorCode
+ERROR_CODE_IN_USE: ErrorCode
+ERROR_CODE_POOL_EXHAUSTED: ErrorCode
+ERROR_CODE_BUSY: ErrorCode
+ERROR_CODE_ONOS_UNAVAILABLE: ErrorCode
+ERROR_CODE_ONOS_AUTH: ErrorCode
+ERROR_CODE_ONOS_REJECTED: ErrorCode
+
+class ErrorDetail(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: ErrorCode
+    message: str
+    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PodRef(_message.Message):
     __slots__ = ("namespace", "name", "uid")

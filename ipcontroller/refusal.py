@@ -1,0 +1,82 @@
+"""How a refusal travels between the controller and its callers: the wire half of the errors.
+
+The reason is an `ErrorCode` in an `ErrorDetail`, packed into the google.rpc.Status that gRPC
+carries in the "grpc-status-details-bin" trailing metadata (the grpcio-status package does the
+encoding, so any gRPC client that knows rich status reads it). For one release the controller
+also sends "ecnet-error": the name an older agent or ipctl maps. The names come from the
+ErrorCode through the frozen table below, never from a live class, so they stay what older
+agents expect whoever renames what.
+
+Kept apart from `ipcontroller.errors` (which imports the IPAM and ONOS exception classes):
+ipctl decodes refusals with this module alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from ecnet_api.v1 import ecnet_pb2 as pb
+
+LEGACY_KEY = "ecnet-error"
+# What controllers before ErrorCode sent, per reason (the IPAM class the old table matched).
+# Drop with the "ecnet-error" metadata, one release after every agent reads ErrorDetail.
+LEGACY_NAMES: dict[pb.ErrorCode, str] = {
+    pb.ERROR_CODE_UNSPECIFIED: "Internal",
+    pb.ERROR_CODE_INTERNAL: "Internal",
+    pb.ERROR_CODE_INVALID_ARGUMENT: "InvalidArgument",
+    pb.ERROR_CODE_NOT_FOUND: "NotFound",
+    pb.ERROR_CODE_ALREADY_EXISTS: "AlreadyExists",
+    pb.ERROR_CODE_POLICY_CONFLICT: "PolicyConflict",
+    pb.ERROR_CODE_IN_USE: "InUse",
+    pb.ERROR_CODE_POOL_EXHAUSTED: "PoolExhausted",
+    pb.ERROR_CODE_BUSY: "Busy",
+    pb.ERROR_CODE_ONOS_UNAVAILABLE: "OnosError",
+    pb.ERROR_CODE_ONOS_AUTH: "OnosAuthError",
+    pb.ERROR_CODE_ONOS_REJECTED: "OnosRejected",
+}
+_CODE_BY_LEGACY_NAME = {name: code for code, name in LEGACY_NAMES.items()
+                        if code != pb.ERROR_CODE_UNSPECIFIED}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One non-OK answer: the gRPC status, the reason as data, and the line for humans."""
+
+    status: grpc.StatusCode
+    code: pb.ErrorCode
+    message: str
+
+    def trailing_metadata(self, *, legacy: bool = True) -> tuple[tuple[str, str | bytes], ...]:
+        """The rich status (and, with `legacy`, the older name) for `context.abort`."""
+        detail = any_pb2.Any()
+        detail.Pack(pb.ErrorDetail(code=self.code, message=self.message))
+        rich = rpc_status.to_status(status_pb2.Status(
+            code=self.status.value[0], message=self.message, details=[detail]))
+        meta: tuple[tuple[str, str | bytes], ...] = tuple(rich.trailing_metadata)
+        if legacy:
+            meta += ((LEGACY_KEY, LEGACY_NAMES[self.code]),)
+        return meta
+
+
+def error_code(err: grpc.RpcError) -> pb.ErrorCode | None:
+    """The reason a controller gave, or None when it gave none (the transport failed, or a
+    proxy answered). From an older controller, the reason its "ecnet-error" names."""
+    if not isinstance(err, grpc.Call):
+        return None
+    try:
+        rich = rpc_status.from_call(err)
+    except ValueError:   # details disagree with the status (rewritten on the way): ignore them
+        rich = None
+    for detail in rich.details if rich is not None else ():
+        if detail.Is(pb.ErrorDetail.DESCRIPTOR):
+            out = pb.ErrorDetail()
+            detail.Unpack(out)
+            return out.code
+    for key, value in err.trailing_metadata() or ():
+        if key == LEGACY_KEY:
+            return _CODE_BY_LEGACY_NAME.get(str(value), pb.ERROR_CODE_UNSPECIFIED)
+    return None
