@@ -5,12 +5,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ipcontroller.daemon import Controller, parse_args
+from ipcontroller.daemon import IpControllerDaemon, parse_args
 
 
 @contextmanager
-def running_controller(db: str, *extra: str) -> Iterator[Controller]:
-    ctl = Controller(parse_args(["--listen", "127.0.0.1:0", "--db", db,
+def running_controller(db: str, *extra: str) -> Iterator[IpControllerDaemon]:
+    ctl = IpControllerDaemon(parse_args(["--listen", "127.0.0.1:0", "--db", db,
                                  "--sweep-interval", "0.2", *extra]))
     ctl.start()
     try:

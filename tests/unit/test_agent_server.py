@@ -8,16 +8,25 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from google.protobuf.any_pb2 import Any as Any_
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 
 from cni.agent import server as agent_server
+from cni.agent.controller import to_cni_error
 from cni.agent.handler import AgentConfig, CniHandler
 from cni.agent.server import AgentServer, serve_one
 from cni.agent.wire import encode_request
+from cni.errors import CniError
 from ecnet_api.v1 import ecnet_pb2 as pb
+from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 from ovs_driver.errors import OvsConnectionError
 
 CONF = {"cniVersion": "1.0.0", "name": "n", "type": "ecnet", "pool": "p"}
@@ -152,3 +161,126 @@ def test_del_leaves_a_port_another_container_took_over() -> None:
     assert ovs.deleted == [] and nl.doomed == []     # the live pod keeps its port and veth
     assert ctl.released == ["c0ffee"]                # the old container's release still runs
     h.teardown.stop()
+
+
+# ------------------------------------------ refusals: ErrorCode -> CNI code, and skew
+# The CNI code a pod gets for each ErrorCode (None: the gRPC status decides), pinned.
+PINNED_CNI: dict[int, int | None] = {
+    pb.ERROR_CODE_UNSPECIFIED: None, pb.ERROR_CODE_INTERNAL: None,
+    pb.ERROR_CODE_INVALID_ARGUMENT: 7, pb.ERROR_CODE_NOT_FOUND: 102,
+    pb.ERROR_CODE_ALREADY_EXISTS: 101, pb.ERROR_CODE_POLICY_CONFLICT: 101,
+    pb.ERROR_CODE_IN_USE: 101, pb.ERROR_CODE_POOL_EXHAUSTED: 100, pb.ERROR_CODE_BUSY: 11,
+    pb.ERROR_CODE_ONOS_UNAVAILABLE: None, pb.ERROR_CODE_ONOS_AUTH: None,
+    pb.ERROR_CODE_ONOS_REJECTED: None,
+}
+
+
+def test_the_agent_maps_every_error_code() -> None:
+    """Exhaustive: a value added to the proto fails here until the agent's table has it."""
+    from cni.agent.controller import _CNI_BY_CODE
+    assert set(_CNI_BY_CODE) == set(pb.ErrorCode.values()) == set(PINNED_CNI)
+    assert {c: (k.code if k else None) for c, k in _CNI_BY_CODE.items()} == PINNED_CNI
+
+
+class Refuser(pb_grpc.IPControllerServicer):
+    """A controller that refuses every allocation with the trailing metadata it is given:
+    an older controller (only "ecnet-error") or a newer one (a detail we may not know)."""
+
+    def __init__(self) -> None:
+        self.status = grpc.StatusCode.UNKNOWN
+        self.message = ""
+        self.metadata: tuple[tuple[str, str | bytes], ...] = ()
+
+    def AllocatePort(self, request: pb.AllocateRequest, context: grpc.ServicerContext) -> Any:
+        context.set_trailing_metadata(self.metadata)
+        context.abort(self.status, self.message)
+
+
+Refusing = tuple[Refuser, Any]
+
+
+@pytest.fixture
+def refuser() -> Iterator[Refusing]:
+    servicer = Refuser()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_IPControllerServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield servicer, pb_grpc.IPControllerStub(channel)
+    finally:
+        channel.close()
+        server.stop(None)
+
+
+def refused_with(refuser: Refusing, status: grpc.StatusCode, message: str,
+                 *metadata: tuple[str, str | bytes]) -> CniError:
+    """What the agent makes of one refusal (the client's edge, `to_cni_error`; its retry of
+    UNAVAILABLE once the channel is ready is the client's business, not the mapping's)."""
+    servicer, stub = refuser
+    servicer.status, servicer.message, servicer.metadata = status, message, metadata
+    with pytest.raises(grpc.RpcError) as ei:
+        stub.AllocatePort(pb.AllocateRequest(container_id="c", ifname="eth0"), timeout=5)
+    return to_cni_error(ei.value, "ctl")
+
+
+# What controllers before ErrorCode sent (68ca517 ipcontroller/errors.py), and the CNI code
+# the agent gave a pod then: an old controller's refusals still mean the same.
+OLD_CONTROLLER = [
+    ("NotFound", grpc.StatusCode.NOT_FOUND, 102),
+    ("InvalidArgument", grpc.StatusCode.INVALID_ARGUMENT, 7),
+    ("AlreadyExists", grpc.StatusCode.ALREADY_EXISTS, 101),
+    ("PolicyConflict", grpc.StatusCode.FAILED_PRECONDITION, 101),
+    ("InUse", grpc.StatusCode.FAILED_PRECONDITION, 101),
+    ("PoolExhausted", grpc.StatusCode.RESOURCE_EXHAUSTED, 100),
+    ("Busy", grpc.StatusCode.UNAVAILABLE, 11),
+    ("OnosError", grpc.StatusCode.UNAVAILABLE, 11),
+    ("OnosRejected", grpc.StatusCode.FAILED_PRECONDITION, 999),
+    ("Internal", grpc.StatusCode.INTERNAL, 999),
+]
+
+
+@pytest.mark.parametrize("name,status,cni_code", OLD_CONTROLLER)
+def test_an_older_controller_is_understood_by_its_class_name(
+        refuser: Refusing, name: str, status: grpc.StatusCode,
+        cni_code: int) -> None:
+    err = refused_with(refuser, status, "pool 'p' says no", ("ecnet-error", name))
+    assert err.code == cni_code
+    if cni_code in (7, 100, 101, 102):
+        assert err.msg == "pool 'p' says no"   # the controller's sentence reaches the pod
+
+
+def rich(status: grpc.StatusCode, message: str, code: int) -> tuple[str, bytes]:
+    detail = Any_()
+    detail.Pack(pb.ErrorDetail(code=code, message=message))  # type: ignore[arg-type]
+    st = rpc_status.to_status(status_pb2.Status(code=status.value[0], message=message,
+                                                details=[detail]))
+    return st.trailing_metadata[0]  # type: ignore[no-any-return]
+
+
+def test_the_detail_wins_over_the_legacy_name(
+        refuser: Refusing) -> None:
+    """The agent reads the ErrorCode, not the name beside it: a controller whose class
+    names drifted still gives the pod the code its ErrorCode means."""
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    err = refused_with(refuser, status, "no free address",
+                       rich(status, "no free address", pb.ERROR_CODE_POOL_EXHAUSTED),
+                       ("ecnet-error", "SomethingRenamed"))
+    assert (err.code, err.msg) == (100, "no free address")
+
+
+def test_a_code_this_agent_does_not_know_is_decided_by_the_status(
+        refuser: Refusing) -> None:
+    """A newer controller may add an ErrorCode: the agent treats it as no reason at all."""
+    for status, cni_code in ((grpc.StatusCode.UNAVAILABLE, 11),
+                             (grpc.StatusCode.FAILED_PRECONDITION, 999)):
+        err = refused_with(refuser, status, "new reason", rich(status, "new reason", 4242))
+        assert err.code == cni_code, status
+
+
+def test_no_reason_at_all_is_decided_by_the_status(
+        refuser: Refusing) -> None:
+    assert refused_with(refuser, grpc.StatusCode.RESOURCE_EXHAUSTED, "proxy says").code == 11
+    err = refused_with(refuser, grpc.StatusCode.PERMISSION_DENIED, "proxy says")
+    assert (err.code, err.details) == (999, "PERMISSION_DENIED")

@@ -7,9 +7,12 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
+from ipam import errors as ipam_errors
+from ipam.onos import errors as onos_errors
 from tests.lab.controller import running_controller, sqlite_url
 
 
@@ -28,7 +31,27 @@ def alloc(cid: str, pool: str = "p", uid: str = "") -> pb.AllocateRequest:
 
 
 def error_class(err: grpc.RpcError) -> str:
+    """The legacy reason (class name in "ecnet-error"), what agents one release older read."""
     return dict(err.trailing_metadata() or ()).get("ecnet-error", "")  # type: ignore[attr-defined]
+
+
+def error_detail(err: grpc.RpcError) -> pb.ErrorDetail | None:
+    """The reason in the rich status, decoded with grpcio-status alone (not our decoder)."""
+    rich = rpc_status.from_call(err)  # type: ignore[arg-type]
+    found = [d for d in (rich.details if rich is not None else ())
+             if d.Is(pb.ErrorDetail.DESCRIPTOR)]
+    if not found:
+        return None
+    detail = pb.ErrorDetail()
+    found[0].Unpack(detail)
+    return detail
+
+
+def reason(err: grpc.RpcError) -> int:
+    detail = error_detail(err)
+    assert detail is not None, "no ErrorDetail in the status"
+    assert detail.message == err.details()  # type: ignore[attr-defined]
+    return detail.code
 
 
 def test_health_and_allocation_path(stubs) -> None:  # type: ignore[no-untyped-def]
@@ -59,9 +82,11 @@ def test_errors_map_to_status_and_class(stubs) -> None:  # type: ignore[no-untyp
     with pytest.raises(grpc.RpcError) as ei:
         ctl.AllocatePort(alloc("c1", pool="nope"))
     assert ei.value.code() == grpc.StatusCode.NOT_FOUND and error_class(ei.value) == "NotFound"
+    assert reason(ei.value) == pb.ERROR_CODE_NOT_FOUND
     with pytest.raises(grpc.RpcError) as ei:
         admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="x", policy="bogus")))
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(ei.value) == pb.ERROR_CODE_INVALID_ARGUMENT
     admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
     admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.31.0.0/30"))
     ctl.AllocatePort(alloc("c1"))
@@ -69,9 +94,11 @@ def test_errors_map_to_status_and_class(stubs) -> None:  # type: ignore[no-untyp
         ctl.AllocatePort(alloc("c2"))
     assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_class(ei.value) == "PoolExhausted"
+    assert reason(ei.value) == pb.ERROR_CODE_POOL_EXHAUSTED
     with pytest.raises(grpc.RpcError) as ei:
         admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.31.0.0/24"))
     assert ei.value.code() == grpc.StatusCode.ALREADY_EXISTS and "overlaps" in ei.value.details()
+    assert reason(ei.value) == pb.ERROR_CODE_ALREADY_EXISTS
 
 
 def test_concurrent_allocations_are_distinct(stubs) -> None:  # type: ignore[no-untyped-def]
@@ -129,7 +156,119 @@ def test_old_and_new_agents_pool_fields(stubs) -> None:  # type: ignore[no-untyp
     with pytest.raises(grpc.RpcError) as err:
         ctl.AllocatePort(old)
     assert error_class(err.value) == "PolicyConflict"
+    assert reason(err.value) == pb.ERROR_CODE_POLICY_CONFLICT
     new = alloc("new", pool="web")
     new.product_type, new.config_pool = "light-vm", "web"
     got = ctl.AllocatePort(new).port
     assert got.ips[0].address.startswith("10.32.0.")  # the annotated type beat the netconf pool
+
+
+# ------------------------------------------------- reasons as codes, across versions
+# The reason each IPAM/ONOS class becomes, as wire numbers: pinned here, so a renumbered
+# value or a remapped class fails. Keyed by the class object: renaming a class keeps its row.
+PINNED_CODES: dict[type[Exception], int] = {
+    ipam_errors.InvalidArgument: 2, ipam_errors.NotFound: 3, ipam_errors.AlreadyExists: 4,
+    ipam_errors.PolicyConflict: 5, ipam_errors.InUse: 6, ipam_errors.PoolExhausted: 7,
+    ipam_errors.Busy: 8, onos_errors.OnosError: 9, onos_errors.OnosAuthError: 10,
+    onos_errors.OnosRejected: 11,
+}
+# What controllers before ErrorCode sent in "ecnet-error" for each reason (68ca517,
+# ipcontroller/errors.py: the name of the class its table matched).
+PINNED_LEGACY_NAMES: dict[int, str] = {
+    0: "Internal", 1: "Internal", 2: "InvalidArgument", 3: "NotFound", 4: "AlreadyExists",
+    5: "PolicyConflict", 6: "InUse", 7: "PoolExhausted", 8: "Busy", 9: "OnosError",
+    10: "OnosAuthError", 11: "OnosRejected",
+}
+
+
+def _subclasses(root: type[Exception]) -> set[type[Exception]]:
+    out = set()
+    todo = [root]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            out.add(sub)
+            todo.append(sub)
+    return out
+
+
+def test_every_ipam_error_class_has_its_own_stable_code() -> None:
+    from ipcontroller.errors import REFUSAL_BY_ERROR
+    product = {c for c in _subclasses(ipam_errors.IpamError) | _subclasses(onos_errors.OnosError)
+               | {onos_errors.OnosError} if c.__module__.startswith("ipam.")}
+    # Every class the IPAM raises has its own row (none falls through to INTERNAL), except
+    # OnosUnavailable: it is what the OnosError row means.
+    assert product - {onos_errors.OnosUnavailable} == set(REFUSAL_BY_ERROR)
+    assert {cls: int(code) for cls, (_, code) in REFUSAL_BY_ERROR.items()} == PINNED_CODES
+    codes = [code for _, code in REFUSAL_BY_ERROR.values()]
+    assert len(set(codes)) == len(codes)                   # distinct: a code names one reason
+    assert pb.ERROR_CODE_UNSPECIFIED not in codes and pb.ERROR_CODE_INTERNAL not in codes
+
+
+def test_a_renamed_class_changes_no_code_and_no_legacy_name() -> None:
+    from ipcontroller.errors import refusal_for
+    renamed = type("NoAddressesLeft", (ipam_errors.PoolExhausted,), {})
+    r = refusal_for(renamed("pool 'p' has no free IPv4 address"))
+    assert (r.status, r.code) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  pb.ERROR_CODE_POOL_EXHAUSTED)
+    assert dict(r.trailing_metadata())["ecnet-error"] == "PoolExhausted"
+    assert refusal_for(onos_errors.OnosUnavailable("down")).code == pb.ERROR_CODE_ONOS_UNAVAILABLE
+
+
+def test_a_bug_is_internal_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    from ipcontroller.errors import refusal_for
+    with caplog.at_level(logging.ERROR, logger="ipcontroller.errors"):
+        r = refusal_for(TypeError("unhashable type: 'list'"))
+    assert (r.status, r.code, r.message) == (grpc.StatusCode.INTERNAL, pb.ERROR_CODE_INTERNAL,
+                                             "internal error: TypeError")
+    assert dict(r.trailing_metadata())["ecnet-error"] == "Internal"
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info
+
+
+def test_legacy_names_cover_every_code_and_match_older_controllers() -> None:
+    from ipcontroller.refusal import LEGACY_NAMES
+    assert {int(c): n for c, n in LEGACY_NAMES.items()} == PINNED_LEGACY_NAMES
+    assert set(PINNED_LEGACY_NAMES) == set(pb.ErrorCode.values())
+
+
+# The agent one release older (68ca517 cni/agent/controller.py), frozen: the CNI code it gave
+# for a refusal, from the class name alone, else from the status.
+OLD_AGENT_BY_CLASS = {"PoolExhausted": 100, "PolicyConflict": 101, "InUse": 101,
+                      "AlreadyExists": 101, "NotFound": 102, "InvalidArgument": 7, "Busy": 11}
+
+
+def old_agent_cni_code(err: grpc.RpcError) -> int:
+    name = error_class(err)
+    if name in OLD_AGENT_BY_CLASS:
+        return OLD_AGENT_BY_CLASS[name]
+    retryable = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+    return 11 if err.code() in retryable else 999  # type: ignore[attr-defined]
+
+
+def test_old_and_new_agents_get_the_same_cni_codes_from_this_controller(stubs) -> None:  # type: ignore[no-untyped-def]
+    """Both read this controller's refusals (the new agent the ErrorDetail, the old one the
+    legacy name) and give the pod the same CNI code."""
+    from cni.agent.controller import to_cni_error
+    ctl, admin, _ = stubs
+    admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
+    admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.33.0.0/30"))
+    admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="vm", policy="fixed",
+                                                       product_type="light-vm")))
+    ctl.AllocatePort(alloc("c1"))
+    conflict = alloc("c3")
+    conflict.product_type = "light-vm"
+    calls = {
+        "not found": (lambda: ctl.AllocatePort(alloc("c9", pool="nope")), 102),
+        "exhausted": (lambda: ctl.AllocatePort(alloc("c2")), 100),
+        "conflict": (lambda: ctl.AllocatePort(conflict), 101),
+        "invalid": (lambda: ctl.RegisterNode(pb.RegisterNodeRequest(
+            node=pb.NodeInfo(name="h", underlay_ip="bogus"))), 7),
+        "exists": (lambda: admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p"))), 101),
+        "in use": (lambda: admin.DeletePool(pb.DeletePoolRequest(name="p")), 101),
+    }
+    for what, (call, cni_code) in calls.items():
+        with pytest.raises(grpc.RpcError) as ei:
+            call()
+        assert error_detail(ei.value) is not None, what
+        assert to_cni_error(ei.value, "ctl").code == cni_code, what
+        assert old_agent_cni_code(ei.value) == cni_code, what

@@ -131,7 +131,7 @@ def test_a_requested_resync_survives_a_dead_onos(tmp_path: Path,
 
 
 def test_onos_sync_needs_a_real_database() -> None:
-    from ipcontroller.daemon import Controller, parse_args
+    from ipcontroller.daemon import IpControllerDaemon, parse_args
     with pytest.raises(SystemExit, match="needs a database"):
-        Controller(parse_args(["--listen", "127.0.0.1:0", "--db", "memory://",
+        IpControllerDaemon(parse_args(["--listen", "127.0.0.1:0", "--db", "memory://",
                                "--onos-url", "http://127.0.0.1:1"]))

@@ -7,12 +7,18 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from click.testing import CliRunner
 
+from ecnet_api.v1 import ecnet_pb2 as pb
+from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 from ipcontroller.cli import cli
+from ipcontroller.refusal import Refusal
 from tests.lab.controller import running_controller, sqlite_url
 
 
@@ -141,3 +147,48 @@ def test_unreachable_controller_as_a_process() -> None:
 def test_env_controller_as_a_process(addr: str) -> None:
     p = run("pool", "list", env={"ECNET_CONTROLLER": addr})
     assert p.returncode == 0 and p.stdout.splitlines()[0].split()[0] == "NAME"
+
+
+class RefusingAdmin(pb_grpc.IPAdminServicer):
+    """An IPAdmin that refuses ListPools with the trailing metadata it is given: an older
+    controller (only "ecnet-error"), a newer one (only the ErrorDetail), or none (a proxy)."""
+
+    def __init__(self) -> None:
+        self.status = grpc.StatusCode.UNKNOWN
+        self.metadata: tuple[tuple[str, str | bytes], ...] = ()
+
+    def ListPools(self, request: pb.ListPoolsRequest, context: grpc.ServicerContext) -> Any:
+        context.set_trailing_metadata(self.metadata)
+        context.abort(self.status, "ONOS at http://onos:8181 refused the call")
+
+
+@pytest.fixture
+def refusing() -> Iterator[tuple[RefusingAdmin, str]]:
+    servicer = RefusingAdmin()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_IPAdminServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+def test_a_refusal_keeps_the_controllers_sentence_from_old_and_new_controllers(
+        refusing: tuple[RefusingAdmin, str]) -> None:
+    """UNAVAILABLE with a reason is the controller speaking (ONOS down, store busy), not a
+    transport failure; without one it is. Both versions' ways of giving the reason count."""
+    servicer, addr = refusing
+    reason = Refusal(grpc.StatusCode.UNAVAILABLE, pb.ERROR_CODE_ONOS_UNAVAILABLE,
+                     "ONOS at http://onos:8181 refused the call")
+    for metadata in (reason.trailing_metadata(legacy=False),      # a newer controller
+                     (("ecnet-error", "OnosError"),),             # an older controller
+                     reason.trailing_metadata()):                 # this one: both
+        servicer.status, servicer.metadata = grpc.StatusCode.UNAVAILABLE, metadata
+        code, out, err = ipctl(addr, "pool", "list")
+        assert (code, out) == (1, "")
+        assert err == "ipctl: error: ONOS at http://onos:8181 refused the call\n", metadata
+    servicer.metadata = ()
+    code, _, err = ipctl(addr, "pool", "list")
+    assert code == 1 and err.startswith(f"ipctl: error: cannot reach the IP controller at {addr}")
