@@ -213,7 +213,9 @@ class IpctlGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise
         except Exception as exc:  # noqa: BLE001 - the promise is "never a traceback"
-            raise IpctlError(f"{type(exc).__name__}: {exc}") from None
+            # Every failure a user can cause leaves a command as an IpctlError: this is a
+            # bug, and says so rather than passing for the user's mistake.
+            raise IpctlError(f"internal error: {type(exc).__name__}: {exc}") from None
 
 
 pass_settings = click.make_pass_decorator(IpctlSettings)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from sqlalchemy.exc import SQLAlchemyError
 
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 from ipam.errors import IpamError
@@ -29,6 +30,10 @@ from .servicer import IPAdminServicer, IPControllerServicer
 log = logging.getLogger("ipcontroller")
 
 DEFAULT_DB = "sqlite:////var/lib/ecnet/ipam.db"
+# What start-up fails with when the environment, not the code, is wrong: a port taken, a
+# directory or secret missing, the database unreachable or refusing, its driver not installed.
+# Anything else is a bug and keeps its traceback.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (OSError, ImportError, SQLAlchemyError, IpamError)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     for addr in a.listen.split(","):
         if ":" not in addr:
             p.error(f"--listen takes HOST:PORT or unix:PATH, got {addr!r}")
+    if a.metrics_listen and not a.metrics_listen.rpartition(":")[2].isdigit():
+        p.error(f"--metrics-listen takes HOST:PORT, got {a.metrics_listen!r}")
     if a.onos_password_file and not Path(a.onos_password_file).is_file():
         p.error(f"--onos-password-file {a.onos_password_file}: no such file")
     if a.onos_timeout <= 0 or a.onos_max_backoff <= 0 or a.onos_resync_interval < 0:
@@ -141,7 +148,10 @@ class IpControllerDaemon:
                 sock = Path(address[len("unix:"):])
                 sock.parent.mkdir(parents=True, exist_ok=True)
                 sock.unlink(missing_ok=True)  # stale socket of a previous run
-            bound = self.server.add_insecure_port(address)
+            try:
+                bound = self.server.add_insecure_port(address)
+            except RuntimeError:  # what grpcio raises for a port in use or a missing dir
+                bound = 0
             if bound == 0:
                 raise OSError(f"cannot listen on {address}")
             if not address.startswith("unix:") and not self.port:
@@ -199,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         ctl = IpControllerDaemon(settings)
         ctl.start()
-    except Exception as exc:  # noqa: BLE001 - a clean one-line failure for operators
+    except STARTUP_ERRORS as exc:  # an operator's to fix: one clean line, no traceback
         log.error("start-up failed: %s", exc)
         print(f"ecnet-ipcontroller: {exc}", file=sys.stderr)
         sys.exit(1)

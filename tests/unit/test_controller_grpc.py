@@ -272,3 +272,25 @@ def test_old_and_new_agents_get_the_same_cni_codes_from_this_controller(stubs) -
         assert error_detail(ei.value) is not None, what
         assert to_cni_error(ei.value, "ctl").code == cni_code, what
         assert old_agent_cni_code(ei.value) == cni_code, what
+
+
+def test_start_up_failures_an_operator_fixes_are_one_line(tmp_path: Path) -> None:
+    """A taken port is the environment's fault: one line and exit 1, no traceback; a bad
+    flag is refused before anything starts."""
+    import socket
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[2]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "ipcontroller.daemon", "--listen",
+                            f"127.0.0.1:{port}", "--db", "memory://"], cwd=root,
+                           capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.splitlines()[-1] == f"ecnet-ipcontroller: cannot listen on 127.0.0.1:{port}"
+    p = subprocess.run([sys.executable, "-m", "ipcontroller.daemon", "--db", "memory://",
+                        "--metrics-listen", "127.0.0.1:metrics"], cwd=root,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--metrics-listen takes HOST:PORT" in p.stderr

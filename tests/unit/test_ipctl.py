@@ -192,3 +192,15 @@ def test_a_refusal_keeps_the_controllers_sentence_from_old_and_new_controllers(
     servicer.metadata = ()
     code, _, err = ipctl(addr, "pool", "list")
     assert code == 1 and err.startswith(f"ipctl: error: cannot reach the IP controller at {addr}")
+
+
+def test_a_bug_is_one_line_that_says_it_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipcontroller import cli as ipctl_cli
+
+    def broken(self: ipctl_cli.IpctlSettings, method: str, request: Any) -> Any:
+        raise TypeError("'NoneType' object is not subscriptable")
+    monkeypatch.setattr(ipctl_cli.IpctlSettings, "call", broken)
+    code, out, err = ipctl("127.0.0.1:1", "pool", "list")
+    assert (code, out) == (1, "")
+    assert err == "ipctl: error: internal error: TypeError: 'NoneType' object is not " \
+                  "subscriptable\n"
