@@ -25,7 +25,7 @@ from rich.table import Table
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 
-from .refusal import error_code
+from .refusal import gave_reason
 
 DEFAULT_CONTROLLER = "127.0.0.1:7400"
 OUTPUTS = ("table", "json")
@@ -63,7 +63,7 @@ def rpc_error_message(err: grpc.RpcError, target: str, timeout: float) -> str:
     that text is written for humans, and every failure exits 1 (the module's promise)."""
     code = err.code() if isinstance(err, grpc.Call) else None
     details = (err.details() if isinstance(err, grpc.Call) else None) or ""
-    refused = error_code(err) is not None
+    refused = gave_reason(err)
     if code == grpc.StatusCode.UNAVAILABLE and not refused:
         # No reason given: the transport failed, not the controller's logic.
         return f"cannot reach the IP controller at {target} ({details or 'unavailable'})"

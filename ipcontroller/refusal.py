@@ -8,7 +8,8 @@ ErrorCode through the frozen table below, never from a live class, so they stay 
 agents expect whoever renames what.
 
 Kept apart from `ipcontroller.errors` (which imports the IPAM and ONOS exception classes):
-ipctl decodes refusals with this module alone.
+ipctl reads refusals with this module alone. The agent decodes the ErrorDetail itself
+(`cni.agent.controller`): `cni` imports nothing of `ipcontroller`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from grpc_status import rpc_status
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 
+DETAILS_KEY = "grpc-status-details-bin"  # where gRPC carries a google.rpc.Status
 LEGACY_KEY = "ecnet-error"
 # What controllers before ErrorCode sent, per reason (the IPAM class the old table matched).
 # Drop with the "ecnet-error" metadata, one release after every agent reads ErrorDetail.
@@ -38,8 +40,6 @@ LEGACY_NAMES: dict[pb.ErrorCode, str] = {
     pb.ERROR_CODE_ONOS_AUTH: "OnosAuthError",
     pb.ERROR_CODE_ONOS_REJECTED: "OnosRejected",
 }
-_CODE_BY_LEGACY_NAME = {name: code for code, name in LEGACY_NAMES.items()
-                        if code != pb.ERROR_CODE_UNSPECIFIED}
 
 
 @dataclass(frozen=True)
@@ -62,21 +62,10 @@ class Refusal:
         return meta
 
 
-def error_code(err: grpc.RpcError) -> pb.ErrorCode | None:
-    """The reason a controller gave, or None when it gave none (the transport failed, or a
-    proxy answered). From an older controller, the reason its "ecnet-error" names."""
+def gave_reason(err: grpc.RpcError) -> bool:
+    """Whether the controller said why it refused (a rich status, where this controller packs
+    its ErrorDetail, or an older controller's "ecnet-error"), as opposed to a transport failure
+    or a proxy's answer. ipctl needs no more: every reason keeps the controller's sentence."""
     if not isinstance(err, grpc.Call):
-        return None
-    try:
-        rich = rpc_status.from_call(err)
-    except ValueError:   # details disagree with the status (rewritten on the way): ignore them
-        rich = None
-    for detail in rich.details if rich is not None else ():
-        if detail.Is(pb.ErrorDetail.DESCRIPTOR):
-            out = pb.ErrorDetail()
-            detail.Unpack(out)
-            return out.code
-    for key, value in err.trailing_metadata() or ():
-        if key == LEGACY_KEY:
-            return _CODE_BY_LEGACY_NAME.get(str(value), pb.ERROR_CODE_UNSPECIFIED)
-    return None
+        return False
+    return any(key in (DETAILS_KEY, LEGACY_KEY) for key, _ in err.trailing_metadata() or ())
