@@ -7,163 +7,20 @@ the subcommand, because that is how people type `ipctl port list -o json`.
 """
 from __future__ import annotations
 
-import io
 import ipaddress
-import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import IO, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
-import grpc
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
-from rich.console import Console
-from rich.table import Table
 
 from ecnet_api.v1 import ecnet_pb2 as pb
-from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 
-from .refusal import gave_reason
+from .ipctl_client import IpctlError, IpctlSettings
+from .ipctl_output import Column, emit, emit_done, emit_fields, print_json, print_table
 
 DEFAULT_CONTROLLER = "127.0.0.1:7400"
 OUTPUTS = ("table", "json")
-# Statuses whose text the controller writes for humans: show it as is.
-DOMAIN_CODES = frozenset({
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-})
-# Wide enough that a pipe never wraps a row; the table itself stays as narrow as its content.
-PIPE_WIDTH = 100_000
-
-
-class IpctlError(click.ClickException):
-    """A failure the user should read as one line, with exit code 1 (not click's usage 2)."""
-
-    exit_code = 1
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()) or "unknown error")
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"ipctl: error: {self.format_message()}", file=file, err=file is None)
-
-
-# ------------------------------------------------------------------ gRPC
-def open_channel(target: str) -> grpc.Channel:
-    """The only place a channel is made, so every command dials the controller the same way."""
-    return grpc.insecure_channel(target)
-
-
-def rpc_error_message(err: grpc.RpcError, target: str, timeout: float) -> str:
-    """Turn a status into the sentence an operator needs. A refusal (the controller gave an
-    ErrorCode, or an older one its "ecnet-error") keeps the server's text whatever its code:
-    that text is written for humans, and every failure exits 1 (the module's promise)."""
-    code = err.code() if isinstance(err, grpc.Call) else None
-    details = (err.details() if isinstance(err, grpc.Call) else None) or ""
-    refused = gave_reason(err)
-    if code == grpc.StatusCode.UNAVAILABLE and not refused:
-        # No reason given: the transport failed, not the controller's logic.
-        return f"cannot reach the IP controller at {target} ({details or 'unavailable'})"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"the IP controller at {target} did not answer within {timeout:g}s"
-    if code in DOMAIN_CODES or refused:
-        return details or (code.name if code else str(err))
-    name = code.name if code else "error"
-    return f"{details} ({name})" if details else f"IP controller call failed ({name})"
-
-
-@dataclass
-class IpctlSettings:
-    """Where and how to talk; subcommand-level options may still change it before the first call."""
-
-    controller: str
-    output: str
-    timeout: float
-    _channel: grpc.Channel | None = field(default=None, repr=False)
-
-    def call(self, method: str, request: Message) -> Any:
-        """One IPAdmin RPC; every gRPC failure leaves here as an IpctlError."""
-        if self._channel is None:
-            self._channel = open_channel(self.controller)
-        rpc = getattr(pb_grpc.IPAdminStub(self._channel), method)
-        try:
-            return rpc(request, timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise IpctlError(rpc_error_message(err, self.controller, self.timeout)) from None
-
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-
-
-# ---------------------------------------------------------------- output
-def to_dict(msg: Message) -> dict[str, Any]:
-    """Every field, defaults included, with numbers as numbers, so scripts need no guessing."""
-    return MessageToDict(msg, preserving_proto_field_name=True,
-                         always_print_fields_with_no_presence=True,
-                         unquote_int64_if_possible=True)
-
-
-def print_json(doc: Message | Iterable[Message]) -> None:
-    data: Any = to_dict(doc) if isinstance(doc, Message) else [to_dict(m) for m in doc]
-    click.echo(json.dumps(data, indent=2))
-
-
-Column = tuple[str, Callable[[Any], object]]
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return "-" if value is None or value == "" else str(value)
-
-
-def print_table(rows: Iterable[Any], columns: Sequence[Column], *, header: bool = True) -> None:
-    """The one table renderer: colour only on a terminal, and never wider than its content."""
-    table = Table(box=None, pad_edge=False, show_header=header, header_style="bold",
-                  show_edge=False)
-    for title, _get in columns:
-        table.add_column(title, no_wrap=True, overflow="ignore")
-    for row in rows:
-        table.add_row(*(_cell(value_of(row)) for _title, value_of in columns))
-    out = sys.stdout
-    if out.isatty():
-        Console(file=out).print(table)
-        return
-    buf = io.StringIO()
-    Console(file=buf, width=PIPE_WIDTH, no_color=True, color_system=None,
-            force_terminal=False, highlight=False).print(table)
-    # rich pads the last column; pipes and diffs are happier without trailing blanks.
-    click.echo("\n".join(line.rstrip() for line in buf.getvalue().splitlines()))
-
-
-def emit(s: IpctlSettings, rows: Sequence[Any], columns: Sequence[Column]) -> None:
-    """A list command's output: the full messages as a JSON array, or the chosen columns."""
-    if s.output == "json":
-        print_json(rows)
-    else:
-        print_table(rows, columns)
-
-
-def emit_fields(s: IpctlSettings, msg: Message, fields: Sequence[tuple[str, object]]) -> None:
-    """One object: the full message as JSON, or `field  value` lines for a human."""
-    if s.output == "json":
-        print_json(msg)
-    else:
-        print_table(fields, [("FIELD", lambda f: f[0]), ("VALUE", lambda f: f[1])],
-                    header=False)
-
-
-def emit_done(s: IpctlSettings, msg: Message, text: str) -> None:
-    """A mutation: the response as JSON for scripts, a sentence for humans."""
-    if s.output == "json":
-        print_json(msg)
-    else:
-        click.echo(text)
 
 
 USAGE_COLS: list[Column] = [
