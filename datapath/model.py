@@ -1,7 +1,8 @@
 """The standalone datapath as pure data: controller topology in, desired OVS state out.
 
-Nothing here touches OVS, netlink or the network; :mod:`cni.agent.datapath` reads the
-current state, calls these functions and applies the differences. Keeping the decisions
+Nothing here touches OVS, netlink or the network; :mod:`datapath.loop` reads the
+current state, calls these functions and has :mod:`datapath.switch` and
+:mod:`datapath.host` apply the differences. Keeping the decisions
 here means every rule below is unit-tested without root.
 
 Layout (Neutron's, kept from the seed): pods on ``br-int``, VXLAN ports on ``br-tun``,
