@@ -40,7 +40,6 @@ class FakeOvsdb:
     def __init__(self) -> None:
         self.bridges: dict[str, FakeBridge] = {}
         self.interfaces: dict[str, InterfaceInfo] = {}
-        self.macs: dict[str, str] = {}                   # Interface.mac column, by name
         self.transactions = 0
         self.closed = False
         self._failures: dict[str, BaseException] = {}
@@ -64,7 +63,7 @@ class FakeOvsdb:
         return br
 
     def _plug(self, bridge: str, name: str, iface_type: str, options: Mapping[str, str],
-              external_ids: Mapping[str, str]) -> int:
+              external_ids: Mapping[str, str], mac: str | None = None) -> int:
         """May-exist, as the real add_port: a port already on the bridge keeps its ofport
         and gets its type, options and external_ids replaced."""
         br = self._bridge(bridge)
@@ -78,7 +77,9 @@ class FakeOvsdb:
         else:
             ofport, br.next_ofport = br.next_ofport, br.next_ofport + 1
             br.ports.append(name)
-        self.interfaces[name] = InterfaceInfo(name, iface_type, ofport, None,
+        # vswitchd applies the mac column to an internal port; other netdevs keep
+        # their own MAC, which a test may set with set_mac_in_use.
+        self.interfaces[name] = InterfaceInfo(name, iface_type, ofport, mac,
                                               dict(external_ids), dict(options))
         return ofport
 
@@ -125,9 +126,7 @@ class FakeOvsdb:
                  iface_type: str = "", options: Mapping[str, str] | None = None,
                  wait_ofport: float | None = 2.0, mac: str | None = None) -> int:
         self._check("add_port")
-        ofport = self._plug(bridge, name, iface_type, options or {}, external_ids)
-        if mac is not None:
-            self.macs[name] = mac
+        ofport = self._plug(bridge, name, iface_type, options or {}, external_ids, mac)
         self.transactions += 1
         return ofport if wait_ofport is not None else -1
 
@@ -161,13 +160,15 @@ class FakeOvsdb:
             return False
         br.ports.remove(name)
         self.interfaces.pop(name, None)
-        self.macs.pop(name, None)
         self.transactions += 1
         return True
 
     def set_ofport(self, name: str, ofport: int) -> None:
         """What ovs-vswitchd reports: -1 for a port it could not open."""
         self.interfaces[name] = dataclasses.replace(self.interfaces[name], ofport=ofport)
+
+    def set_mac_in_use(self, name: str, mac: str) -> None:
+        self.interfaces[name] = dataclasses.replace(self.interfaces[name], mac_in_use=mac)
 
     def close(self) -> None:
         self.closed = True

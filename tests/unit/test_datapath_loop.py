@@ -198,7 +198,7 @@ def test_the_gateway_node_owns_the_gateway_mac_and_the_subnet_gateways() -> None
     n = make_node(gateway=True, mtu=1400)
     gw = n.ovs.interfaces["ecgw0"]
     assert n.ovs.bridge_of("ecgw0") == "br-int" and gw.type == "internal"
-    assert n.ovs.macs["ecgw0"] == "0a:ec:00:00:00:01" and n.host.gateway_ports == {"ecgw0": 1400}
+    assert gw.mac_in_use == "0a:ec:00:00:00:01" and n.host.gateway_ports == {"ecgw0": 1400}
     n.controller.current = topology(gateway="h1")
     assert n.dp.sync_once()
     assert n.host.addresses["ecgw0"] == ["10.70.0.1/24"]
