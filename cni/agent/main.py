@@ -17,14 +17,13 @@ import sys
 import threading
 from dataclasses import dataclass
 
+from datapath import GATEWAY_MAC, DatapathSettings, StandaloneDatapath, default_rundir
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ovs_driver import OvsdbClient
 
 from .. import errors as ce
 from ..install import install_shim
 from .controller import ControllerClient
-from .datapath import DatapathSettings, StandaloneDatapath, default_rundir
-from .datapath_model import GATEWAY_MAC
 from .handler import DEFAULT_MTU, AgentConfig, CniHandler
 from .netlink import PodNetlink
 from .server import AgentServer
@@ -154,7 +153,8 @@ class Agent:
                 underlay_ip=s.underlay_ip, underlay_iface=s.underlay_iface,
                 underlay_bridge=s.underlay_bridge, gateway=s.gateway,
                 gateway_port=s.gateway_port, gateway_mac=s.gateway_mac, mtu=s.mtu,
-            ), self.ovs, self.controller, self.stop_event)
+                controller=s.controller,
+            ), self.ovs, self.controller.stub, self.stop_event)
 
     def _sweep_orphans(self) -> None:
         """A crash mid-ADD can leave a veth that no OVS port (and so no DEL) will find:

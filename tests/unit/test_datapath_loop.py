@@ -1,148 +1,209 @@
-"""The standalone datapath loop against fakes: what it writes, and that an unchanged
-topology writes nothing. Also the agent's datapath flags."""
+"""The standalone datapath loop against a stateful OVS (tests/fakes/ovs.py): which tunnels,
+flows and ARP answers are there after each poll, and that an unchanged topology writes
+nothing to the switch. Also the agent's datapath flags."""
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
+import grpc
 import pytest
 
-from cni.agent import datapath as dp
 from cni.agent.main import parse_args
+from datapath import DatapathSettings, StandaloneDatapath, TopologyUnavailable
 from ecnet_api.v1 import ecnet_pb2 as pb
-from ovs_driver import InterfaceInfo
+from tests.fakes.ovs import FakeFlowTable, FakeOvsdb
+
+MAC2 = "0a:00:00:00:00:02"
+
+
+class FakeController:
+    """GetTopology as the controller answers it: the whole topology, or just "unchanged"
+    when the caller already has this revision. ``down`` makes it fail as an unreachable
+    controller does."""
+
+    def __init__(self) -> None:
+        self.current = pb.TopologyResponse()
+        self.down = False
+
+    def GetTopology(self, request: pb.TopologyRequest, *,  # the RPC's own name
+                    timeout: float | None = None) -> pb.TopologyResponse:
+        if self.down:
+            raise grpc.RpcError("controller unreachable")
+        if request.since_revision and request.since_revision == self.current.revision:
+            return pb.TopologyResponse(revision=self.current.revision, unchanged=True)
+        return self.current
 
 
 @dataclass
-class FakeOvs:
-    ifaces: dict[str, InterfaceInfo] = field(default_factory=dict)
-    bridges: dict[str, list[str]] = field(default_factory=lambda: {"br-int": [], "br-tun": []})
-    writes: list[str] = field(default_factory=list)
-    next_ofport: int = 10
+class FakeHost:
+    """The host side: addresses per netdev, the gateway ports brought up, primed peers."""
 
-    def plug(self, bridge: str, name: str, type_: str = "", ids: dict[str, str] | None = None,
-             options: dict[str, str] | None = None) -> int:
-        self.next_ofport += 1
-        self.ifaces[name] = InterfaceInfo(name, type_, self.next_ofport, None, ids or {},
-                                          options or {})
-        if name not in self.bridges[bridge]:
-            self.bridges[bridge].append(name)
-        return self.next_ofport
+    addresses: dict[str, list[str]] = field(default_factory=dict)
+    gateway_ports: dict[str, int] = field(default_factory=dict)   # port -> mtu
+    primed: set[str] = field(default_factory=set)
 
-    def list_ports(self, bridge: str) -> list[str]:
-        return sorted(self.bridges[bridge])
+    def move_underlay_address(self, bridge: str, nic: str, underlay_ip: str) -> None:
+        self.addresses.setdefault(bridge, []).append(underlay_ip)
 
-    def get_interface(self, name: str) -> InterfaceInfo | None:
-        return self.ifaces.get(name)
+    def bring_up_gateway_port(self, port: str, mtu: int) -> None:
+        self.gateway_ports[port] = mtu
 
-    def find_interfaces(self, **ids: str) -> list[InterfaceInfo]:
-        return list(self.ifaces.values())
+    def set_gateway_addresses(self, port: str, cidrs: list[str]) -> None:
+        self.addresses[port] = list(cidrs)
 
-    def add_tunnel(self, bridge: str, name: str, kind: str, remote_ip: str, key: str = "flow",
-                   external_ids: dict[str, str] | None = None, **_: Any) -> int:
-        self.writes.append(f"add_tunnel {name}")
-        return self.plug(bridge, name, kind, external_ids, {"remote_ip": remote_ip})
-
-    def delete_port(self, bridge: str, name: str) -> bool:
-        self.writes.append(f"delete_port {name}")
-        self.bridges[bridge].remove(name)
-        return self.ifaces.pop(name, None) is not None
-
-
-@dataclass
-class FakeOpenFlow:
-    name: str
-    log: list[str]
-
-    def replace_flows(self, flows: Any) -> None:
-        self.log.append(f"replace {self.name} {len(list(flows))}")
-
-    def apply_flow_mods(self, lines: Any) -> int:
-        lines = list(lines)
-        if lines:
-            self.log.append(f"mods {self.name} {lines}")
-        return len(lines)
+    def prime_neighbor(self, remote_ip: str) -> None:
+        self.primed.add(remote_ip)
 
 
 def topology(*ports: tuple[str, str, str, str], nodes: tuple[str, ...] = ("h1", "h2", "h3"),
-             revision: int = 1) -> pb.TopologyResponse:
+             revision: int = 1, gateway: str = "") -> pb.TopologyResponse:
     return pb.TopologyResponse(
         revision=revision,
-        nodes=[pb.NodeInfo(name=n, underlay_ip=f"172.31.0.{n[1:]}", state="ready")
-               for n in nodes],
+        nodes=[pb.NodeInfo(name=n, underlay_ip=f"172.31.0.{n[1:]}", state="ready",
+                           gateway=n == gateway) for n in nodes],
         ports=[pb.RemotePort(port_id=i, mac=m, ips=[ip], node=n) for i, m, ip, n in ports],
         subnets=[pb.Subnet(cidr="10.70.0.0/24", gateway="10.70.0.1")])
 
 
+@dataclass
+class Node:
+    dp: StandaloneDatapath
+    ovs: FakeOvsdb
+    br_int: FakeFlowTable
+    br_tun: FakeFlowTable
+    controller: FakeController
+    host: FakeHost
+
+    def tunnels(self) -> dict[str, tuple[str, str]]:
+        """Tunnel ports on br-tun: name -> (remote_ip, node)."""
+        out = {}
+        for name in self.ovs.list_ports("br-tun"):
+            i = self.ovs.interfaces[name]
+            if i.type == "vxlan":
+                assert i.options["key"] == "flow" and i.external_ids["ecnet/role"] == "tunnel"
+                out[name] = (i.options["remote_ip"], i.external_ids["ecnet/node"])
+        return out
+
+    def ofport(self, name: str) -> int:
+        return self.ovs.interfaces[name].ofport
+
+
+def make_node(gateway: bool = False, mtu: int = 1450) -> Node:
+    ovs = FakeOvsdb()
+    ovs.ensure_bridge("br-int")
+    br_int, br_tun = FakeFlowTable("br-int"), FakeFlowTable("br-tun")
+    controller, host = FakeController(), FakeHost()
+    d = StandaloneDatapath(DatapathSettings(node="h1", gateway=gateway, mtu=mtu),
+                           ovs, controller, threading.Event(), flows=(br_int, br_tun),
+                           host=host)
+    d.setup()
+    return Node(d, ovs, br_int, br_tun, controller, host)
+
+
 @pytest.fixture
-def loop(monkeypatch: pytest.MonkeyPatch) -> tuple[dp.StandaloneDatapath, FakeOvs, list[str],
-                                                    list[pb.TopologyResponse]]:
-    ovs = FakeOvs()
-    ovs.plug("br-int", "patch-tun", "patch")
-    ovs.plug("br-tun", "patch-int", "patch")
-    answers: list[pb.TopologyResponse] = []
+def node() -> Node:
+    return make_node()
 
-    def fetch(client: Any, node: str, since: int, timeout: float = 2.0) -> pb.TopologyResponse:
-        resp = answers[0] if len(answers) == 1 else answers.pop(0)
-        if since and since == resp.revision:
-            return pb.TopologyResponse(revision=resp.revision, unchanged=True)
-        return resp
 
-    monkeypatch.setattr(dp, "fetch_topology", fetch)
-    monkeypatch.setattr(dp, "_prime_neighbor", lambda ip: None)
-    d = dp.StandaloneDatapath(dp.DatapathSettings(node="h1"), ovs, None,  # type: ignore[arg-type]
-                              threading.Event())
-    of_log: list[str] = []
-    d.of_int = FakeOpenFlow("br-int", of_log)  # type: ignore[assignment]
-    d.of_tun = FakeOpenFlow("br-tun", of_log)  # type: ignore[assignment]
-    return d, ovs, of_log, answers
+def test_setup_makes_a_secure_tunnel_bridge_patched_to_br_int(node: Node) -> None:
+    assert node.ovs.bridges["br-tun"].fail_mode == "secure"
+    assert node.ovs.interfaces["patch-tun"].options == {"peer": "patch-int"}
+    assert node.ovs.bridge_of("patch-tun") == "br-int"
+    assert node.ovs.bridge_of("patch-int") == "br-tun"
 
 
 def test_first_sync_builds_tunnels_and_replaces_tables_then_unchanged_costs_nothing(
-        loop: Any) -> None:
-    d, ovs, of_log, answers = loop
-    answers.append(topology(("p2", "0a:00:00:00:00:02", "10.70.0.2", "h2")))
-    assert d.sync_once()
-    assert ovs.writes == ["add_tunnel vxac1f0002", "add_tunnel vxac1f0003"]
-    assert of_log == ["replace br-int 4", "replace br-tun 4"]
-    ovs.writes.clear()
-    of_log.clear()
-    assert not d.sync_once()
-    assert not d.sync_once()
-    assert ovs.writes == [] and of_log == []
+        node: Node) -> None:
+    node.controller.current = topology(("p2", MAC2, "10.70.0.2", "h2"))
+    assert node.dp.sync_once()
+    assert node.tunnels() == {"vxac1f0002": ("172.31.0.2", "h2"),
+                              "vxac1f0003": ("172.31.0.3", "h3")}
+    assert node.host.primed == {"172.31.0.2", "172.31.0.3"}
+    assert node.br_int.replaced == node.br_tun.replaced == 1
+    assert len(node.br_int.flows) == 4 and len(node.br_tun.flows) == 4
+    assert node.br_int.arp_entries() == {"10.70.0.2": MAC2}
+    patch, tun2 = node.ofport("patch-int"), node.ofport("vxac1f0002")
+    assert node.br_int.actions(f"dl_dst={MAC2}") == [f"output:{node.ofport('patch-tun')}"]
+    assert node.br_tun.actions(f"in_port={patch},dl_dst={MAC2}") == [
+        f"set_field:0x64->tun_id,output:{tun2}"]
+    assert node.br_tun.actions(f"in_port={tun2},tun_id=0x64") == [f"output:{patch}"]
+    assert node.br_tun.actions("") == ["drop"] and node.br_int.actions("") == ["NORMAL"]
+    assert {f.cookie for t in (node.br_int, node.br_tun) for f in t.flows.values()} == {0xEC0001}
+
+    txns, versions = node.ovs.transactions, (node.br_int.version, node.br_tun.version)
+    assert not node.dp.sync_once()
+    assert not node.dp.sync_once()
+    assert node.ovs.transactions == txns
+    assert (node.br_int.version, node.br_tun.version) == versions
 
 
-def test_a_port_moving_and_a_node_leaving_are_applied_incrementally(loop: Any) -> None:
-    d, ovs, of_log, answers = loop
-    answers.append(topology(("p2", "0a:00:00:00:00:02", "10.70.0.2", "h2")))
-    d.sync_once()
-    of_log.clear()
-    ovs.writes.clear()
-    answers[0] = topology(("p2", "0a:00:00:00:00:02", "10.70.0.2", "h3"), revision=2)
-    assert d.sync_once()
-    assert ovs.writes == []
-    assert len(of_log) == 1 and of_log[0].startswith("mods br-tun")
-    assert "output:" + str(ovs.ifaces["vxac1f0003"].ofport) in of_log[0]
-    of_log.clear()
-    answers[0] = topology(("p2", "0a:00:00:00:00:02", "10.70.0.2", "h3"), nodes=("h1", "h2"),
-                          revision=3)
-    assert d.sync_once()
-    assert ovs.writes == ["delete_port vxac1f0003"]
-    mods = " ".join(of_log)
-    assert "delete_strict" in mods and "0a:00:00:00:00:02" in mods and "add " not in mods
+def test_a_port_moving_and_a_node_leaving_are_applied_incrementally(node: Node) -> None:
+    node.controller.current = topology(("p2", MAC2, "10.70.0.2", "h2"))
+    node.dp.sync_once()
+    txns, int_version = node.ovs.transactions, node.br_int.version
+    patch = node.ofport("patch-int")
+
+    node.controller.current = topology(("p2", MAC2, "10.70.0.2", "h3"), revision=2)
+    assert node.dp.sync_once()
+    assert node.ovs.transactions == txns                  # no tunnel added or removed
+    assert node.br_int.version == int_version             # br-int: the MAC still goes to br-tun
+    assert (node.br_tun.replaced, node.br_tun.bundles) == (1, 1)
+    assert node.br_tun.actions(f"in_port={patch},dl_dst={MAC2}") == [
+        f"set_field:0x64->tun_id,output:{node.ofport('vxac1f0003')}"]
+
+    before_int, before_tun = node.br_int.specs(), node.br_tun.specs()
+    tun3 = node.ofport("vxac1f0003")
+    node.controller.current = topology(("p2", MAC2, "10.70.0.2", "h3"), nodes=("h1", "h2"),
+                                       revision=3)
+    assert node.dp.sync_once()
+    assert node.tunnels() == {"vxac1f0002": ("172.31.0.2", "h2")}
+    assert "vxac1f0003" not in node.ovs.interfaces
+    # p2's flows and ARP answer went with its node, and nothing was added or changed
+    assert node.br_int.mentioning(MAC2) == [] and node.br_tun.mentioning(MAC2) == []
+    assert node.br_int.arp_entries() == {}
+    assert node.br_tun.actions(f"in_port={tun3},tun_id=0x64") == []
+    assert node.br_int.specs() < before_int and node.br_tun.specs() < before_tun
+    assert node.br_int.replaced == node.br_tun.replaced == 1
 
 
-def test_a_local_pod_plugged_later_gets_its_flow(loop: Any) -> None:
-    d, ovs, of_log, answers = loop
-    answers.append(topology(("p1", "0a:00:00:00:00:01", "10.70.0.5", "h1")))
-    d.sync_once()
-    of_log.clear()
-    ofport = ovs.plug("br-int", "tapp1", ids={"iface-id": "p1",
-                                              "attached-mac": "0A:00:00:00:00:01"})
-    assert d.sync_once()
-    assert of_log == [f"mods br-int ['add cookie=0xec0001,table=0,priority=50,"
-                      f"dl_dst=0a:00:00:00:00:01 actions=output:{ofport}']"]
+def test_a_local_pod_plugged_later_gets_its_flow(node: Node) -> None:
+    node.controller.current = topology(("p1", "0a:00:00:00:00:01", "10.70.0.5", "h1"))
+    node.dp.sync_once()
+    assert node.br_int.arp_entries() == {"10.70.0.5": "0a:00:00:00:00:01"}
+    before, tun_version = node.br_int.specs(), node.br_tun.version
+    ofport = node.ovs.add_port("br-int", "tapp1", {"iface-id": "p1",
+                                                   "attached-mac": "0A:00:00:00:00:01"})
+    assert node.dp.sync_once()
+    assert node.br_int.specs() - before == {(0, 50, "dl_dst=0a:00:00:00:00:01",
+                                              f"output:{ofport}")}
+    assert before <= node.br_int.specs()
+    assert (node.br_int.replaced, node.br_int.bundles) == (1, 1)
+    assert node.br_tun.version == tun_version
+
+
+def test_an_unreachable_controller_keeps_the_flows_and_the_next_poll_replaces_tables(
+        node: Node) -> None:
+    node.controller.current = topology(("p2", MAC2, "10.70.0.2", "h2"))
+    node.dp.sync_once()
+    flows = node.br_int.specs(), node.br_tun.specs()
+    node.controller.down = True
+    with pytest.raises(TopologyUnavailable):
+        node.dp.sync_once()
+    assert (node.br_int.specs(), node.br_tun.specs()) == flows
+    assert len(node.tunnels()) == 2
+
+
+def test_the_gateway_node_owns_the_gateway_mac_and_the_subnet_gateways() -> None:
+    n = make_node(gateway=True, mtu=1400)
+    gw = n.ovs.interfaces["ecgw0"]
+    assert n.ovs.bridge_of("ecgw0") == "br-int" and gw.type == "internal"
+    assert gw.mac_in_use == "0a:ec:00:00:00:01" and n.host.gateway_ports == {"ecgw0": 1400}
+    n.controller.current = topology(gateway="h1")
+    assert n.dp.sync_once()
+    assert n.host.addresses["ecgw0"] == ["10.70.0.1/24"]
+    assert n.br_int.arp_entries() == {"10.70.0.1": "0a:ec:00:00:00:01"}
+    assert n.br_int.actions("dl_dst=0a:ec:00:00:00:01") == [f"output:{gw.ofport}"]
 
 
 def test_agent_datapath_flags(monkeypatch: pytest.MonkeyPatch) -> None:

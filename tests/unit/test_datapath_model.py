@@ -1,7 +1,7 @@
 """The standalone datapath's decisions (topology -> tunnels and flows, diffs), no root."""
 from __future__ import annotations
 
-from cni.agent.datapath_model import (
+from datapath.model import (
     COOKIE,
     GATEWAY_MAC,
     DatapathConfig,

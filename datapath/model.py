@@ -1,7 +1,8 @@
 """The standalone datapath as pure data: controller topology in, desired OVS state out.
 
-Nothing here touches OVS, netlink or the network; :mod:`cni.agent.datapath` reads the
-current state, calls these functions and applies the differences. Keeping the decisions
+Nothing here touches OVS, netlink or the network; :mod:`datapath.loop` reads the
+current state, calls these functions and has :mod:`datapath.switch` and
+:mod:`datapath.host` apply the differences. Keeping the decisions
 here means every rule below is unit-tested without root.
 
 Layout (Neutron's, kept from the seed): pods on ``br-int``, VXLAN ports on ``br-tun``,
@@ -119,13 +120,13 @@ class Flow:
         """What OpenFlow identifies a flow by (strict match): table, priority, match."""
         return self.table, self.priority, self.match
 
-    def spec(self, cookie: int = COOKIE) -> str:
+    def spec(self) -> str:
         match = f",{self.match}" if self.match else ""
-        return (f"cookie={cookie:#x},table={self.table},priority={self.priority}{match} "
+        return (f"cookie={COOKIE:#x},table={self.table},priority={self.priority}{match} "
                 f"actions={self.actions}")
 
-    def add_line(self, cookie: int = COOKIE) -> str:
-        return f"add {self.spec(cookie)}"
+    def add_line(self) -> str:
+        return f"add {self.spec()}"
 
     def delete_line(self) -> str:
         match = f",{self.match}" if self.match else ""
@@ -319,13 +320,12 @@ def desired_flows(topo: Topology, cfg: DatapathConfig, local: Iterable[LocalPort
                         tuple(conflicts))
 
 
-def diff_flows(current: Iterable[Flow], desired: Iterable[Flow],
-               cookie: int = COOKIE) -> list[str]:
+def diff_flows(current: Iterable[Flow], desired: Iterable[Flow]) -> list[str]:
     """Flow-mod lines that turn ``current`` into ``desired``: strict deletes for flows no
     longer wanted, adds for new flows and for changed actions (an add over an existing
     key replaces it). Deletes come first so the bundle never holds both versions."""
     cur = {f.key: f for f in current}
     want = {f.key: f for f in desired}
     lines = [cur[k].delete_line() for k in sorted(cur) if k not in want]
-    lines += [want[k].add_line(cookie) for k in sorted(want) if cur.get(k) != want[k]]
+    lines += [want[k].add_line() for k in sorted(want) if cur.get(k) != want[k]]
     return lines
