@@ -13,9 +13,9 @@ bash .ci/gen-proto --check
 echo "==> import contracts"
 lint-imports --config pyproject.toml
 echo "==> ruff"
-ruff check cni ipcontroller ipam ovs_driver tests
+ruff check cni ipcontroller ipam ovs_driver onos_emulator tests
 echo "==> mypy"
-mypy cni ipam ipcontroller ovs_driver
+mypy cni ipam ipcontroller ovs_driver onos_emulator
 # Nothing may hide behind a skip in CI: a missing PostgreSQL, OVS or root fails the run.
 export ECNET_REQUIRE_ALL=${ECNET_REQUIRE_ALL:-1}
 echo "==> pytest"

@@ -45,7 +45,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def start_emulator(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "ipam.onos.emulator", "--listen",
+    proc = subprocess.Popen([sys.executable, "-m", "onos_emulator", "--listen",
                              f"127.0.0.1:{port}", "--log-level", "WARNING"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

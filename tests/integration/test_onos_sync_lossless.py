@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from ecnet_api.v1 import ecnet_pb2 as pb
-from ipam.onos.emulator import EmulatorServer, EmulatorState
 from ipcontroller.cli import cli
+from onos_emulator import EmulatorServer, EmulatorState
 from tests.lab.controller import running_controller, sqlite_url
 from tests.lab.sync_lab import (
     ControllerProcess,

@@ -11,7 +11,7 @@ import pytest
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
-from ipam.onos.emulator import EmulatorServer
+from onos_emulator import EmulatorServer
 from tests.lab.controller import running_controller, sqlite_url
 
 

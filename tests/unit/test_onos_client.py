@@ -23,7 +23,7 @@ from ipam.onos import (
     read_password,
     subnet_body,
 )
-from ipam.onos.emulator import EmulatorServer
+from onos_emulator import EmulatorServer
 
 SECRET = "s3cr3t-Pa55w0rd"
 NET = OnosNetwork("net-1", "pod-net", 4242, 1450, ("sub-1",))

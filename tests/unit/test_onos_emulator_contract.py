@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ipam.onos.emulator import EmulatorServer
+from onos_emulator import EmulatorServer
 
 APP = "/onos/openstacknetworking"
 NET_ID = "6b0c7a0e-1f0e-4c53-9c51-6d1b2f7f1a01"
@@ -418,7 +418,7 @@ def _free_port() -> int:
 def test_cli_serves_with_configured_users() -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ipam.onos.emulator", "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "onos_emulator", "--listen", f"127.0.0.1:{port}",
          "--user", "admin", "--password", "pw", "--viewer-user", "v", "--viewer-password", "vp",
          "--log-level", "WARNING"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

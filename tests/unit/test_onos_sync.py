@@ -29,8 +29,8 @@ from ipam.onos import (
     subnet_body,
     to_payload,
 )
-from ipam.onos.emulator import EmulatorServer
 from ipam.onos.memory_outbox import MemoryOutbox
+from onos_emulator import EmulatorServer
 
 NET = OnosNetwork("net-1", "pod-net", 77, 1450, ("sub-1",))
 SUB = OnosSubnet("sub-1", "pod-net-10.20.0.0/22", "net-1", "10.20.0.0/22", "10.20.0.1", 4,

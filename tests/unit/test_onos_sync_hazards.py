@@ -20,8 +20,8 @@ from ipam.onos import (
     SyncWorker,
     to_payload,
 )
-from ipam.onos.emulator import EmulatorServer
 from ipam.onos.memory_outbox import MemoryOutbox
+from onos_emulator import EmulatorServer
 from tests.lab.sync_lab import free_port
 
 PORT = OnosPort("port-1", "ns_pod-1", "net-1", "0a:00:00:00:00:01", (("sub-1", "10.0.0.2"),),
