@@ -32,7 +32,8 @@ from pathlib import Path
 import grpc
 
 from ecnet_api.v1 import ecnet_pb2 as pb
-from tests.lab.sync_lab import Stubs, free_port, wait_until
+from tests.lab.helpers import free_port, wait_until
+from tests.lab.sync_lab import Stubs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONDITIONS = ("off", "healthy", "slow", "dead", "hung")
