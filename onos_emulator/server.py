@@ -169,27 +169,6 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     # -------------------------------------------------------------- dispatch
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def do_HEAD(self) -> None:
-        self._dispatch()
-
-    def do_OPTIONS(self) -> None:
-        self._dispatch()
-
     def _dispatch(self) -> None:
         try:
             body = self._read_body()
@@ -205,6 +184,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._onos(path, body)
         except HttpError as e:
             self._error(e.status, e.message)
+
+    # Every method goes through the same checks; which ones a path allows is decided there
+    # (405 with Allow), as Jersey does. Other methods get http.server's 501.
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
 
     def _hook(self, path: str, body: bytes) -> None:
         st = self.server.state
