@@ -21,8 +21,8 @@ def free_port() -> int:
 
 def wait_until(pred: Callable[[], object], timeout: float = 10.0, poll: float = 0.05) -> bool:
     """Poll `pred` until it is true (True) or `timeout` seconds passed (False): tests wait on
-    the state they check, never for a fixed time. `pred` runs at least once, and once more
-    at the deadline."""
+    the state they check, never for a fixed time. `pred` runs at least once, even with a
+    timeout of 0."""
     deadline = time.monotonic() + timeout
     while True:
         if pred():
