@@ -1,4 +1,5 @@
-"""Shared fixtures: stores (memory, SQLite file, PostgreSQL) and environment checks.
+"""Shared fixtures: stores (memory, SQLite file, PostgreSQL), fake time, ONOS emulators, and
+environment checks. (Plain helpers, usable outside pytest too, are in tests/lab/helpers.py.)
 
 PostgreSQL tests use ECNET_TEST_PG_URL (default: the local server on 127.0.0.1:5432, database
 "test", as on our machines and in CI). Each test gets a fresh database created for it, so
@@ -10,9 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.lab.helpers import FakeClock, free_port
+
+if TYPE_CHECKING:
+    from onos_emulator import EmulatorServer
 
 PG_URL = os.environ.get("ECNET_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_ALL = os.environ.get("ECNET_REQUIRE_ALL") == "1"
@@ -100,3 +107,36 @@ def store(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[object]:
         yield s
     finally:
         s.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """Time for an `IpamService` or a `SyncWorker` that moves only when the test moves it."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_emulator() -> Iterator[Callable[..., EmulatorServer]]:
+    """Makes ONOS emulators, each stopped after the test. `start=False` leaves one down (each
+    test then decides when ONOS is up) on a port chosen now, so its URL is known before it
+    starts and stays the same across stop/start; other keywords go to `EmulatorServer`."""
+    from onos_emulator import EmulatorServer
+    made: list[EmulatorServer] = []
+
+    def make(*, start: bool = True, **kw: Any) -> EmulatorServer:
+        kw.setdefault("port", 0 if start else free_port())
+        e = EmulatorServer(**kw)
+        made.append(e)
+        if start:
+            e.start()
+        return e
+
+    yield make
+    for e in made:
+        e.stop()
+
+
+@pytest.fixture
+def emu(make_emulator: Callable[..., EmulatorServer]) -> EmulatorServer:
+    """A running ONOS emulator: admin onos/rocks, and a viewer-only user viewer/look."""
+    return make_emulator(viewer_user="viewer", viewer_password="look")

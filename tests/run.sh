@@ -13,9 +13,9 @@ bash .ci/gen-proto --check
 echo "==> import contracts"
 lint-imports --config pyproject.toml
 echo "==> ruff"
-ruff check cni datapath ipcontroller ipam ovs_driver tests
+ruff check cni datapath ipcontroller ipam ovs_driver onos_emulator tests
 echo "==> mypy"
-mypy cni datapath ipam ipcontroller ovs_driver
+mypy cni datapath ipam ipcontroller ovs_driver onos_emulator
 mypy tests/fakes/*.py   # the shared fakes satisfy the Protocols they stand in for
 # Nothing may hide behind a skip in CI: a missing PostgreSQL, OVS or root fails the run.
 export ECNET_REQUIRE_ALL=${ECNET_REQUIRE_ALL:-1}

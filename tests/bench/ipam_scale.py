@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.lab.helpers import free_port
+
 CIDR = "10.0.0.0/12"
 POOL = "bench"
 LEVELS = (1, 50, 90, 99)
@@ -51,19 +53,12 @@ class Row:
 
 
 # ------------------------------------------------------------------ controller process
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ControllerProcess:
     """`ecnet-ipcontroller` as operators run it (default log level, logs to a file)."""
 
     def __init__(self, db: str, log_path: Path, workers: int | None,
                  extra: tuple[str, ...] = ()) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "ipcontroller.daemon", "--listen", self.target,
                 "--db", db, *extra]

@@ -32,7 +32,8 @@ from pathlib import Path
 import grpc
 
 from ecnet_api.v1 import ecnet_pb2 as pb
-from tests.lab.sync_lab import Stubs, free_port, wait_until
+from tests.lab.helpers import free_port, wait_until
+from tests.lab.sync_lab import Stubs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONDITIONS = ("off", "healthy", "slow", "dead", "hung")
@@ -45,7 +46,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def start_emulator(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "ipam.onos.emulator", "--listen",
+    proc = subprocess.Popen([sys.executable, "-m", "onos_emulator", "--listen",
                              f"127.0.0.1:{port}", "--log-level", "WARNING"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

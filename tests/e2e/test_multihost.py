@@ -20,9 +20,9 @@ from tests.lab.cluster import (
     Pod,
     ping,
     tcp_transfer,
-    wait_for,
     wait_reachable,
 )
+from tests.lab.helpers import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs]
 

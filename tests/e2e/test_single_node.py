@@ -3,7 +3,6 @@ and controller (separate processes), a private userspace OVS, pods as network na
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.cluster import Lab, LabNode, ping, tcp_transfer
+from tests.lab.helpers import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs]
 
@@ -37,12 +37,7 @@ def node(lab: Lab) -> LabNode:
 def gone_soon(node: LabNode, host: str, timeout: float = 2.0) -> bool:
     """DEL returns once the pod is off the network; the kernel's veth teardown finishes in
     the background within moments."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not node.link_exists(host):
-            return True
-        time.sleep(0.02)
-    return False
+    return wait_until(lambda: not node.link_exists(host), timeout, poll=0.02)
 
 
 def ports_json(lab: Lab) -> list[dict]:

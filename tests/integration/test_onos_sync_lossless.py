@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,17 +20,16 @@ import pytest
 from click.testing import CliRunner
 
 from ecnet_api.v1 import ecnet_pb2 as pb
-from ipam.onos.emulator import EmulatorServer, EmulatorState
 from ipcontroller.cli import cli
+from onos_emulator import EmulatorServer, EmulatorState
 from tests.lab.controller import running_controller, sqlite_url
+from tests.lab.helpers import wait_until
 from tests.lab.sync_lab import (
     ControllerProcess,
     Stubs,
     alloc_req,
     expected_port,
-    free_port,
     onos_vs_store,
-    wait_until,
 )
 
 # Short sync timings so outages and takeovers resolve in seconds, not minutes; the defaults
@@ -39,12 +38,8 @@ FAST = ("--onos-timeout", "1", "--onos-max-backoff", "1", "--onos-lease-ttl", "3
 
 
 @pytest.fixture
-def emu() -> Iterator[EmulatorServer]:
-    e = EmulatorServer(port=free_port())  # not started: each test decides when ONOS is up
-    try:
-        yield e
-    finally:
-        e.stop()
+def emu(make_emulator: Callable[..., EmulatorServer]) -> EmulatorServer:
+    return make_emulator(start=False)  # not started: each test decides when ONOS is up
 
 
 def drained(s: Stubs) -> bool:

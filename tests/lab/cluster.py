@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from tests.lab.helpers import free_port, wait_for
 from tests.lab.ovs import PrivateOvs, _datum, vsctl
 
 PY = sys.executable
@@ -30,21 +31,6 @@ NETNS_DIR = "/var/run/netns"
 # gateway. Addresses that exist only inside the lab's own namespaces.
 UNDERLAY_PREFIX = "172.31.0"    # .N/24 for host N
 PHYS_PREFIX = "172.30.0"        # .1 the gateway host, .2 the physical namespace
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 30,

@@ -17,7 +17,8 @@ import sys
 import tempfile
 import time
 
-from tests.lab.cluster import Endpoint, Lab, ping, sh, tcp_transfer, wait_for
+from tests.lab.cluster import Endpoint, Lab, ping, sh, tcp_transfer
+from tests.lab.helpers import wait_for
 
 
 def step(msg: str) -> None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 from ipam.onos.model import OnosPort, port_body
+from tests.lab.helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(poll)
 
 
 class Stubs:

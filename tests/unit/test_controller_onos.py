@@ -3,6 +3,7 @@ ports reach ONOS through the outbox without ever blocking allocation."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +12,9 @@ import pytest
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
-from ipam.onos.emulator import EmulatorServer
+from onos_emulator import EmulatorServer
 from tests.lab.controller import running_controller, sqlite_url
-
-
-def wait_until(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+from tests.lab.helpers import wait_until
 
 
 def stubs_with_pool(ctl: Any, cidr: str) -> tuple[Any, Any]:
@@ -61,9 +54,9 @@ def test_ports_reach_onos_and_leave_on_release(tmp_path: Path) -> None:
         assert wait_until(lambda: set(onos.snapshot()["ports"]) == {p.id for p in ports[1:]})
 
 
-def test_allocation_does_not_wait_for_a_dead_onos(tmp_path: Path) -> None:
-    onos = EmulatorServer()
-    onos.start()
+def test_allocation_does_not_wait_for_a_dead_onos(
+        tmp_path: Path, make_emulator: Callable[..., EmulatorServer]) -> None:
+    onos = make_emulator()
     url = onos.url
     onos.stop()  # ONOS is down from the start
     with running_controller(sqlite_url(tmp_path), "--onos-url", url) as ctl:
@@ -75,12 +68,8 @@ def test_allocation_does_not_wait_for_a_dead_onos(tmp_path: Path) -> None:
         st = admin.SyncStatus(pb.SyncStatusRequest())
         assert st.pending >= 20 and st.last_error
         # ONOS comes back on the same port: everything arrives
-        back = EmulatorServer(port=int(url.rsplit(":", 1)[1]))
-        back.start()
-        try:
-            assert wait_until(lambda: len(back.snapshot()["ports"]) == 20, timeout=30)
-        finally:
-            back.stop()
+        back = make_emulator(port=int(url.rsplit(":", 1)[1]))
+        assert wait_until(lambda: len(back.snapshot()["ports"]) == 20, timeout=30)
 
 
 def test_sync_now_on_any_replica_runs_on_the_lease_holder(tmp_path: Path) -> None:
@@ -104,14 +93,14 @@ def test_sync_now_on_any_replica_runs_on_the_lease_holder(tmp_path: Path) -> Non
             assert wait_until(lambda: admin2.SyncStatus(pb.SyncStatusRequest()).last_resync)
 
 
-def test_a_requested_resync_survives_a_dead_onos(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_requested_resync_survives_a_dead_onos(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        make_emulator: Callable[..., EmulatorServer]) -> None:
     """The request is counted in the database, not lost with one failed attempt: the holder
     tries again (RESYNC_RETRY_SECONDS later) until ONOS answers."""
     from ipcontroller import sync_runner
     monkeypatch.setattr(sync_runner, "RESYNC_RETRY_SECONDS", 0.5)
-    onos = EmulatorServer()
-    onos.start()
+    onos = make_emulator()
     url = onos.url
     with running_controller(sqlite_url(tmp_path), "--onos-url", url,
                             "--onos-timeout", "0.5", "--onos-resync-interval", "0") as ctl:
@@ -122,12 +111,8 @@ def test_a_requested_resync_survives_a_dead_onos(tmp_path: Path,
         assert admin.SyncNow(pb.SyncNowRequest()).forwarded
         assert wait_until(lambda: "unavailable" in
                           admin.SyncStatus(pb.SyncStatusRequest()).last_error)
-        back = EmulatorServer(port=int(url.rsplit(":", 1)[1]))   # ONOS back, and empty
-        back.start()
-        try:
-            assert wait_until(lambda: port.id in back.snapshot()["ports"], timeout=10)
-        finally:
-            back.stop()
+        back = make_emulator(port=int(url.rsplit(":", 1)[1]))   # ONOS back, and empty
+        assert wait_until(lambda: port.id in back.snapshot()["ports"], timeout=10)
 
 
 def test_onos_sync_needs_a_real_database() -> None:

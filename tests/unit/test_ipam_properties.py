@@ -35,6 +35,7 @@ from ipam import addr
 from ipam.domain import AllocationRequest, PodIdentity, Usage
 from ipam.errors import AlreadyExists, InUse, InvalidArgument, PolicyConflict, PoolExhausted
 from ipam.service import IpamService
+from tests.lab.helpers import FakeClock
 
 # name: (policy, quarantine seconds, retention seconds, first subnets, subnets to add later).
 # Tiny on purpose, so a few dozen steps exhaust them: the dual-stack pool has 5 IPv4 and 2
@@ -73,14 +74,6 @@ class MPort:
     updated: float
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _sorted_ips(ips: Any) -> tuple[str, ...]:
     return tuple(sorted(ips, key=lambda s: (":" in s, s)))
 
@@ -95,7 +88,7 @@ class IpamMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.stores = self.fresh_stores()
         self.replicas = [IpamService(s, clock=self.clock) for s in self.stores]
         self.subnets: dict[str, MSubnet] = {}

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +58,16 @@ def _ips(resp: Any) -> tuple[str, ...]:
     return tuple(sorted(ip.address.split("/")[0] for ip in resp.port.ips))
 
 
+def _run_clients(client: Callable[[int, int], None], replicas: int, per_replica: int) -> None:
+    """`client(replica, thread)` on `per_replica` threads for each replica, all at once."""
+    threads = [threading.Thread(target=client, args=(h, t))
+               for h in range(replicas) for t in range(per_replica)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+
+
 def hammer(stubs: list[Any], threads_per_replica: int, allocs: int, seed: int) -> Ledger:
     ledger = Ledger()
     start = threading.Barrier(len(stubs) * threads_per_replica)
@@ -97,12 +107,7 @@ def hammer(stubs: list[Any], threads_per_replica: int, allocs: int, seed: int) -
                 with ledger.lock:
                     ledger.errors.append(f"{cid}: {exc.code().name} {exc.details()}")
 
-    threads = [threading.Thread(target=client, args=(h, t))
-               for h in range(len(stubs)) for t in range(threads_per_replica)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    _run_clients(client, len(stubs), threads_per_replica)
     return ledger
 
 
@@ -163,12 +168,7 @@ def exhaust_tiny(stubs: list[Any], threads_per_replica: int) -> None:
                 with lock:
                     codes.append(exc.code())
 
-    threads = [threading.Thread(target=client, args=(h, t))
-               for h in range(len(stubs)) for t in range(threads_per_replica)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    _run_clients(client, len(stubs), threads_per_replica)
     assert len(ok) == len(set(ok)) == capacity
     assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
 

@@ -17,23 +17,11 @@ from ipam.errors import (
     PoolExhausted,
 )
 from ipam.service import IpamService
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.lab.helpers import FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def svc(store: Any, clock: Clock) -> IpamService:
+def svc(store: Any, clock: FakeClock) -> IpamService:
     return IpamService(store, sync_enabled=True, clock=clock)
 
 
@@ -102,7 +90,7 @@ def test_same_container_other_pod_uid_is_refused(svc: IpamService) -> None:
         svc.allocate(req("c1", uid="u2"))
 
 
-def test_exhaustion_and_quarantine(svc: IpamService, clock: Clock) -> None:
+def test_exhaustion_and_quarantine(svc: IpamService, clock: FakeClock) -> None:
     svc.create_pool("p", "dynamic", quarantine_seconds=60)
     svc.create_subnet("p", "10.2.0.0/29")  # .1 gateway, .2-.6 usable
     got = [ips(svc.allocate(req(f"c{i}")))[0] for i in range(5)]
@@ -197,7 +185,7 @@ def test_fixed_keeps_ip_for_life(svc: IpamService) -> None:
     assert usage(svc, "vm").used == 0
 
 
-def test_sticky_member_gets_old_ip_until_retention(svc: IpamService, clock: Clock) -> None:
+def test_sticky_member_gets_old_ip_until_retention(svc: IpamService, clock: FakeClock) -> None:
     svc.create_pool("db", "sticky", retention_seconds=300)
     svc.create_subnet("db", "10.9.0.0/24")
     first = svc.allocate(req("c1", pool="db", name="db-0"))
@@ -316,7 +304,7 @@ def test_recreated_sandbox_reattaches_and_old_del_is_a_no_op(svc: IpamService) -
 
 
 # ------------------------------------------------------------- sticky retention (issue 3)
-def test_sticky_retention_edges(svc: IpamService, clock: Clock) -> None:
+def test_sticky_retention_edges(svc: IpamService, clock: FakeClock) -> None:
     svc.create_pool("keep", "sticky")                         # retention 0: kept until unbound
     svc.create_subnet("keep", "10.19.0.0/24")
     svc.create_pool("db", "sticky", retention_seconds=300)
@@ -393,7 +381,7 @@ def test_mac_collision_draws_again_and_bound_mac_is_stable(svc: IpamService,
 
 
 # ------------------------------------------- cached configuration, two replicas (issue 3)
-def _replica(store: Any, clock: Clock) -> IpamService:
+def _replica(store: Any, clock: FakeClock) -> IpamService:
     """A second service on the same database with its own store object (its own cache)."""
     url = getattr(store, "url", None)
     if url is None:
@@ -403,7 +391,7 @@ def _replica(store: Any, clock: Clock) -> IpamService:
 
 
 def test_replicas_see_each_others_admin_changes(store: Any, svc: IpamService,
-                                                clock: Clock) -> None:
+                                                clock: FakeClock) -> None:
     other = _replica(store, clock)
     try:
         svc.create_pool("p", "dynamic", quarantine_seconds=0)
@@ -536,7 +524,7 @@ def test_pool_selection_first_match_wins(svc: IpamService) -> None:
 
 
 def test_released_objects_are_kept_for_resync_then_pruned(svc: IpamService,
-                                                          clock: Clock) -> None:
+                                                          clock: FakeClock) -> None:
     pool = svc.create_pool("p", "dynamic", quarantine_seconds=0)
     sub = svc.create_subnet("p", "10.20.0.0/24")
     a = svc.allocate(req("c1"))
@@ -578,7 +566,7 @@ def test_a_stateful_group_draws_from_its_own_pool(svc: IpamService) -> None:
         svc.create_pool("bad", "sticky", group="db")
 
 
-def test_dynamic_pools_quarantine_60_s_by_default(svc: IpamService, clock: Clock) -> None:
+def test_dynamic_pools_quarantine_60_s_by_default(svc: IpamService, clock: FakeClock) -> None:
     pool = svc.create_pool("p", "dynamic")
     assert pool.quarantine_seconds == 60
     svc.create_subnet("p", "10.22.0.0/29")          # five usable addresses

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 from ipcontroller.cli import cli
 from ipcontroller.refusal import Refusal
 from tests.lab.controller import running_controller, sqlite_url
+from tests.lab.helpers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +135,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_unreachable_controller_as_a_process() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     p = run("--controller", f"127.0.0.1:{port}", "--timeout", "2", "pool", "list")
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.startswith(f"ipctl: error: cannot reach the IP controller at 127.0.0.1:{port}")

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from ipam.onos import (
     read_password,
     subnet_body,
 )
-from ipam.onos.emulator import EmulatorServer
+from onos_emulator import EmulatorServer
+from tests.lab.helpers import free_port
 
 SECRET = "s3cr3t-Pa55w0rd"
 NET = OnosNetwork("net-1", "pod-net", 4242, 1450, ("sub-1",))
@@ -34,13 +34,8 @@ PORT = OnosPort("port-1", "default_web-0", "net-1", "0a:11:22:33:44:55",
 
 
 @pytest.fixture
-def emu() -> Iterator[EmulatorServer]:
-    e = EmulatorServer(password=SECRET, viewer_user="viewer", viewer_password="look")
-    e.start()
-    try:
-        yield e
-    finally:
-        e.stop()
+def emu(make_emulator: Callable[..., EmulatorServer]) -> EmulatorServer:
+    return make_emulator(password=SECRET, viewer_user="viewer", viewer_password="look")
 
 
 @pytest.fixture
@@ -141,10 +136,7 @@ def test_stopped_server_is_unavailable_quickly(emu: EmulatorServer, client: Onos
 
 
 def test_never_started_is_unavailable() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with OnosClient(f"http://127.0.0.1:{port}", "onos", "rocks", timeout=1.0) as c:
+    with OnosClient(f"http://127.0.0.1:{free_port()}", "onos", "rocks", timeout=1.0) as c:
         t0 = time.monotonic()
         with pytest.raises(OnosUnavailable):
             c.upsert_network(NET)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import http.client
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ipam.onos.emulator import EmulatorServer
+from onos_emulator import EmulatorServer
+from tests.lab.helpers import free_port
 
 APP = "/onos/openstacknetworking"
 NET_ID = "6b0c7a0e-1f0e-4c53-9c51-6d1b2f7f1a01"
@@ -55,16 +55,6 @@ def body(coll: str, **changes: Any) -> dict[str, Any]:
         else:
             inner[k] = v
     return b
-
-
-@pytest.fixture
-def emu() -> Iterator[EmulatorServer]:
-    e = EmulatorServer(viewer_user="viewer", viewer_password="look")
-    e.start()
-    try:
-        yield e
-    finally:
-        e.stop()
 
 
 @pytest.fixture
@@ -409,16 +399,10 @@ def test_stop_drops_keep_alive_connections_and_restart_keeps_state(emu: Emulator
     assert onos.post("/ports", json=PORT).status_code == 400  # still there: duplicate
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cli_serves_with_configured_users() -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ipam.onos.emulator", "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "onos_emulator", "--listen", f"127.0.0.1:{port}",
          "--user", "admin", "--password", "pw", "--viewer-user", "v", "--viewer-password", "vp",
          "--log-level", "WARNING"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -3,10 +3,9 @@ leases, resync, and the payloads the IPAM service actually writes."""
 from __future__ import annotations
 
 import random
-import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,9 @@ from ipam.onos import (
     subnet_body,
     to_payload,
 )
-from ipam.onos.emulator import EmulatorServer
 from ipam.onos.memory_outbox import MemoryOutbox
+from onos_emulator import EmulatorServer
+from tests.lab.helpers import FakeClock
 
 NET = OnosNetwork("net-1", "pod-net", 77, 1450, ("sub-1",))
 SUB = OnosSubnet("sub-1", "pod-net-10.20.0.0/22", "net-1", "10.20.0.0/22", "10.20.0.1", 4,
@@ -43,32 +43,9 @@ def make_port(i: int, host: str = "node-a") -> OnosPort:
                     f"uid-{i}", host_id=host)
 
 
-class FakeClock:
-    """Worker time (backoffs, lease, next_attempt_at) without waiting for it."""
-
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, d: float) -> None:
-        self.t += max(d, 0.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def emu() -> Iterator[EmulatorServer]:
-    e = EmulatorServer(port=free_port())  # not started: each test decides when ONOS is up
-    try:
-        yield e
-    finally:
-        e.stop()
+def emu(make_emulator: Callable[..., EmulatorServer]) -> EmulatorServer:
+    return make_emulator(start=False)  # not started: each test decides when ONOS is up
 
 
 @pytest.fixture

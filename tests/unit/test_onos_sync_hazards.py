@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -20,29 +19,12 @@ from ipam.onos import (
     SyncWorker,
     to_payload,
 )
-from ipam.onos.emulator import EmulatorServer
 from ipam.onos.memory_outbox import MemoryOutbox
-from tests.lab.sync_lab import free_port
+from onos_emulator import EmulatorServer
+from tests.lab.helpers import FakeClock, free_port
 
 PORT = OnosPort("port-1", "ns_pod-1", "net-1", "0a:00:00:00:00:01", (("sub-1", "10.0.0.2"),),
                 "uid-1", host_id="node-a")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, d: float) -> None:
-        self.t += max(d, 0.0)
-
-
-@pytest.fixture
-def emu() -> Iterator[EmulatorServer]:
-    with EmulatorServer(port=free_port()) as e:
-        yield e
 
 
 @pytest.mark.parametrize("settle", [0.0, 0.5])
