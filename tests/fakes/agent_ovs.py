@@ -3,7 +3,8 @@ bridges holding interfaces with external_ids, may-exist add_port, forgiving dele
 
 With `netdev` (a function from an interface name to its MAC, e.g. FakeNetlink.host_link_mac)
 it behaves like ovs-vswitchd: a port whose network device does not exist gets no ofport, so
-an attach that waits for one fails and leaves nothing, as the real driver does."""
+an attach that waits for one fails and leaves nothing, as the real driver does. (The datapath's
+fake, with bridges, tunnels and flow tables, is tests/fakes/ovs.py.)"""
 from __future__ import annotations
 
 import threading
@@ -24,7 +25,7 @@ class FakeInterface:
 
 
 @dataclass
-class FakeOvs:
+class FakeAgentOvs:
     netdev: Callable[[str], str | None] | None = None
     bridges: dict[str, dict[str, FakeInterface]] = field(
         default_factory=lambda: {"br-int": {}})
@@ -78,8 +79,8 @@ class FakeOvs:
         return None
 
 
-def _satisfies_the_protocol(o: FakeOvs) -> OvsClient:
+def _satisfies_the_protocol(o: FakeAgentOvs) -> OvsClient:
     return o  # mypy checks this line: the fake is an OvsClient, no ignore needed
 
 
-__all__ = ["FakeInterface", "FakeOvs"]
+__all__ = ["FakeInterface", "FakeAgentOvs"]

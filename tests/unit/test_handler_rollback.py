@@ -18,7 +18,7 @@ from cni.agent.handler import AgentConfig, CniHandler
 from cni.agent.server import serve_one
 from cni.agent.wire import encode_request
 from ovs_driver.errors import OvsConnectionError, OvsTransactionError
-from tests.fakes.agent_ovs import FakeOvs
+from tests.fakes.agent_ovs import FakeAgentOvs
 from tests.fakes.controller import FakeController
 from tests.fakes.faults import Faults
 from tests.fakes.netlink import FakeNetlink, FakePending
@@ -40,7 +40,7 @@ class Node:
 
     ctl: FakeController
     nl: FakeNetlink
-    ovs: FakeOvs
+    ovs: FakeAgentOvs
     handler: CniHandler[FakePending]
 
     def run(self, cmd: str, cid: str = CID) -> tuple[int, dict[str, Any], str]:
@@ -62,7 +62,7 @@ NOTHING: dict[str, Any] = {"veths": set(), "pod ifaces": set(), "open pod handle
 def make_node(answer_first: bool = True, mint_ids: bool = False) -> Node:
     nl = FakeNetlink()
     nl.add_netns(NETNS)
-    ovs = FakeOvs(netdev=nl.host_link_mac)
+    ovs = FakeAgentOvs(netdev=nl.host_link_mac)
     ctl = FakeController(answer_first=answer_first, mint_ids=mint_ids)
     return Node(ctl, nl, ovs, CniHandler(AgentConfig(node="n1"), ctl, nl, ovs))
 
