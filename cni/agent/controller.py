@@ -19,6 +19,7 @@ from ecnet_api.v1 import ecnet_pb2 as pb
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 
 from .. import errors as ce
+from .seams import PendingReply
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,7 +88,7 @@ def to_cni_error(err: grpc.RpcError, target: str) -> ce.CniError:
     return ce.CniError(f"IP controller error: {details}", code.name)
 
 
-class ControllerClient:
+class GrpcControllerClient:
     def __init__(self, target: str, timeout: float = 10.0, reconnect_wait: float = 2.0) -> None:
         self.target = target
         self.timeout = timeout
@@ -112,7 +113,7 @@ class ControllerClient:
         except grpc.RpcError as err:
             raise to_cni_error(err, self.target) from None
 
-    def allocate_async(self, req: pb.AllocateRequest) -> Callable[[], pb.AllocateResponse]:
+    def allocate_async(self, req: pb.AllocateRequest) -> PendingReply[pb.AllocateResponse]:
         """Start the allocation now, collect it later: the agent builds the veth meanwhile."""
         fut = self.stub.AllocatePort.future(req, timeout=self.timeout, wait_for_ready=False)
 
@@ -123,8 +124,7 @@ class ControllerClient:
                 if err.code() == grpc.StatusCode.UNAVAILABLE and self.ready(self.reconnect_wait):
                     return self._call(self.stub.AllocatePort, req)  # controller came back
                 raise to_cni_error(err, self.target) from None
-        result.done = fut.done  # type: ignore[attr-defined]
-        return result
+        return PendingReply(result, fut.done)
 
     def release(self, req: pb.ReleaseRequest) -> pb.ReleaseResponse:
         return self._call(self.stub.ReleasePort, req)

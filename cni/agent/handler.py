@@ -12,10 +12,10 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ovs_driver.errors import OvsError
@@ -23,45 +23,14 @@ from ovs_driver.errors import OvsError
 from .. import errors as ce
 from ..netconf import SUPPORTED_VERSIONS, CniRequest
 from ..result import PortInfo, PortIP, build_result, default_routes, host_ifname, version_result
-from .netlink import PodInterfaceSpec
+from .netlink.plan import PodInterfaceSpec
+from .seams import ControllerClient, OvsClient, OvsInterface, PendingT, PodNetlinkClient
+from .teardown import Teardown
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_MTU = 1450  # leaves room for VXLAN on a 1500 underlay (DESIGN.md "The lab")
-
-
-class Ovs(Protocol):
-    def add_port(self, bridge: str, name: str, external_ids: dict[str, str],
-                 iface_type: str = "", options: dict[str, str] | None = None,
-                 wait_ofport: float | None = 2.0) -> int: ...
-    def delete_port(self, bridge: str, name: str) -> bool: ...
-    def find_interfaces(self, **external_ids: str) -> list[Any]: ...
-    def get_interface(self, name: str) -> Any: ...
-
-
-class Netlink(Protocol):
-    def prepare_pod_interface(self, netns: str, ifname: str, mtu: int,
-                              host_ifname: str | None = None) -> Any: ...
-    def finish_host_end(self, pend: Any, host_ifname: str, mtu: int) -> str: ...
-    def finish_pod_end(self, pend: Any, spec: PodInterfaceSpec, host_mac: str) -> Any: ...
-    def abort_pending(self, pend: Any) -> None: ...
-    def enter_pod(self, pend: Any) -> None: ...
-    def host_mac(self, pend: Any) -> str: ...
-    def setup_pod_interface(self, spec: PodInterfaceSpec) -> Any: ...
-    def delete_pod_interface(self, host_ifname: str, netns: str | None = None,
-                             ifname: str | None = None) -> bool: ...
-    def doom_host_end(self, host_ifname: str) -> bool: ...
-    def reap_doomed(self) -> bool: ...
-    def check_pod_interface(self, netns: str, ifname: str, mac: str,
-                            addresses: list[tuple[str, int]]) -> None: ...
-
-
-class Controller(Protocol):
-    def allocate_async(self, req: pb.AllocateRequest) -> Callable[[], pb.AllocateResponse]: ...
-    def release(self, req: pb.ReleaseRequest) -> pb.ReleaseResponse: ...
-    def get_port(self, container_id: str, ifname: str) -> pb.Port: ...
-    def ready(self, timeout: float = 1.0) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -105,137 +74,12 @@ class KeyedLocks:
                     del self._locks[key]
 
 
-RETRY_STUCK_SECONDS = 1.0  # before retrying pairs the kernel refused to delete
+class CniHandler(Generic[PendingT]):
+    """The CNI verbs over three declared seams (cni.agent.seams). `PendingT` is the netlink
+    layer's handle for a veth pair built ahead of its port."""
 
-
-class Teardown:
-    """Veth pairs of deleted pods, removed in the background in batches.
-
-    DEL moves the pod's host end into the doomed link group (cheap) and returns; one reaper
-    thread deletes the whole group in one request a moment later, so the kernel's RCU
-    grace periods (~16 ms per pair) are paid once per batch, on a netlink socket of their
-    own, off every pod's path. Whoever needs a doomed name again (the same container, or a
-    bound port's host name) waits for the next cycle, which then starts at once. If a batch
-    fails, its pairs are deleted one by one before anyone waiting is let go. A pair is
-    destroyed with its netns anyway when the runtime removes it."""
-
-    def __init__(self, netlink: Netlink, batch_delay: float = 0.05) -> None:
-        self.netlink = netlink
-        self.batch_delay = batch_delay
-        self._cv = threading.Condition()
-        self._pending: dict[str, int] = {}       # key -> the reap cycle that covers it
-        self._owners: dict[str, str] = {}        # doomed host end -> its container id
-        self._extra: list[Callable[[], object]] = []  # pairs found only inside a pod netns
-        self._started = 0                         # last cycle begun
-        self._urgent = False
-        self._stopped = False
-        self._thread: threading.Thread | None = None
-
-    def start(self, container_id: str, names: list[str], netns: str | None,
-              ifname: str) -> None:
-        """Doom the pod's host ends (or, with none known, queue a delete from inside its
-        netns) and wake the reaper."""
-        doomed = [name for name in names if self.netlink.doom_host_end(name)]
-        with self._cv:
-            if self._stopped:
-                raise ce.TryAgainLater("the agent is shutting down")
-            if not names and netns:
-                self._extra.append(lambda: self._quiet_delete("", netns, ifname,
-                                                              container_id))
-            cycle = self._started + 1
-            for key in (container_id, *names):
-                self._pending[key] = cycle
-            for name in doomed:
-                self._owners[name] = container_id
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="veth-reaper",
-                                                daemon=True)
-                self._thread.start()
-            self._cv.notify_all()
-
-    def _quiet_delete(self, name: str, netns: str | None, ifname: str | None,
-                      container_id: str) -> bool:
-        try:
-            self.netlink.delete_pod_interface(name, netns, ifname)
-            return True
-        except Exception as exc:  # noqa: BLE001 - logged; the netns removal destroys the pair
-            log.error("veth teardown failed container=%s name=%s: %s", container_id[:12],
-                      name, exc)
-            return False
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not self._pending and not self._stopped:
-                    self._cv.wait()
-                if self._stopped and not self._pending:
-                    return
-                # Let a burst of DELs join this batch, unless someone is waiting for it.
-                deadline = time.monotonic() + self.batch_delay
-                while not (self._urgent or self._stopped):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
-                self._urgent = False
-                self._started += 1
-                cycle = self._started
-                extra, self._extra = self._extra, []
-                names = [n for n in self._owners if self._pending.get(n, cycle) <= cycle]
-            stuck: list[str] = []
-            try:
-                self.netlink.reap_doomed()
-            except Exception as exc:  # noqa: BLE001 - fall back to one by one
-                log.error("batched veth teardown failed, deleting %d pairs one by one: %s",
-                          len(names), exc)
-                stuck = [n for n in names if not self._quiet_delete(n, None, None, "")]
-            for job in extra:
-                job()
-            with self._cv:
-                # A pair that could not be deleted stays pending (its waiters keep waiting,
-                # then get "try again later") and is tried again a second later.
-                for name in stuck:
-                    self._pending[name] = self._pending[self._owners[name]] = cycle + 1
-                for key in [k for k, c in self._pending.items() if c <= cycle]:
-                    del self._pending[key]
-                for name in [n for n in self._owners if n not in self._pending]:
-                    del self._owners[name]
-                self._cv.notify_all()
-                if stuck and not self._stopped:
-                    self._cv.wait(RETRY_STUCK_SECONDS)
-
-    def wait_for(self, key: str, timeout: float = 30.0) -> None:
-        """Return once `key`'s pair is gone, hurrying its cycle along."""
-        with self._cv:
-            if key not in self._pending:
-                return
-            self._urgent = True
-            self._cv.notify_all()
-            if not self._cv.wait_for(lambda: key not in self._pending, timeout):
-                raise ce.TryAgainLater(f"the previous veth pair of {key} is still being "
-                                       f"removed after {timeout:.0f} s")
-
-    def drain(self, timeout: float = 30.0) -> None:
-        with self._cv:
-            keys = set(self._pending)
-            if not keys:
-                return
-            self._urgent = True
-            self._cv.notify_all()
-            if not self._cv.wait_for(lambda: not keys & self._pending.keys(), timeout):
-                raise TimeoutError(f"veth teardown did not finish in {timeout} s")
-
-    def stop(self) -> None:
-        """After `drain`: the reaper finishes what is pending, then exits."""
-        with self._cv:
-            self._stopped = True
-            self._urgent = True
-            self._cv.notify_all()
-
-
-class CniHandler:
-    def __init__(self, cfg: AgentConfig, controller: Controller, netlink: Netlink,
-                 ovs: Ovs) -> None:
+    def __init__(self, cfg: AgentConfig, controller: ControllerClient,
+                 netlink: PodNetlinkClient[PendingT], ovs: OvsClient) -> None:
         self.cfg = cfg
         self.controller = controller
         self.netlink = netlink
@@ -277,15 +121,15 @@ class CniHandler:
         proposed = str(uuid.uuid4())
         spec_host = host_ifname(proposed)
         pending_alloc = self.controller.allocate_async(self._allocate_request(req, proposed))
-        pend: Any = None
-        attach: Any = None
+        pend: PendingT | None = None
+        attach: Future[None] | None = None
         try:
             pend = self.netlink.prepare_pod_interface(
                 req.netns, req.ifname, req.conf.mtu or self.cfg.default_mtu, spec_host)
             # Usually the allocation beats the kernel's veth creation: then the host end is
             # attached once, with every id, after it (each OVSDB change costs ovs-vswitchd
             # a pass over all its ports). Otherwise attach now and add the ids later.
-            if pend is not None and not _done(pending_alloc):
+            if pend is not None and not pending_alloc.done():
                 attach = self._pool.submit(self._attach, req, None, spec_host, proposed)
             if pend is not None:
                 self.netlink.enter_pod(pend)  # pod-side sockets while OVS attaches
@@ -313,11 +157,13 @@ class CniHandler:
             addresses=[_split(ip.address) for ip in port.ips],
             gateways={ip.version: ip.gateway for ip in port.ips if ip.gateway},
             routes=[], mtu=mtu, tx_checksum_off=self.cfg.tx_checksum_off)
+        built = False  # the careful path made a new pair (a retried ADD's stays for DEL)
         try:
             if pend is None:
                 with self.locks.hold(_NAME_LOCK + host_if):
                     self.teardown.wait_for(host_if)  # a bound port's old pair, same name
                     res = self.netlink.setup_pod_interface(spec)
+                    built = res.created
                     self._attach(req, port, host_if, port.id)
                 host_mac = res.host_mac
             else:
@@ -336,11 +182,14 @@ class CniHandler:
                     attach = ids = self._pool.submit(ids_after_attach)
                 res = self.netlink.finish_pod_end(pend, spec, "")
                 ids.result()
-                iface = self.ovs.get_interface(host_if)
+                iface = self._read_back(host_if)
                 host_mac = (iface.mac_in_use if iface is not None and iface.mac_in_use
                             else self.netlink.host_mac(pend))
         except BaseException:
             self._undo(pend, attach, host_if)
+            if built:
+                _quietly(lambda: self.ovs.delete_port(self.cfg.bridge, host_if))
+                _quietly(lambda: self.netlink.delete_pod_interface(host_if))
             if not resp.existing:
                 self._release_quietly(req)
             raise
@@ -353,13 +202,14 @@ class CniHandler:
         return build_result(req.conf.cni_version, port, host_if, host_mac, req.ifname,
                             req.netns)
 
-    def _undo(self, pend: Any, attach: Any, host_if: str) -> None:
+    def _undo(self, pend: PendingT | None, attach: Future[None] | None, host_if: str) -> None:
         """Compensate a partly built interface: OVS port first, then the veth pair."""
         if attach is not None:
             _quietly(attach.result)
             _quietly(lambda: self.ovs.delete_port(self.cfg.bridge, host_if))
         if pend is not None:
-            _quietly(lambda: self.netlink.abort_pending(pend))
+            doomed = pend
+            _quietly(lambda: self.netlink.abort_pending(doomed))
 
     def _allocate_request(self, req: CniRequest, proposed: str) -> pb.AllocateRequest:
         return pb.AllocateRequest(
@@ -380,8 +230,16 @@ class CniHandler:
         try:
             self.ovs.add_port(self.cfg.bridge, host_if, self._external_ids(req, port, port_id),
                               wait_ofport=self.cfg.ofport_timeout if wait else None)
-        except Exception as exc:
+        except OvsError as exc:  # a bug is no OVS failure: it reaches the edge as one (999)
             raise ce.OvsAttachError(f"attaching {host_if} to {self.cfg.bridge} failed",
+                                    str(exc)) from exc
+
+    def _read_back(self, host_if: str) -> OvsInterface | None:
+        """The attached interface as OVSDB has it (its MAC in use, for the result)."""
+        try:
+            return self.ovs.get_interface(host_if)
+        except OvsError as exc:
+            raise ce.OvsAttachError(f"reading back {host_if} from OVSDB failed",
                                     str(exc)) from exc
 
     def _external_ids(self, req: CniRequest, port: PortInfo | None,
@@ -473,12 +331,6 @@ class CniHandler:
             if have and have != want:
                 raise ce.CheckFailed(f"prevResult addresses {sorted(have)} differ from the "
                                      f"allocated {sorted(want)}")
-
-
-def _done(pending: Callable[[], Any]) -> bool:
-    """Whether an async call (Controller.allocate_async) has its answer already."""
-    done = getattr(pending, "done", None)
-    return bool(done()) if done is not None else False
 
 
 def _quietly(fn: Callable[[], T]) -> T | None:

@@ -23,9 +23,9 @@ from ovs_driver import OvsdbClient
 
 from .. import errors as ce
 from ..install import install_shim
-from .controller import ControllerClient
+from .controller import GrpcControllerClient
 from .handler import DEFAULT_MTU, AgentConfig, CniHandler
-from .netlink import PodNetlink
+from .netlink.verbs import PodNetlink
 from .server import AgentServer
 
 log = logging.getLogger("ecnet-agent")
@@ -34,7 +34,7 @@ _OUR_TAP = re.compile(r"tap[0-9a-f]{8}-[0-9a-f]{2}")
 
 
 @dataclass(frozen=True)
-class Settings:
+class AgentSettings:
     controller: str
     socket: str
     ovsdb: str
@@ -57,7 +57,7 @@ class Settings:
     ovs_rundir: str = ""
 
 
-def parse_args(argv: list[str] | None = None) -> Settings:
+def parse_args(argv: list[str] | None = None) -> AgentSettings:
     p = argparse.ArgumentParser(prog="ecnet-agent", description=__doc__)
     p.add_argument("--controller", default=os.environ.get("ECNET_CONTROLLER", "127.0.0.1:7400"),
                    help="IP controller HOST:PORT")
@@ -116,26 +116,26 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             p.error(f"--underlay-ip {a.underlay_ip!r} is not an address")
     if a.underlay_bridge and not a.underlay_ip:
         p.error("--underlay-bridge needs --underlay-ip")
-    return Settings(a.controller, a.socket, a.ovsdb, a.bridge, a.node, a.datapath_type,
-                    a.underlay_ip, a.gateway, a.mtu, a.install_cni_dir, a.log_level,
-                    datapath=a.datapath, underlay_iface=a.underlay_iface,
-                    underlay_bridge=a.underlay_bridge, tunnel_bridge=a.tunnel_bridge,
-                    gateway_cidrs=tuple(a.gateway_cidr), gateway_mac=a.gateway_mac.lower(),
-                    gateway_port=a.gateway_port, topology_interval=a.topology_interval,
-                    ovs_rundir=a.ovs_rundir or default_rundir(a.ovsdb))
+    return AgentSettings(a.controller, a.socket, a.ovsdb, a.bridge, a.node, a.datapath_type,
+                         a.underlay_ip, a.gateway, a.mtu, a.install_cni_dir, a.log_level,
+                         datapath=a.datapath, underlay_iface=a.underlay_iface,
+                         underlay_bridge=a.underlay_bridge, tunnel_bridge=a.tunnel_bridge,
+                         gateway_cidrs=tuple(a.gateway_cidr), gateway_mac=a.gateway_mac.lower(),
+                         gateway_port=a.gateway_port, topology_interval=a.topology_interval,
+                         ovs_rundir=a.ovs_rundir or default_rundir(a.ovsdb))
 
 
 class Agent:
     """The running agent, startable in-process for tests."""
 
-    def __init__(self, s: Settings) -> None:
+    def __init__(self, s: AgentSettings) -> None:
         self.settings = s
         self.stop_event = threading.Event()
         self.ovs = OvsdbClient(s.ovsdb)
         if not self.ovs.bridge_exists(s.bridge):
             self.ovs.ensure_bridge(s.bridge, datapath_type=s.datapath_type)
         userspace = self.ovs.datapath_type(s.bridge) == "netdev"
-        self.controller = ControllerClient(s.controller)
+        self.controller = GrpcControllerClient(s.controller)
         self.netlink = PodNetlink()
         cfg = AgentConfig(node=s.node, bridge=s.bridge, default_mtu=s.mtu,
                           tx_checksum_off=userspace)

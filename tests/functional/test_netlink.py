@@ -18,11 +18,8 @@ from typing import Any
 
 import pytest
 
-from cni.agent.netlink import (
-    InterfaceConflict,
-    PodInterfaceSpec,
-    PodNetlink,
-)
+from cni.agent.netlink.plan import InterfaceConflict, PodInterfaceSpec
+from cni.agent.netlink.verbs import PodNetlink
 from cni.errors import CheckFailed, NetnsNotFound, PlumbingError
 from tests.lab.netns import (
     LabNetns,

@@ -1,4 +1,5 @@
-"""The pure half of cni.agent.netlink: spec validation and normalisation, no root, no kernel."""
+"""The pure half of the netlink seam (cni.agent.netlink.plan): spec validation and
+normalisation, no root, no kernel."""
 from __future__ import annotations
 
 import errno
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cni.agent.netlink import (
+from cni.agent.netlink.plan import (
     AddressPlan,
     InvalidInterfaceSpec,
     PodInterfaceSpec,

@@ -1,4 +1,4 @@
-"""The agent's batched veth teardown (cni.agent.handler.Teardown) against a recording fake:
+"""The agent's batched veth teardown (cni.agent.teardown.Teardown) against a recording fake:
 the batching, the hurry-up for whoever needs a doomed name again, and failure handling.
 The kernel side (group delete) is covered in tests/functional/test_netlink.py."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cni.agent.handler import Teardown
+from cni.agent.teardown import Teardown
 
 
 class FakeNetlink:

@@ -1,0 +1,95 @@
+"""The seams the CNI handler stands on, declared (STYLE.md 16): the IP controller client, the
+OVSDB client and the netlink layer. The real implementations are `GrpcControllerClient`
+(cni.agent.controller), `ovs_driver.OvsdbClient` and `PodNetlink`
+(cni.agent.netlink.verbs); tests/fakes holds one stateful fake of each.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Generic, Protocol, TypeVar
+
+from ecnet_api.v1 import ecnet_pb2 as pb
+
+from .netlink.plan import PodInterfaceResult, PodInterfaceSpec
+
+T = TypeVar("T")
+PendingT = TypeVar("PendingT")
+
+
+class PendingReply(Generic[T]):
+    """An RPC in flight: calling it waits for (and returns) the answer or raises its
+    CniError; `done()` says, without waiting, whether the answer is there already (the
+    handler attaches OVS once, with every id, when the allocation has beaten the veth)."""
+
+    __slots__ = ("_collect", "_done")
+
+    def __init__(self, collect: Callable[[], T], done: Callable[[], bool]) -> None:
+        self._collect = collect
+        self._done = done
+
+    def __call__(self) -> T:
+        return self._collect()
+
+    def done(self) -> bool:
+        return self._done()
+
+
+class ControllerClient(Protocol):
+    """What the handler asks of the IP controller; errors arrive as CniErrors."""
+
+    def allocate_async(self, req: pb.AllocateRequest) -> PendingReply[pb.AllocateResponse]: ...
+    def release(self, req: pb.ReleaseRequest) -> pb.ReleaseResponse: ...
+    def get_port(self, container_id: str, ifname: str) -> pb.Port: ...
+    def ready(self, timeout: float = 1.0) -> bool: ...
+
+
+class OvsInterface(Protocol):
+    """One OVS Interface row as the handler reads it (ovs_driver.InterfaceInfo)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def mac_in_use(self) -> str | None: ...
+    @property
+    def external_ids(self) -> Mapping[str, str]: ...
+
+
+class OvsClient(Protocol):
+    """What the handler asks of OVSDB; errors are ovs_driver.OvsError."""
+
+    def add_port(self, bridge: str, name: str, external_ids: Mapping[str, str],
+                 iface_type: str = "", options: Mapping[str, str] | None = None,
+                 wait_ofport: float | None = 2.0) -> int: ...
+    def delete_port(self, bridge: str, name: str) -> bool: ...
+    def find_interfaces(self, **external_ids: str) -> Sequence[OvsInterface]: ...
+    def get_interface(self, name: str) -> OvsInterface | None: ...
+
+
+class VethReaper(Protocol):
+    """The part of the netlink layer the batched teardown uses."""
+
+    def delete_pod_interface(self, host_ifname: str, netns: str | None = None,
+                             ifname: str | None = None) -> bool: ...
+    def doom_host_end(self, host_ifname: str) -> bool: ...
+    def reap_doomed(self) -> bool: ...
+
+
+class PodNetlinkClient(VethReaper, Protocol[PendingT]):
+    """The netlink layer as the handler drives it. `PendingT` is the implementation's handle
+    for a veth pair created ahead of its port: the handler only hands it back."""
+
+    def prepare_pod_interface(self, netns: str, ifname: str, mtu: int,
+                              host_ifname: str | None = None) -> PendingT | None: ...
+    def enter_pod(self, pend: PendingT) -> None: ...
+    def finish_host_end(self, pend: PendingT, host_ifname: str, mtu: int) -> str: ...
+    def finish_pod_end(self, pend: PendingT, spec: PodInterfaceSpec,
+                       host_mac: str) -> PodInterfaceResult: ...
+    def host_mac(self, pend: PendingT) -> str: ...
+    def abort_pending(self, pend: PendingT) -> None: ...
+    def setup_pod_interface(self, spec: PodInterfaceSpec) -> PodInterfaceResult: ...
+    def check_pod_interface(self, netns: str, ifname: str, mac: str,
+                            addresses: list[tuple[str, int]]) -> None: ...
+
+
+__all__ = ["ControllerClient", "OvsClient", "OvsInterface", "PendingReply",
+           "PodNetlinkClient", "VethReaper"]
