@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import socket
@@ -229,8 +230,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(500, "java.lang.RuntimeException: injected fault")
             return
 
-        status, obj = self._onos_inner(path, segs, coll, body, fault == "unauthorized")
+        # The answer is held until the call is counted: a test that reads the counts once
+        # its call returned must see that call.
+        real, self.wfile = self.wfile, io.BytesIO()
+        try:
+            status, obj = self._onos_inner(path, segs, coll, body, fault == "unauthorized")
+        finally:
+            held, self.wfile = self.wfile, real
         st.count(method, coll_label, status, obj, user)
+        assert isinstance(held, io.BytesIO)
+        self.wfile.write(held.getvalue())
 
     def _onos_inner(self, path: str, segs: list[str], coll: str, body: bytes,
                     force_401: bool) -> tuple[int, str | None]:
