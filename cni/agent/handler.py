@@ -270,11 +270,12 @@ class CniHandler(Generic[PendingT]):
     def delete(self, req: CniRequest) -> None:
         """DEL forgives: nothing left is success. Works from OVSDB (no netns needed).
 
-        The pod is off the network once its OVS port is gone, and its address is free once
-        the controller says so; DEL returns then. Deleting the veth pair costs the kernel
-        ~16 ms of RCU grace periods, so it is batched in the background (`Teardown`): the
-        next ADD/DEL/CHECK of the same container, or an ADD reusing the host name, waits for
-        it, and a pair is destroyed with its netns anyway when the runtime removes it."""
+        When DEL returns, the pod is off the network (its OVS port gone), its interface is
+        gone (a runtime may ADD the same ifname into the same netns next) and its address is
+        released (or kept, for bound policies). Deleting a veth pair costs the kernel ~16 ms
+        of RCU grace periods, so concurrent DELs share one batched request (`Teardown`, a
+        group commit); the controller's release runs while that request is in flight."""
+        doomed = False
         try:
             found = self.ovs.find_interfaces(**{"ecnet/container": req.container_id,
                                                 "ecnet/ifname": req.ifname})
@@ -293,16 +294,20 @@ class CniHandler(Generic[PendingT]):
                                   if now is not None else "none"))
                         continue
                     self.ovs.delete_port(self.cfg.bridge, iface.name)  # off the network
-                    self.teardown.start(req.container_id, [iface.name], None, req.ifname)
+                    doomed |= self.teardown.start(req.container_id, [iface.name], None,
+                                                  req.ifname)
         except OvsError as exc:
             raise ce.TryAgainLater(f"OVSDB unavailable while deleting the pod's port: {exc}",
                                    str(exc)) from exc
         if not found:
-            self.teardown.start(req.container_id, [], req.netns or None, req.ifname)
+            doomed |= self.teardown.start(req.container_id, [], req.netns or None,
+                                          req.ifname)
         resp = self.controller.release(pb.ReleaseRequest(
             container_id=req.container_id, ifname=req.ifname, pod_uid=req.args.pod_uid))
-        log.info("DEL container=%s ifname=%s ovs_ports=%d outcome=%s", req.container_id[:12],
-                 req.ifname, len(found), resp.outcome)
+        if doomed:
+            self.teardown.wait_for(req.container_id)
+        log.debug("DEL container=%s ifname=%s ovs_ports=%d outcome=%s", req.container_id[:12],
+                  req.ifname, len(found), resp.outcome)
 
     # ----------------------------------------------------------------- CHECK
     def check(self, req: CniRequest) -> None:

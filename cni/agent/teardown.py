@@ -1,13 +1,14 @@
 """Batched teardown of deleted pods' veth pairs (DESIGN.md "DEL walks back"; STYLE.md 17).
 
-DEL only dooms a pair; one reaper thread deletes every doomed pair in one netlink request a
-moment later, and whoever needs a doomed name again waits for that batch.
+DEL dooms its pair and waits for the reaper, which deletes every doomed pair in one netlink
+request: a group commit. When DEL returns the interface is gone (the CNI spec's promise: a
+runtime may ADD the same ifname into the same netns next), yet concurrent DELs share the
+kernel's cost.
 """
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from .. import errors as ce
@@ -19,41 +20,44 @@ RETRY_STUCK_SECONDS = 1.0  # before retrying pairs the kernel refused to delete
 
 
 class Teardown:
-    """Veth pairs of deleted pods, removed in the background in batches.
+    """Veth pairs of deleted pods, removed in batches that their DELs wait for.
 
-    DEL moves the pod's host end into the doomed link group (cheap) and returns; one reaper
-    thread deletes the whole group in one request a moment later, so the kernel's RCU
-    grace periods (~16 ms per pair) are paid once per batch, on a netlink socket of their
-    own, off every pod's path. Whoever needs a doomed name again (the same container, or a
-    bound port's host name) waits for the next cycle, which then starts at once. If a batch
-    fails, its pairs are deleted one by one before anyone waiting is let go. A pair is
-    destroyed with its netns anyway when the runtime removes it."""
+    DEL moves the pod's host end into the doomed link group (cheap) and waits; one reaper
+    thread deletes the whole group in one request, so the kernel's RCU grace periods
+    (~16 ms per pair) are paid once per batch, on a netlink socket of its own. Group commit,
+    not deferral: an idle reaper starts at once for the first waiter, and DELs that arrive
+    while a batch is in flight go together in the next one, which starts as soon as it ends.
+    Whoever needs a doomed name again (a bound port's host name) waits the same way. If a
+    batch fails, its pairs are deleted one by one before anyone waiting is let go."""
 
-    def __init__(self, netlink: VethReaper, batch_delay: float = 0.05) -> None:
+    def __init__(self, netlink: VethReaper) -> None:
         self.netlink = netlink
-        self.batch_delay = batch_delay
         self._cv = threading.Condition()
         self._pending: dict[str, int] = {}       # key -> the reap cycle that covers it
         self._owners: dict[str, str] = {}        # doomed host end -> its container id
         self._extra: list[Callable[[], object]] = []  # pairs found only inside a pod netns
         self._started = 0                         # last cycle begun
-        self._urgent = False
         self._stopped = False
         self._thread: threading.Thread | None = None
 
     def start(self, container_id: str, names: list[str], netns: str | None,
-              ifname: str) -> None:
+              ifname: str) -> bool:
         """Doom the pod's host ends (or, with none known, queue a delete from inside its
-        netns) and wake the reaper."""
+        netns) and wake the reaper; False when there was nothing to remove, so nobody needs
+        to wait. The reaper starts at once: its netlink request overlaps whatever the
+        caller does before `wait_for`."""
         doomed = [name for name in names if self.netlink.doom_host_end(name)]
+        inside = not names and bool(netns)
+        if not (doomed or inside):
+            return False
         with self._cv:
             if self._stopped:
                 raise ce.TryAgainLater("the agent is shutting down")
-            if not names and netns:
+            if inside:
                 self._extra.append(lambda: self._quiet_delete("", netns, ifname,
                                                               container_id))
             cycle = self._started + 1
-            for key in (container_id, *names):
+            for key in (container_id, *doomed):
                 self._pending[key] = cycle
             for name in doomed:
                 self._owners[name] = container_id
@@ -62,6 +66,7 @@ class Teardown:
                                                 daemon=True)
                 self._thread.start()
             self._cv.notify_all()
+        return True
 
     def _quiet_delete(self, name: str, netns: str | None, ifname: str | None,
                       container_id: str) -> bool:
@@ -80,14 +85,8 @@ class Teardown:
                     self._cv.wait()
                 if self._stopped and not self._pending:
                     return
-                # Let a burst of DELs join this batch, unless someone is waiting for it.
-                deadline = time.monotonic() + self.batch_delay
-                while not (self._urgent or self._stopped):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
-                self._urgent = False
+                # No window: whoever doomed a pair is waiting for it. Pairs doomed while
+                # this batch is in flight make the next one.
                 self._started += 1
                 cycle = self._started
                 extra, self._extra = self._extra, []
@@ -115,12 +114,10 @@ class Teardown:
                     self._cv.wait(RETRY_STUCK_SECONDS)
 
     def wait_for(self, key: str, timeout: float = 30.0) -> None:
-        """Return once `key`'s pair is gone, hurrying its cycle along."""
+        """Return once `key`'s pair is gone."""
         with self._cv:
             if key not in self._pending:
                 return
-            self._urgent = True
-            self._cv.notify_all()
             if not self._cv.wait_for(lambda: key not in self._pending, timeout):
                 raise ce.TryAgainLater(f"the previous veth pair of {key} is still being "
                                        f"removed after {timeout:.0f} s")
@@ -130,8 +127,6 @@ class Teardown:
             keys = set(self._pending)
             if not keys:
                 return
-            self._urgent = True
-            self._cv.notify_all()
             if not self._cv.wait_for(lambda: not keys & self._pending.keys(), timeout):
                 raise TimeoutError(f"veth teardown did not finish in {timeout} s")
 
@@ -139,7 +134,6 @@ class Teardown:
         """After `drain`: the reaper finishes what is pending, then exits."""
         with self._cv:
             self._stopped = True
-            self._urgent = True
             self._cv.notify_all()
 
 

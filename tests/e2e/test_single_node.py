@@ -3,14 +3,15 @@ and controller (separate processes), a private userspace OVS, pods as network na
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.lab.cluster import Lab, LabNode, ping, tcp_transfer
-from tests.lab.helpers import wait_until
+from tests.lab.cluster import Lab, LabNode, Pod, ping, tcp_transfer
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs]
 
@@ -34,10 +35,11 @@ def node(lab: Lab) -> LabNode:
     return lab.nodes[0]
 
 
-def gone_soon(node: LabNode, host: str, timeout: float = 2.0) -> bool:
-    """DEL returns once the pod is off the network; the kernel's veth teardown finishes in
-    the background within moments."""
-    return wait_until(lambda: not node.link_exists(host), timeout, poll=0.02)
+def gone_now(node: LabNode, pod: Pod, host: str) -> bool:
+    """The CNI spec's DEL promise: once DEL returns, the interface is gone, both ends."""
+    in_pod = os.path.exists(pod.netns_path) and pod.exec(
+        "ip", "link", "show", pod.ifname, check=False).returncode == 0
+    return not node.link_exists(host) and not in_pod
 
 
 def ports_json(lab: Lab) -> list[dict]:
@@ -94,7 +96,7 @@ def test_del_cleans_everything_and_is_idempotent(lab: Lab, node: LabNode) -> Non
     host = pod.result["interfaces"][0]["name"]  # type: ignore[index]
     assert node.link_exists(host)
     assert node.cni("DEL", pod).ok
-    assert gone_soon(node, host)
+    assert gone_now(node, pod, host)
     assert host not in node.vsctl("list-ports", "br-int").split()
     assert pod.container_id not in {p["container_id"] for p in ports_json(lab)}
     assert node.cni("DEL", pod).ok                     # again: nothing left, still success
@@ -107,7 +109,7 @@ def test_del_after_netns_is_gone_still_frees(lab: Lab, node: LabNode) -> None:
     host = pod.result["interfaces"][0]["name"]  # type: ignore[index]
     lab.del_netns(pod.netns)                           # the runtime lost the sandbox
     assert node.cni("DEL", pod).ok
-    assert gone_soon(node, host)
+    assert gone_now(node, pod, host)
     assert host not in node.vsctl("list-ports", "br-int").split()
     assert pod.container_id not in {p["container_id"] for p in ports_json(lab)}
     assert node.cni("DEL", pod, netns="").ok           # DEL with no CNI_NETNS at all
@@ -179,9 +181,14 @@ def test_twenty_concurrent_adds_get_distinct_addresses(lab: Lab, node: LabNode) 
     assert all(r.ok for r in results), [r.raw for r in results if not r.ok]
     addrs = [r.out["ips"][0]["address"] for r in results]
     assert len(set(addrs)) == 20
+    hosts = [r.out["interfaces"][0]["name"] for r in results]
+
+    def delete(i: int) -> bool:
+        # each DEL, when it returns, has taken its own interface with it
+        return node.cni("DEL", pods[i]).ok and gone_now(node, pods[i], hosts[i])
+
     with ThreadPoolExecutor(20) as ex:
-        dels = list(ex.map(lambda p: node.cni("DEL", p), pods))
-    assert all(r.ok for r in dels)
+        assert all(ex.map(delete, range(20)))
 
 
 def test_agent_down_is_code_11(lab: Lab, node: LabNode, tmp_path: Path) -> None:
@@ -203,8 +210,21 @@ def test_controller_down_is_code_11_and_recovers(lab: Lab, node: LabNode) -> Non
     assert node.cni("ADD", pod).ok
 
 
+def test_add_del_add_into_the_same_netns(lab: Lab, node: LabNode) -> None:
+    """A runtime reconnecting a container (podman network disconnect/connect) DELs and ADDs
+    again into the same netns with the same ifname, at once."""
+    pod = node.add_pod("reconnect")
+    for _ in range(3):
+        assert node.cni("DEL", pod).ok
+        pod.container_id = uuid.uuid4().hex       # a new attachment, same netns and eth0
+        res = node.cni("ADD", pod)
+        assert res.ok, res.raw
+        assert pod.exec("ip", "link", "show", "eth0").returncode == 0
+    assert node.cni("DEL", pod).ok
+
+
 def test_readd_right_after_del(lab: Lab, node: LabNode) -> None:
-    """The veth teardown runs after DEL returns; an ADD of the same container waits for it."""
+    """An ADD of the same container right after its DEL gets a fresh pair."""
     pod = node.add_pod("again")
     assert node.cni("DEL", pod).ok
     res = node.cni("ADD", pod)

@@ -1,5 +1,6 @@
 """The agent's batched veth teardown (cni.agent.teardown.Teardown) against a recording fake:
-the batching, the hurry-up for whoever needs a doomed name again, and failure handling.
+the group commit (DELs wait for their pair; those arriving during a batch share the next),
+whoever needs a doomed name again, and failure handling.
 The kernel side (group delete) is covered in tests/functional/test_netlink.py."""
 from __future__ import annotations
 
@@ -53,21 +54,71 @@ def nl() -> FakeNetlink:
     return FakeNetlink()
 
 
-def test_a_burst_of_dels_is_one_batch(nl: FakeNetlink) -> None:
+def _gated(nl: FakeNetlink) -> threading.Event:
+    """Hold every reap until the returned event is set."""
+    gate, real = threading.Event(), nl.reap_doomed
+
+    def held() -> bool:
+        gate.wait(5)
+        return real()
+    nl.reap_doomed = held  # type: ignore[method-assign]
+    return gate
+
+
+def test_a_del_waits_for_its_pair_and_an_idle_reaper_starts_at_once(nl: FakeNetlink) -> None:
+    nl.links = {"tap0"}
+    td = Teardown(nl)
+    assert td.start("c0", ["tap0"], None, "eth0") is True
+    td.wait_for("c0", timeout=5)
+    assert nl.links == set() and nl.reaps == [{"tap0"}]
+    td.stop()
+
+
+def test_dels_arriving_during_a_batch_share_the_next(nl: FakeNetlink) -> None:
+    """Group commit: 20 concurrent DELs cost two kernel requests, not twenty, and each
+    returns only once its own pair is gone."""
     nl.links = {f"tap{i}" for i in range(20)}
-    td = Teardown(nl, batch_delay=0.2)  # type: ignore[arg-type]
-    for i in range(20):
-        td.start(f"c{i}", [f"tap{i}"], "/var/run/netns/x", "eth0")
-    assert nl.links == {f"tap{i}" for i in range(20)}   # DEL returned before any delete
-    td.drain(timeout=5)
-    assert nl.links == set()
-    assert [len(b) for b in nl.reaps if b] == [20]
+    gate = _gated(nl)
+    td = Teardown(nl)
+    td.start("c0", ["tap0"], None, "eth0")
+    deadline = time.monotonic() + 5
+    while td._started == 0 and time.monotonic() < deadline:  # batch 1 is in flight
+        time.sleep(0.001)
+    for i in range(1, 20):
+        td.start(f"c{i}", [f"tap{i}"], None, "eth0")
+    returned: list[str] = []
+
+    def waiter(i: int) -> None:
+        td.wait_for(f"c{i}", timeout=5)
+        assert f"tap{i}" not in nl.links
+        returned.append(f"c{i}")
+
+    threads = [threading.Thread(target=waiter, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    assert nl.links == {f"tap{i}" for i in range(20)} and returned == []
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert sorted(returned) == sorted(f"c{i}" for i in range(20))
+    # the group delete takes whatever is doomed when it runs: at most two batches
+    batches = [len(b) for b in nl.reaps if b]
+    assert sum(batches) == 20 and len(batches) <= 2, batches
+    td.stop()
+
+
+def test_nothing_to_remove_means_nothing_to_wait_for(nl: FakeNetlink) -> None:
+    td = Teardown(nl)
+    assert td.start("cN", ["tap-gone"], None, "eth0") is False
+    assert td.start("cM", [], None, "eth0") is False
+    td.wait_for("cN", timeout=0.1)
+    assert nl.reaps == []
     td.stop()
 
 
 def test_waiting_for_a_doomed_name_hurries_its_batch(nl: FakeNetlink) -> None:
     nl.links = {"tapA"}
-    td = Teardown(nl, batch_delay=30.0)  # type: ignore[arg-type]
+    td = Teardown(nl)  # type: ignore[arg-type]
     td.start("cA", ["tapA"], None, "eth0")
     t0 = time.monotonic()
     td.wait_for("tapA", timeout=5)            # a bound port reusing the host name
@@ -78,7 +129,7 @@ def test_waiting_for_a_doomed_name_hurries_its_batch(nl: FakeNetlink) -> None:
 
 
 def test_a_pair_known_only_in_the_pod_netns_is_deleted_there(nl: FakeNetlink) -> None:
-    td = Teardown(nl, batch_delay=0.01)  # type: ignore[arg-type]
+    td = Teardown(nl)  # type: ignore[arg-type]
     td.start("cB", [], "/var/run/netns/pod-b", "eth0")
     td.wait_for("cB", timeout=5)
     assert nl.pod_side == [("/var/run/netns/pod-b", "eth0")]
@@ -94,24 +145,13 @@ def test_a_failed_batch_falls_back_to_one_by_one(
     would reuse it, and a later batch would then delete a live pod's interface)."""
     nl.links = {"tapF", "tapG"}
     nl.fail_reap = True
-    td = Teardown(nl, batch_delay=0.01)  # type: ignore[arg-type]
+    td = Teardown(nl)  # type: ignore[arg-type]
     td.start("cF", ["tapF"], None, "eth0")
     td.start("cG", ["tapG"], None, "eth0")
     td.wait_for("tapF", timeout=5)
     td.wait_for("cG", timeout=5)
     assert "batched veth teardown failed" in caplog.text
     assert nl.links == set() and nl.doomed == set()
-    td.stop()
-
-
-def test_dels_a_little_apart_still_share_a_batch(nl: FakeNetlink) -> None:
-    nl.links = {f"tap{i}" for i in range(10)}
-    td = Teardown(nl, batch_delay=0.3)  # type: ignore[arg-type]
-    for i in range(10):
-        td.start(f"c{i}", [f"tap{i}"], None, "eth0")
-        time.sleep(0.005)
-    td.drain(timeout=5)
-    assert [len(b) for b in nl.reaps if b] == [10]
     td.stop()
 
 
@@ -125,7 +165,7 @@ def test_a_stuck_teardown_is_try_again_later(nl: FakeNetlink) -> None:
         return real()
     nl.reap_doomed = slow  # type: ignore[method-assign]
     nl.links = {"tapS"}
-    td = Teardown(nl, batch_delay=0.0)  # type: ignore[arg-type]
+    td = Teardown(nl)  # type: ignore[arg-type]
     td.start("cS", ["tapS"], None, "eth0")
     with pytest.raises(TryAgainLater, match="still being removed"):
         td.wait_for("cS", timeout=0.2)
@@ -133,12 +173,12 @@ def test_a_stuck_teardown_is_try_again_later(nl: FakeNetlink) -> None:
     td.wait_for("cS", timeout=5)
     td.stop()
     with pytest.raises(TryAgainLater, match="shutting down"):
-        td.start("cT", [], None, "eth0")
+        td.start("cT", [], "/var/run/netns/t", "eth0")
 
 
 def test_dels_racing_the_reaper_are_never_lost(nl: FakeNetlink) -> None:
     nl.links = {f"tap{i}" for i in range(200)}
-    td = Teardown(nl, batch_delay=0.001)  # type: ignore[arg-type]
+    td = Teardown(nl)  # type: ignore[arg-type]
 
     def worker(lo: int) -> None:
         for i in range(lo, lo + 50):
@@ -166,7 +206,7 @@ def test_a_pair_that_cannot_be_deleted_keeps_its_waiters_waiting(nl: FakeNetlink
     def refuse(host: str, netns: Any = None, ifname: Any = None) -> bool:
         raise OSError("EBUSY")
     nl.delete_pod_interface = refuse  # type: ignore[method-assign]
-    td = Teardown(nl, batch_delay=0.0)  # type: ignore[arg-type]
+    td = Teardown(nl)  # type: ignore[arg-type]
     td.start("cX", ["tapX"], None, "eth0")
     with pytest.raises(TryAgainLater):
         td.wait_for("tapX", timeout=0.5)           # never "gone" while it still exists
