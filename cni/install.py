@@ -1,6 +1,8 @@
 """Install the CNI binary where runtimes look for it (e.g. /opt/cni/bin/ecnet).
 
 Start-up is most of an ADD (DESIGN.md), so the installed binary is built for it:
+- the static C forwarder (packaging/shim/ecnet.c, built by packaging/build-shim.sh) when it
+  was built: ~0.5 ms to start and no Python needed on the host; otherwise
 - a three-line launcher under a `python3 -IS` shebang: no `site`, no venv `.pth` files (the
   shim needs only the standard library);
 - the shim itself as a module in a hidden folder beside it, byte-compiled at install time, so
@@ -22,14 +24,30 @@ from . import shim
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 MODULE = "ecnet_shim"
+STATIC_ENV = "ECNET_CNI_BINARY"
+# Where packaging/build-shim.sh and the agent image put the static binary.
+STATIC_PATHS = (os.path.join(sys.prefix, "libexec", "ecnet", "ecnet"), "/usr/lib/ecnet/ecnet")
 
 
-def _atomic_write(target: Path, body: str, mode: int) -> None:
+def _atomic_write(target: Path, body: str | bytes, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(body)
-    os.chmod(tmp, mode)
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body.encode() if isinstance(body, str) else body)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def find_static() -> Path | None:
+    """The built static binary: $ECNET_CNI_BINARY, else the first of STATIC_PATHS."""
+    named = os.environ.get(STATIC_ENV)
+    for candidate in ((named,) if named else STATIC_PATHS):
+        if os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
 
 
 def pick_python(python: str | None = None) -> str:
@@ -40,7 +58,29 @@ def pick_python(python: str | None = None) -> str:
     return sys.executable
 
 
+def install_cni_binary(directory: str, name: str = "ecnet", kind: str = "auto",
+                       python: str | None = None) -> Path:
+    """kind: "static" (fail if it was not built), "python" (the launcher) or "auto"."""
+    static = find_static() if kind in ("auto", "static") else None
+    if static is not None:
+        return install_static(directory, static, name)
+    if kind == "static":
+        raise FileNotFoundError(f"no static ecnet binary (${STATIC_ENV} or {STATIC_PATHS}); "
+                                "build it with packaging/build-shim.sh")
+    return install_shim(directory, name, python)
+
+
+def install_static(directory: str, binary: Path, name: str = "ecnet") -> Path:
+    target = Path(directory) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(target, binary.read_bytes(), 0o755)
+    # The launcher's module folder is the Python variant's; it must not outlive it.
+    shutil.rmtree(Path(directory) / f".{name}", ignore_errors=True)
+    return target
+
+
 def install_shim(directory: str, name: str = "ecnet", python: str | None = None) -> Path:
+    """The Python launcher: works wherever Python 3 does, ~8 ms to start."""
     interp = pick_python(python)
     target = Path(directory) / name
     lib = Path(directory) / f".{name}"
@@ -66,9 +106,11 @@ def main() -> None:
     import argparse
     p = argparse.ArgumentParser(description="install the ecnet CNI binary")
     p.add_argument("--dir", default="/opt/cni/bin")
-    p.add_argument("--python", default=None, help="interpreter for the shebang")
+    p.add_argument("--kind", choices=("auto", "static", "python"), default="auto",
+                   help="the static C binary when built (auto), or force one")
+    p.add_argument("--python", default=None, help="interpreter for the launcher's shebang")
     a = p.parse_args()
-    print(install_shim(a.dir, python=a.python))
+    print(install_cni_binary(a.dir, kind=a.kind, python=a.python))
 
 
 if __name__ == "__main__":
