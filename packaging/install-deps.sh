@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 PKGS=(openvswitch-switch iproute2 iputils-ping ethtool podman runc busybox-static
-      containernetworking-plugins python3 python3-venv python3-pip procps gcc libc6-dev)
+      containernetworking-plugins containerd python3 python3-venv python3-pip procps gcc
+      libc6-dev util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
