@@ -13,6 +13,8 @@ Files are replaced atomically, since a runtime may exec the binary while we writ
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -102,15 +104,70 @@ def install_shim(directory: str, name: str = "ecnet", python: str | None = None)
     return target
 
 
-def main() -> None:
-    import argparse
-    p = argparse.ArgumentParser(description="install the ecnet CNI binary")
-    p.add_argument("--dir", default="/opt/cni/bin")
+def install_conflist(conf_dir: str, source: str, name: str = "10-ecnet.conflist") -> Path:
+    """The network config, validated first, written only when it changed (a rewrite makes
+    the runtime reload it) and atomically: runtimes pick up a file renamed inside conf_dir,
+    and never see half of one."""
+    body = Path(source).read_text()
+    try:
+        doc = json.loads(body)  # a broken conflist must not reach the runtime
+    except ValueError as exc:
+        raise ValueError(f"{source}: not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not doc.get("plugins") or not doc.get("name"):
+        raise ValueError(f"{source}: not a conflist (needs name and plugins)")
+    target = Path(conf_dir) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not (target.exists() and target.read_text() == body):
+        _atomic_write(target, body, 0o644)
+    return target
+
+
+def uninstall(directory: str, conf_dir: str, name: str = "ecnet",
+              conflist: str = "10-ecnet.conflist") -> list[Path]:
+    """Config first, so the runtime stops choosing ecnet before the binary goes."""
+    removed = []
+    targets = ([Path(conf_dir) / conflist] if conf_dir else []) + [Path(directory) / name]
+    for path in targets:
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(Path(directory) / f".{name}", ignore_errors=True)
+    return removed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecnet-install-cni",
+                                description="install or remove the ecnet CNI binary and config")
+    p.add_argument("--dir", default="/opt/cni/bin", help="the runtime's CNI bin_dir")
     p.add_argument("--kind", choices=("auto", "static", "python"), default="auto",
                    help="the static C binary when built (auto), or force one")
     p.add_argument("--python", default=None, help="interpreter for the launcher's shebang")
-    a = p.parse_args()
+    p.add_argument("--conf-dir", default="", help="the runtime's CNI conf_dir (e.g. "
+                   "/etc/cni/net.d); with --conflist, the config is installed there too")
+    p.add_argument("--conflist", default="", help="the conflist file to install")
+    p.add_argument("--uninstall", action="store_true",
+                   help="remove what an install put in --dir and --conf-dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m cni.install`: what a DaemonSet's init step runs against the host's dirs."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    if a.uninstall:
+        for path in uninstall(a.dir, a.conf_dir):
+            print(f"removed {path}")
+        return
+    if bool(a.conf_dir) != bool(a.conflist):
+        p.error("--conf-dir and --conflist go together")
     print(install_cni_binary(a.dir, kind=a.kind, python=a.python))
+    if a.conflist:
+        try:
+            print(install_conflist(a.conf_dir, a.conflist))
+        except (OSError, ValueError) as exc:
+            p.error(str(exc))
 
 
 if __name__ == "__main__":

@@ -236,6 +236,31 @@ def test_the_runtime_execs_the_static_binary_when_it_was_built(crilab: CriLab) -
         assert installed == static.read_bytes()
 
 
+def _probe(crilab: CriLab, check: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "cni.agent.probe", check, "--socket", crilab.node.socket],
+                          capture_output=True, text=True, timeout=30, cwd=crilab.lab.repo)
+
+
+def test_agent_probes_mean_what_they_say(crilab: CriLab) -> None:
+    """The DaemonSet's probes: live while a worker answers; ready only with the controller."""
+    assert _probe(crilab, "live").returncode == 0
+    assert _probe(crilab, "ready").returncode == 0
+    crilab.lab.stop_controller()
+    try:
+        unready = _probe(crilab, "ready")
+        assert unready.returncode == 1 and "controller" in unready.stderr.lower()
+        assert _probe(crilab, "live").returncode == 0  # not restarted for the controller
+    finally:
+        crilab.lab.start_controller()
+    crilab.node.stop_agent()
+    try:
+        dead = _probe(crilab, "live")
+        assert dead.returncode == 1 and crilab.node.socket in dead.stderr
+    finally:
+        crilab.node.start_agent()
+    assert _probe(crilab, "ready").returncode == 0
+
+
 def test_nothing_is_left_behind(crilab: CriLab) -> None:
     assert crilab.cri.list() == []
     assert [p for p in crilab.node.pod_ports() if p.startswith("tap")] == []
