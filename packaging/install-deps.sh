@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 PKGS=(openvswitch-switch iproute2 iputils-ping ethtool podman runc busybox-static
-      containernetworking-plugins python3 python3-venv python3-pip procps)
+      containernetworking-plugins containerd python3 python3-venv python3-pip procps gcc
+      libc6-dev util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,4 +28,5 @@ fi
 echo "==> pip install -e .[test]"
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
+bash packaging/build-shim.sh .venv  # the static CNI binary the agent installs
 echo "==> dependencies ready"

@@ -22,7 +22,7 @@ from ecnet_api.v1 import ecnet_pb2 as pb
 from ovs_driver import OvsdbClient
 
 from .. import errors as ce
-from ..install import install_shim
+from ..install import install_cni_binary
 from .controller import GrpcControllerClient
 from .handler import DEFAULT_MTU, AgentConfig, CniHandler
 from .netlink.verbs import PodNetlink
@@ -174,7 +174,7 @@ class Agent:
 
     def start(self) -> None:
         if self.settings.install_cni_dir:
-            path = install_shim(self.settings.install_cni_dir)
+            path = install_cni_binary(self.settings.install_cni_dir)
             log.info("installed CNI binary path=%s", path)
         if self.datapath is not None:
             self.datapath.setup()
