@@ -67,6 +67,13 @@ class PluginNotAvailable(CniError):
     default_msg = "plugin not available"
 
 
+class PluginNotAvailableConnectivity(CniError):
+    """CNI 1.1 STATUS: not available, and existing pods may have limited connectivity."""
+
+    code = 51
+    default_msg = "plugin not available; existing pods may have limited connectivity"
+
+
 class PoolExhausted(CniError):
     code = 100
     default_msg = "no free address in the pool"

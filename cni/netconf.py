@@ -6,6 +6,7 @@ every rejection is a CNI error with the code the spec assigns (4 env, 6 decode, 
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class NetConf:
     annotations: dict[str, str] = field(default_factory=dict)
     prev_result: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    runtime_ips: tuple[str, ...] = ()   # runtimeConfig "ips" (the `ips` capability)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,11 @@ class CniRequest:
 
     @property
     def requested_ip(self) -> str:
-        return self.conf.annotations.get(ANNOTATION_PREFIX + "ip", "")
+        """The pod's annotation, else the runtime's `ips` capability (its first address)."""
+        ip = self.conf.annotations.get(ANNOTATION_PREFIX + "ip", "")
+        if ip or not self.conf.runtime_ips:
+            return ip
+        return self.conf.runtime_ips[0].split("/")[0]
 
     @property
     def owner(self) -> str:
@@ -144,7 +150,50 @@ def parse_netconf(stdin: str | bytes) -> NetConf:
     prev = raw.get("prevResult")
     return NetConf(cni_version=version, name=name, type=typ, agent_socket=sock, pool=pool,
                    product_type=product_type, mtu=mtu, annotations=annotations,
-                   prev_result=prev if isinstance(prev, dict) else None, raw=raw)
+                   prev_result=prev if isinstance(prev, dict) else None, raw=raw,
+                   runtime_ips=_runtime_ips(rc))
+
+
+def _runtime_ips(rc: object) -> tuple[str, ...]:
+    """runtimeConfig "ips": addresses (CIDR or bare) the runtime asks for. One per family at
+    most is meaningful to a port; anything else is a config error, not a silent choice."""
+    ips = rc.get("ips", []) if isinstance(rc, dict) else []
+    if not isinstance(ips, list) or not all(isinstance(i, str) for i in ips):
+        raise InvalidConfig("runtimeConfig.ips must be a list of addresses")
+    out = []
+    for ip in ips:
+        try:
+            ipaddress.ip_interface(ip)
+        except ValueError:
+            raise InvalidConfig(f"runtimeConfig.ips: {ip!r} is not an address") from None
+        out.append(ip)
+    if len(out) > 1:
+        raise InvalidConfig("runtimeConfig.ips: ecnet gives a pod one address; ask for one")
+    return tuple(out)
+
+
+GC_ATTACHMENT_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+
+
+def valid_attachments(conf: NetConf) -> set[tuple[str, str]]:
+    """GC's list of what the runtime still has: (container id, ifname) pairs. libcni sends
+    `cni.dev/valid-attachments` (and `cni.dev/attachments` too). Without either, GC cannot
+    know what is live, so it refuses rather than release everything."""
+    for key in GC_ATTACHMENT_KEYS:
+        if key in conf.raw:
+            items = conf.raw[key]
+            break
+    else:
+        raise InvalidConfig("GC needs cni.dev/valid-attachments in the network config")
+    if not isinstance(items, list):
+        raise InvalidConfig(f"{key} must be a list")
+    out = set()
+    for item in items:
+        if not (isinstance(item, dict) and isinstance(item.get("containerID"), str)
+                and isinstance(item.get("ifname"), str)):
+            raise InvalidConfig(f"{key}: each entry needs containerID and ifname strings")
+        out.add((item["containerID"], item["ifname"]))
+    return out
 
 
 def parse_request(env: dict[str, str], stdin: str) -> CniRequest:

@@ -21,7 +21,7 @@ from ecnet_api.v1 import ecnet_pb2 as pb
 from ovs_driver.errors import OvsError
 
 from .. import errors as ce
-from ..netconf import SUPPORTED_VERSIONS, CniRequest
+from ..netconf import SUPPORTED_VERSIONS, CniRequest, valid_attachments
 from ..result import PortInfo, PortIP, build_result, default_routes, host_ifname, version_result
 from .netlink.plan import PodInterfaceSpec
 from .seams import ControllerClient, OvsClient, OvsInterface, PendingT, PodNetlinkClient
@@ -40,6 +40,8 @@ class AgentConfig:
     default_mtu: int = DEFAULT_MTU
     tx_checksum_off: bool = True   # userspace (netdev) datapath: TCP needs it (DESIGN.md)
     ofport_timeout: float = 2.0
+    gc_grace_seconds: float = 60.0  # GC leaves younger attachments alone (an ADD in flight)
+    status_timeout: float = 0.5     # STATUS is polled every 5 s: an answer, not a wait
 
 
 def port_info(port: pb.Port) -> PortInfo:
@@ -94,11 +96,11 @@ class CniHandler(Generic[PendingT]):
         if req.command == "VERSION":
             return version_result(req.conf.cni_version, SUPPORTED_VERSIONS)
         if req.command == "STATUS":
-            if not self.controller.ready(timeout=1.0):
-                raise ce.PluginNotAvailable("IP controller unreachable")
+            self.status()
             return None
         if req.command == "GC":
-            return None  # leak collection is the controller's and agent's reconcile job
+            self.gc(req)
+            return None
         with self.locks.hold(req.container_id):
             self.teardown.wait_for(req.container_id)
             if req.command == "ADD":
@@ -248,7 +250,8 @@ class CniHandler(Generic[PendingT]):
         are there from the first write so a DEL finds even a half-built port."""
         ids = {"iface-id": port_id, "iface-status": "active",
                "ecnet/container": req.container_id, "ecnet/ifname": req.ifname,
-               "ecnet/netns": req.netns}
+               "ecnet/netns": req.netns, "ecnet/network": req.conf.name,
+               "ecnet/created": f"{time.time():.0f}"}
         if port is not None:
             ids["attached-mac"] = port.mac
             ids["ecnet/ips"] = ",".join(ip.address.split("/")[0] for ip in port.ips)
@@ -275,10 +278,14 @@ class CniHandler(Generic[PendingT]):
         released (or kept, for bound policies). Deleting a veth pair costs the kernel ~16 ms
         of RCU grace periods, so concurrent DELs share one batched request (`Teardown`, a
         group commit); the controller's release runs while that request is in flight."""
+        self._detach(req.container_id, req.ifname, req.netns, req.args.pod_uid)
+
+    def _detach(self, container_id: str, ifname: str, netns: str, pod_uid: str) -> str:
+        """DEL's work for one attachment (also GC's); the controller's release outcome."""
         doomed = False
         try:
-            found = self.ovs.find_interfaces(**{"ecnet/container": req.container_id,
-                                                "ecnet/ifname": req.ifname})
+            found = self.ovs.find_interfaces(**{"ecnet/container": container_id,
+                                                "ecnet/ifname": ifname})
             for iface in found:
                 # Under the host name's lock, and only if the port is still this container's:
                 # a bound port's next ADD (same name, new container) may have taken it over
@@ -286,28 +293,84 @@ class CniHandler(Generic[PendingT]):
                 # next ADD comes after the pair is doomed and waits for it to go.
                 with self.locks.hold(_NAME_LOCK + iface.name):
                     now = self.ovs.get_interface(iface.name)
-                    if now is None or now.external_ids.get("ecnet/container") != \
-                            req.container_id:
+                    if now is None or now.external_ids.get("ecnet/container") != container_id:
                         log.info("DEL container=%s: port %s now belongs to container %s; "
-                                 "left alone", req.container_id[:12], iface.name,
+                                 "left alone", container_id[:12], iface.name,
                                  (now.external_ids.get("ecnet/container", "?")[:12]
                                   if now is not None else "none"))
                         continue
                     self.ovs.delete_port(self.cfg.bridge, iface.name)  # off the network
-                    doomed |= self.teardown.start(req.container_id, [iface.name], None,
-                                                  req.ifname)
+                    doomed |= self.teardown.start(container_id, [iface.name], None, ifname)
         except OvsError as exc:
             raise ce.TryAgainLater(f"OVSDB unavailable while deleting the pod's port: {exc}",
                                    str(exc)) from exc
         if not found:
-            doomed |= self.teardown.start(req.container_id, [], req.netns or None,
-                                          req.ifname)
+            doomed |= self.teardown.start(container_id, [], netns or None, ifname)
         resp = self.controller.release(pb.ReleaseRequest(
-            container_id=req.container_id, ifname=req.ifname, pod_uid=req.args.pod_uid))
+            container_id=container_id, ifname=ifname, pod_uid=pod_uid))
         if doomed:
-            self.teardown.wait_for(req.container_id)
-        log.debug("DEL container=%s ifname=%s ovs_ports=%d outcome=%s", req.container_id[:12],
-                  req.ifname, len(found), resp.outcome)
+            self.teardown.wait_for(container_id)
+        log.debug("DEL container=%s ifname=%s ovs_ports=%d outcome=%s", container_id[:12],
+                  ifname, len(found), resp.outcome)
+        return str(resp.outcome)
+
+    # ------------------------------------------------------------------- GC
+    def gc(self, req: CniRequest) -> None:
+        """CNI GC: release every attachment of this network on this node that the runtime no
+        longer lists (port, OVS interface, veth, address), and nothing else. This node's
+        OVSDB is the record of its attachments: each port carries its network's name. One
+        failure does not stop the rest; any failure makes the answer "try again later", so
+        the runtime's next GC finishes the job."""
+        valid = valid_attachments(req.conf)
+        try:
+            ours = self.ovs.find_interfaces(**{"ecnet/network": req.conf.name})
+        except OvsError as exc:
+            raise ce.TryAgainLater(f"OVSDB unavailable, cannot collect garbage: {exc}",
+                                   str(exc)) from exc
+        now = time.time()
+        stale = []
+        for iface in ours:
+            ids = iface.external_ids
+            key = (ids.get("ecnet/container", ""), ids.get("ecnet/ifname", ""))
+            if not key[0] or key in valid:
+                continue
+            # An ADD may finish between the runtime's listing and this call: anything
+            # younger than the grace period is left for the next GC.
+            if now - _float(ids.get("ecnet/created", "")) < self.cfg.gc_grace_seconds:
+                continue
+            stale.append((key, ids))
+        failed: list[str] = []
+        for (cid, ifname), ids in stale:
+            try:
+                with self.locks.hold(cid):
+                    outcome = self._detach(cid, ifname, ids.get("ecnet/netns", ""),
+                                           ids.get("ecnet/pod-uid", ""))
+                log.info("GC released container=%s ifname=%s outcome=%s", cid[:12], ifname,
+                         outcome)
+            except ce.CniError as exc:
+                log.warning("GC of container=%s ifname=%s failed: %s", cid[:12], ifname,
+                            exc.msg)
+                failed.append(f"{cid[:12]}/{ifname}: {exc.msg}")
+        if failed:
+            raise ce.TryAgainLater(f"GC released {len(stale) - len(failed)} of {len(stale)} "
+                                   "stale attachments", "; ".join(failed)[:2000])
+
+    # ---------------------------------------------------------------- STATUS
+    def status(self) -> None:
+        """CNI STATUS, polled every few seconds by containerd 2.x, so it is cheap: one look
+        at the local OVSDB replica and at the controller channel's state. OVS down means
+        existing pods may have lost connectivity (51); no controller means no ADD (50)."""
+        try:
+            bridge = self.ovs.bridge_exists(self.cfg.bridge)
+        except OvsError as exc:
+            raise ce.PluginNotAvailableConnectivity(
+                "Open vSwitch unreachable: existing pods may have lost connectivity",
+                str(exc)) from exc
+        if not bridge:
+            raise ce.PluginNotAvailableConnectivity(
+                f"bridge {self.cfg.bridge} is missing from Open vSwitch")
+        if not self.controller.ready(timeout=self.cfg.status_timeout):
+            raise ce.PluginNotAvailable("IP controller unreachable: ADD cannot allocate")
 
     # ----------------------------------------------------------------- CHECK
     def check(self, req: CniRequest) -> None:
@@ -353,3 +416,11 @@ def _split(cidr: str) -> tuple[str, int]:
 
 
 __all__ = ["AgentConfig", "CniHandler", "default_routes"]
+
+
+def _float(text: str) -> float:
+    """A stored number, or 0 (long ago) when absent or unreadable."""
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0

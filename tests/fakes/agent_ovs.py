@@ -64,6 +64,11 @@ class FakeAgentOvs:
         with self._lock:
             return self.bridges.get(bridge, {}).pop(name, None) is not None
 
+    def bridge_exists(self, name: str) -> bool:
+        self.faults.check("bridge_exists")
+        with self._lock:
+            return name in self.bridges
+
     def find_interfaces(self, **external_ids: str) -> list[FakeInterface]:
         self.faults.check("find_interfaces")
         with self._lock:
