@@ -103,7 +103,7 @@ def kind_of(obj: OnosObject) -> str:
 # ---------------------------------------------------------------- outbox payloads
 #
 # Payload = {"<kind>": {<dataclass field>: value}} with tuples as JSON lists, i.e. exactly
-# what ipam.sync_payloads writes. Pairs are accepted either as 2-lists or as the Neutron dicts
+# what ipam.onos.desired writes. Pairs are accepted either as 2-lists or as the Neutron dicts
 # ({"start","end"} / {"subnet_id","ip_address"}) so hand-written rows also load.
 
 
