@@ -5,20 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .allocation import Allocator
-from .config import Clock, ConfigCache
 from .domain import AddressState, AllocationRequest, Port, PortState
 from .errors import AlreadyExists, InUse, InvalidArgument
 from .policy import rules_for
-from .store.base import Store
 
 
 class Bindings:
-    def __init__(self, store: Store, clock: Clock, config: ConfigCache,
-                 allocator: Allocator) -> None:
-        self.store = store
-        self.clock = clock
-        self.config = config
+    def __init__(self, allocator: Allocator) -> None:
+        """Works on the allocator's store, clock and configuration, with its primitives."""
         self.allocator = allocator
+        self.store, self.clock, self.config = allocator.store, allocator.clock, allocator.config
 
     def bind(self, pool_name: str, owner: str, ip: str = "", hostname: str = "") -> Port:
         """Pin an address to an owner ahead of its first pod (fixed/sticky pools)."""

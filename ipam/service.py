@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from .allocation import Allocator
 from .bindings import Bindings
-from .config import Clock, ConfigCache, ConfigSnapshot
+from .config import Clock, ConfigCache
 from .domain import (
     Allocation,
     AllocationRequest,
@@ -33,7 +33,7 @@ from .domain import (
 from .nodes import NodeRegistry
 from .onos.desired import DesiredStateReader, OutboxWriter
 from .pools import PoolAdmin
-from .store.base import Store, UnitOfWork
+from .store.base import Store
 from .sweeps import Sweeper
 
 
@@ -49,14 +49,10 @@ class IpamService:
         outbox = OutboxWriter(sync_enabled, clock)
         self._pools = PoolAdmin(store, outbox)
         self._alloc = Allocator(store, clock, self._config, outbox)
-        self._bindings = Bindings(store, clock, self._config, self._alloc)
-        self._sweeper = Sweeper(store, clock, self._config, self._alloc)
+        self._bindings = Bindings(self._alloc)
+        self._sweeper = Sweeper(self._alloc)
         self._nodes = NodeRegistry(store, clock)
         self._desired = DesiredStateReader(store)
-
-    def config(self, uow: UnitOfWork) -> ConfigSnapshot:
-        """The configuration as this transaction sees it."""
-        return self._config.current(uow)
 
     # ------------------------------------------------------------------ pools
     def create_pool(self, name: str, policy: str, *, quarantine_seconds: int | None = None,

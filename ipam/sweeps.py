@@ -4,9 +4,7 @@ Cheap when there is nothing to do (indexed lookups), so the controller runs it e
 from __future__ import annotations
 
 from .allocation import Allocator
-from .config import Clock, ConfigCache
 from .policy import rules_for
-from .store.base import Store
 
 # Released objects are replayed as deletes by a full resync for this long (a week covers an
 # ONOS restored from last night's backup), then forgotten.
@@ -14,12 +12,10 @@ RELEASED_TTL_SECONDS = 7 * 24 * 3600
 
 
 class Sweeper:
-    def __init__(self, store: Store, clock: Clock, config: ConfigCache,
-                 allocator: Allocator) -> None:
-        self.store = store
-        self.clock = clock
-        self.config = config
+    def __init__(self, allocator: Allocator) -> None:
+        """Works on the allocator's store, clock and configuration, with its primitives."""
         self.allocator = allocator
+        self.store, self.clock, self.config = allocator.store, allocator.clock, allocator.config
 
     def sweep(self, limit: int = 1000) -> tuple[int, int]:
         """(addresses freed from quarantine, bound ports expired) in one transaction."""

@@ -13,8 +13,6 @@ TENANT_ID = "ecnet"
 DEVICE_OWNER = "compute:kubernetes"
 NETWORK_TYPE = "vxlan"
 
-KINDS = ("network", "subnet", "port")
-
 
 @dataclass(frozen=True)
 class OnosNetwork:
@@ -82,14 +80,6 @@ def port_body(p: OnosPort) -> dict[str, Any]:
         "binding:vif_type": "ovs", "binding:vif_details": {}, "binding:profile": {},
         "security_groups": [], "allowed_address_pairs": [], "port_security_enabled": False,
     }}
-
-
-def body_for(obj: OnosObject) -> dict[str, Any]:
-    if isinstance(obj, OnosNetwork):
-        return network_body(obj)
-    if isinstance(obj, OnosSubnet):
-        return subnet_body(obj)
-    return port_body(obj)
 
 
 def kind_of(obj: OnosObject) -> str:
