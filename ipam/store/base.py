@@ -1,8 +1,9 @@
 """The store protocol: small primitives the allocator composes inside one transaction.
 
-Like host-local's allocator/backend split, the policy logic (`ipam.service`) is written once
-against these primitives; each store makes them atomic in its own way (a lock and undo log in
-memory, one database transaction with row locks in SQL). Every primitive that takes an address
+Like host-local's allocator/backend split, the policy logic (`ipam.allocation` and its
+neighbours behind `ipam.service`) is written once against these primitives; each store makes
+them atomic in its own way (a lock and a copy of the state in memory, one database
+transaction with row locks in SQL). Every primitive that takes an address
 must be safe against a concurrent caller taking the same one: the SQL store's unique
 constraint on (subnet, offset) is the last word.
 """

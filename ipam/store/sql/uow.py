@@ -38,6 +38,8 @@ def driver_connection(conn: Connection) -> Any:
 
 
 class SqlUnitOfWork:
+    """The store protocol's primitives inside one transaction on `conn`."""
+
     def __init__(self, conn: Connection, postgres: bool) -> None:
         self.c = conn
         self.pg = postgres
