@@ -1,5 +1,6 @@
 """Runs the ONOS sync for one controller replica: the outbox drainer (under a lease, so one
-replica drains at a time) and the periodic full resync. Domain logic is in ipam.onos.sync.
+replica drains at a time) and the periodic full resync. Domain logic is in ipam.onos: the
+worker (sync), the store seam (outbox.OutboxStore) and the desired state (desired).
 
 What the resync repairs (ONOS has no read-back, shared/onos-contract.md):
 * It replays every live network, subnet and port (create-or-update), so anything ONOS lost
@@ -56,9 +57,10 @@ def _ts(epoch: float | None) -> str:
 
 
 class SyncRunner:
-    def __init__(self, store: Store, settings: Any, ipam: IpamService) -> None:
+    def __init__(self, store: Store, settings: Any, ipam: IpamService | None = None) -> None:
+        # `ipam` is accepted for the daemon's call and not used: the resync reads the store
+        # through ipam.onos.desired, the drain goes through the store's OutboxStore.
         self.store = store
-        self.ipam = ipam
         self.settings = settings
         self.desired = DesiredStateReader(store)
         password = read_password(settings.onos_password_file or None)
