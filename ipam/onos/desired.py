@@ -3,7 +3,7 @@ subnets and ports to ONOS objects.
 
 Three users, one mapping:
 * `OutboxWriter`: the IPAM records each change as an outbox row inside the change's own
-  transaction (the row's payload is `model.to_payload` of the object, so it can be replayed
+  transaction (the row's payload is the ONOS object as plain JSON, so it can be replayed
   long after the domain objects changed), and remembers what it released for resyncs;
 * `DesiredStateReader`: a resync reads the whole store back as ONOS objects (ONOS offers no
   read-back, so the store is replayed as create-or-update, plus the deletes it released);
@@ -17,7 +17,7 @@ from typing import Any
 from .. import addr
 from ..domain import Pool, Port, PortState, Subnet
 from ..store.base import PortFilter, Store, UnitOfWork
-from .model import DEVICE_OWNER, OnosNetwork, OnosPort, OnosSubnet, to_payload
+from .model import DEVICE_OWNER, OnosNetwork, OnosPort, OnosSubnet, from_payload
 from .sync import DesiredState
 
 # A subnet's allocation pools are bounded: a fragmented subnet would otherwise list thousands.
@@ -26,30 +26,58 @@ MAX_ALLOCATION_POOLS = 64
 DEFAULT_MTU = 1450
 
 
-def network_of(pool: Pool, subnets: Sequence[Subnet]) -> OnosNetwork:
-    return OnosNetwork(id=pool.network_id, name=pool.name, segmentation_id=pool.segmentation_id,
-                       mtu=pool.mtu or DEFAULT_MTU, subnet_ids=tuple(s.id for s in subnets))
+# The mapping is written once, as the outbox payload (the model's fields under the object's
+# kind, what `model.to_payload` writes): the pod path builds only that, and a resync reads the
+# typed objects back from it with the model's own loader.
+
+def network_payload(pool: Pool, subnets: Sequence[Subnet]) -> dict[str, Any]:
+    return {"network": {
+        "id": pool.network_id, "name": pool.name, "segmentation_id": pool.segmentation_id,
+        "mtu": pool.mtu or DEFAULT_MTU, "subnet_ids": [s.id for s in subnets],
+    }}
 
 
-def subnet_of(pool: Pool, subnet: Subnet, free: Sequence[tuple[int, int]]) -> OnosSubnet:
+def subnet_payload(pool: Pool, subnet: Subnet, free: Sequence[tuple[int, int]]
+                   ) -> dict[str, Any]:
     net = addr.parse_network(subnet.cidr)
-    pools = tuple((str(addr.address_at(net, lo)), str(addr.address_at(net, hi)))
-                  for lo, hi in free[:MAX_ALLOCATION_POOLS])
-    return OnosSubnet(id=subnet.id, name=f"{pool.name}-{subnet.cidr}",
-                      network_id=pool.network_id, cidr=subnet.cidr, gateway_ip=subnet.gateway,
-                      ip_version=subnet.version, allocation_pools=pools)
+    return {"subnet": {
+        "id": subnet.id, "name": f"{pool.name}-{subnet.cidr}", "network_id": pool.network_id,
+        "cidr": subnet.cidr, "gateway_ip": subnet.gateway, "ip_version": subnet.version,
+        "allocation_pools": [[str(addr.address_at(net, lo)), str(addr.address_at(net, hi))]
+                             for lo, hi in free[:MAX_ALLOCATION_POOLS]],
+    }}
 
 
-def port_of(pool: Pool, port: Port) -> OnosPort:
+def port_payload(pool: Pool, port: Port) -> dict[str, Any]:
     name = (f"{port.pod_namespace}_{port.pod_name}" if port.pod_name
             else (port.owner or port.id))
     # An idle bound port (fixed/sticky owner between pods) is kept but bound to nothing, as
     # an unplugged Neutron port: no device, no host.
     idle = port.state is PortState.IDLE
-    return OnosPort(id=port.id, name=name, network_id=pool.network_id, mac_address=port.mac,
-                    fixed_ips=tuple((a.subnet_id, a.ip) for a in port.addresses),
-                    device_id="" if idle else port.pod_uid, device_owner=DEVICE_OWNER,
-                    host_id="" if idle else port.node)
+    return {"port": {
+        "id": port.id, "name": name, "network_id": pool.network_id, "mac_address": port.mac,
+        "fixed_ips": [[a.subnet_id, a.ip] for a in port.addresses],
+        "device_id": "" if idle else port.pod_uid, "device_owner": DEVICE_OWNER,
+        "host_id": "" if idle else port.node,
+    }}
+
+
+def network_of(pool: Pool, subnets: Sequence[Subnet]) -> OnosNetwork:
+    obj = from_payload("network", network_payload(pool, subnets))
+    assert isinstance(obj, OnosNetwork)
+    return obj
+
+
+def subnet_of(pool: Pool, subnet: Subnet, free: Sequence[tuple[int, int]]) -> OnosSubnet:
+    obj = from_payload("subnet", subnet_payload(pool, subnet, free))
+    assert isinstance(obj, OnosSubnet)
+    return obj
+
+
+def port_of(pool: Pool, port: Port) -> OnosPort:
+    obj = from_payload("port", port_payload(pool, port))
+    assert isinstance(obj, OnosPort)
+    return obj
 
 
 def configured_free(subnet: Subnet) -> list[tuple[int, int]]:
@@ -57,19 +85,6 @@ def configured_free(subnet: Subnet) -> list[tuple[int, int]]:
     net = addr.parse_network(subnet.cidr)
     gw = addr.parse_address(subnet.gateway) if subnet.gateway else None
     return addr.free_ranges(net, gw, [addr.parse_exclusion(net, e) for e in subnet.excludes])
-
-
-def network_payload(pool: Pool, subnets: Sequence[Subnet]) -> dict[str, Any]:
-    return to_payload(network_of(pool, subnets))
-
-
-def subnet_payload(pool: Pool, subnet: Subnet, free: Sequence[tuple[int, int]]
-                   ) -> dict[str, Any]:
-    return to_payload(subnet_of(pool, subnet, free))
-
-
-def port_payload(pool: Pool, port: Port) -> dict[str, Any]:
-    return to_payload(port_of(pool, port))
 
 
 class OutboxWriter:
