@@ -6,14 +6,12 @@ from dataclasses import dataclass, field
 
 
 class Policy(str, enum.Enum):
+    """A pool's policy by the name stored and sent over the API; what each one does is its
+    `ipam.policy.IpPolicy` object."""
+
     FIXED = "fixed"      # light-VM: one IP (and hostname) for the owner's life
     STICKY = "sticky"    # stateful group member: gets its old IP back
     DYNAMIC = "dynamic"  # stateless: any free IP, freed on DEL after a quarantine
-
-    @property
-    def binds(self) -> bool:
-        """Bound policies key the port by owner and keep it when the pod goes away."""
-        return self is not Policy.DYNAMIC
 
 
 class PortState(str, enum.Enum):

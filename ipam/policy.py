@@ -1,136 +1,115 @@
-"""Pure policy decisions: which pool a pod lands in, and who owns a binding.
+"""The IP policies, one object each: what a policy binds, how long its addresses rest, what
+its retention sweep frees and whether a pool of it may be reserved for a group.
 
-First match wins (DESIGN.md "Product types"): pod annotations passed by the runtime (pool, the
-pool of a requested IP, product type), then the network config, then the namespace default
-the controller keeps, then a pool that declares the requested product type.
+Everything that depends on a pool's policy asks its object here (`rules_for(pool.policy)`),
+never compares the policy by name. A fourth policy is one `Policy` member (the name stored
+in the database and sent over the API) plus one `IpPolicy` subclass decorated `@register`.
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from typing import ClassVar
 
-from .domain import AllocationRequest, Policy, Pool
-from .errors import InvalidArgument, NotFound, PolicyConflict
+from .domain import DEFAULT_QUARANTINE_SECONDS, Policy, Pool
+from .errors import InvalidArgument
 
-# Product-type names an operator may use, mapped to the policy they imply.
-PRODUCT_TYPES: dict[str, Policy] = {
-    "fixed": Policy.FIXED,
-    "light-vm": Policy.FIXED,
-    "static-group": Policy.FIXED,
-    "sticky": Policy.STICKY,
-    "stateful": Policy.STICKY,
-    "stateful-group": Policy.STICKY,
-    "dynamic": Policy.DYNAMIC,
-    "stateless": Policy.DYNAMIC,
-    "stateless-group": Policy.DYNAMIC,
-}
+
+class IpPolicy:
+    """What a pool's policy decides; the base class is the conservative default."""
+
+    name: ClassVar[Policy]
+    # Product-type names an operator may use for it (pod annotation, pool declaration).
+    product_types: ClassVar[tuple[str, ...]] = ()
+    # Bound policies key a port by its owner (a stable identity, never the container) and
+    # keep it, idle, when the pod goes away.
+    binds: ClassVar[bool] = False
+    # A pool of this policy may be reserved for one group (a StatefulSet, namespace/name).
+    has_groups: ClassVar[bool] = False
+    # Seconds a released address rests before it is handed out again (a pool's default).
+    default_quarantine_seconds: ClassVar[int] = 0
+
+    def retention_cutoff(self, pool: Pool, now: float) -> float | None:
+        """Idle bound ports last used before this time are freed by the sweep; None: the
+        sweep frees nothing of this pool (kept until an admin unbinds)."""
+        return None
+
+    def check_group(self, group: str) -> None:
+        """Refuse a group this policy cannot have (InvalidArgument)."""
+        if group and (not self.has_groups or group.count("/") != 1
+                      or not all(group.split("/"))):
+            raise InvalidArgument(f"group {group!r}: only a sticky pool has a group, written "
+                                  "namespace/statefulset-name")
+
+
+_POLICIES: dict[Policy, IpPolicy] = {}
+_PRODUCT_TYPES: dict[str, IpPolicy] = {}
+
+
+def register(cls: type[IpPolicy]) -> type[IpPolicy]:
+    """Make a policy class the behaviour of its `name` (one instance: they hold no state)."""
+    rules = cls()
+    _POLICIES[cls.name] = rules
+    for label in cls.product_types:
+        _PRODUCT_TYPES[label] = rules
+    return cls
+
+
+@register
+class FixedPolicy(IpPolicy):
+    """Light VM: one IP (and hostname) bound to a stable identity; only an admin unbinds."""
+
+    name = Policy.FIXED
+    product_types = ("fixed", "light-vm", "static-group")
+    binds = True
+
+
+@register
+class StickyPolicy(IpPolicy):
+    """Stateful group member: gets its old IP back; freed once idle past the retention."""
+
+    name = Policy.STICKY
+    product_types = ("sticky", "stateful", "stateful-group")
+    binds = True
+    has_groups = True
+
+    def retention_cutoff(self, pool: Pool, now: float) -> float | None:
+        return now - pool.retention_seconds if pool.retention_seconds > 0 else None
+
+
+@register
+class DynamicPolicy(IpPolicy):
+    """Stateless: any free IP, freed on DEL after a quarantine (not reused at once)."""
+
+    name = Policy.DYNAMIC
+    product_types = ("dynamic", "stateless", "stateless-group")
+    default_quarantine_seconds = DEFAULT_QUARANTINE_SECONDS
+
+
+def rules_for(policy: Policy) -> IpPolicy:
+    return _POLICIES[policy]
+
+
+def parse_policy(name: str) -> Policy:
+    """A stored or requested policy name; InvalidArgument names the known ones."""
+    try:
+        policy = Policy(name)
+    except ValueError:
+        policy = None
+    if policy is None or policy not in _POLICIES:
+        raise InvalidArgument(f"unknown policy {name!r}; expected "
+                              f"{', '.join(p.value for p in _POLICIES)}")
+    return policy
+
+
+def product_type_names() -> list[str]:
+    return sorted(_PRODUCT_TYPES)
 
 
 def policy_for_product_type(product_type: str) -> Policy | None:
     if not product_type:
         return None
-    try:
-        return PRODUCT_TYPES[product_type.strip().lower()]
-    except KeyError:
+    rules = _PRODUCT_TYPES.get(product_type.strip().lower())
+    if rules is None:
         raise InvalidArgument(
             f"unknown product type {product_type!r}; expected one of "
-            f"{', '.join(sorted(PRODUCT_TYPES))}") from None
-
-
-def choose_pool(req: AllocationRequest, pools: Iterable[Pool],
-                namespace_default: str | None, ip_pool: str | None = None) -> Pool:
-    """Pick the pool for a request; first match wins (issue 3, DESIGN.md):
-
-    1. the `ecnet.io/pool` annotation (`req.pool`): must exist and fit the product type;
-    2. the pool owning the `ecnet.io/ip` annotation's address (`ip_pool`, found by the
-       caller from the subnets);
-    2b. the sticky pool owned by the pod's stateful group (`group_of`), if it fits;
-    3. the network config's pool (`req.config_pool`), then the namespace default, each
-       taken only if it fits the requested product type (an annotated product type beats
-       the network config);
-    4. with a product type and nothing above: the one pool declaring that product type by
-       name, else the one pool with its policy.
-    """
-    by_name = {p.name: p for p in pools}
-    wanted = policy_for_product_type(req.product_type)
-    group = group_of(req)
-
-    def fits(pool: Pool) -> bool:
-        return (wanted is None or pool.policy is wanted) and pool.group in ("", group)
-
-    def chosen(pool: Pool) -> Pool:
-        if pool.group and pool.group != group:
-            raise PolicyConflict(f"pool {pool.name!r} is reserved for group {pool.group!r}; "
-                                 f"this pod is {'in group ' + repr(group) if group else 'in none'}")
-        if not fits(pool):
-            raise _mismatch(req, pool)
-        return pool
-
-    if req.pool:
-        pool = by_name.get(req.pool)
-        if pool is None:
-            raise NotFound(f"pool {req.pool!r} does not exist")
-        return chosen(pool)
-    if ip_pool:
-        return chosen(by_name[ip_pool])
-    # A stateful group with a pool of its own draws from it (issue 3: "a group may own a
-    # named IP pool").
-    owned = [p for p in by_name.values() if group and p.group == group and fits(p)]
-    if len(owned) == 1:
-        return owned[0]
-    if req.config_pool and req.config_pool not in by_name:
-        raise NotFound(f"pool {req.config_pool!r} (network config) does not exist")
-    for name in (req.config_pool, namespace_default):
-        if name and name in by_name and fits(by_name[name]):
-            return by_name[name]
-    if wanted is None:
-        raise InvalidArgument(
-            "no pool for this pod: set the ecnet.io/pool annotation, the network "
-            "config's \"pool\", or a namespace default (ipctl namespace default)")
-    label = req.product_type.strip().lower()
-    open_pools = [p for p in by_name.values() if fits(p)]
-    typed = [p for p in open_pools if p.product_type.strip().lower() == label]
-    if not typed:
-        typed = [p for p in open_pools if p.product_type
-                 and policy_for_product_type(p.product_type) is wanted]
-    if not typed:
-        typed = [p for p in open_pools if p.policy is wanted and not p.product_type]
-    if len(typed) != 1:
-        raise InvalidArgument(
-            f"product type {req.product_type!r} matches {len(typed)} pools; name one "
-            "(ecnet.io/pool)")
-    return typed[0]
-
-
-_ORDINAL = re.compile(r"(.+)-\d+")
-
-
-def group_of(req: AllocationRequest) -> str:
-    """The stateful group a pod belongs to, `namespace/set-name`, from its StatefulSet-style
-    name (`set-name-<ordinal>`), or from an explicit owner of that form; "" if none."""
-    ident = req.owner or (f"{req.pod.namespace}/{req.pod.name}"
-                          if req.pod.namespace and req.pod.name else "")
-    ns, sep, name = ident.rpartition("/")
-    m = _ORDINAL.fullmatch(name)
-    return f"{ns}/{m.group(1)}" if sep and m else ""
-
-
-def _mismatch(req: AllocationRequest, pool: Pool) -> PolicyConflict:
-    wanted = policy_for_product_type(req.product_type)
-    assert wanted is not None
-    return PolicyConflict(
-        f"pod asks for product type {req.product_type!r} ({wanted.value}) but pool "
-        f"{pool.name!r} has policy {pool.policy.value}")
-
-
-def owner_of(req: AllocationRequest, pool: Pool) -> str | None:
-    """The stable identity a bound port belongs to; never the container or pod UID."""
-    if not pool.policy.binds:
-        return None
-    if req.owner:
-        return req.owner
-    if req.pod.namespace and req.pod.name:
-        return f"{req.pod.namespace}/{req.pod.name}"
-    raise InvalidArgument(
-        f"pool {pool.name!r} has policy {pool.policy.value}: the pod needs an identity "
-        "(K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS, or ecnet.io/owner)")
+            f"{', '.join(product_type_names())}")
+    return rules.name

@@ -213,7 +213,9 @@ def subnet_show(s: IpctlSettings, cidr_or_id: str) -> None:
     x, u = found[0], found[0].usage
     emit_fields(s, x, [
         ("id", x.id), ("pool", x.pool), ("cidr", x.cidr), ("gateway", x.gateway),
-        ("excludes", ",".join(x.excludes) or "-"), ("network id", x.network_id),
+        # No "network id": the ONOS network belongs to the pool, and the controller never
+        # sends one with a subnet (Subnet.network_id of the API stays empty).
+        ("excludes", ",".join(x.excludes) or "-"),
         ("total", u.total), ("used", u.used), ("reserved", u.reserved),
         ("quarantined", u.quarantined), ("free", u.free),
     ])

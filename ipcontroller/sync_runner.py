@@ -1,5 +1,6 @@
 """Runs the ONOS sync for one controller replica: the outbox drainer (under a lease, so one
-replica drains at a time) and the periodic full resync. Domain logic is in ipam.onos.sync.
+replica drains at a time) and the periodic full resync. Domain logic is in ipam.onos: the
+worker (sync), the store seam (outbox.OutboxStore) and the desired state (desired).
 
 What the resync repairs (ONOS has no read-back, shared/onos-contract.md):
 * It replays every live network, subnet and port (create-or-update), so anything ONOS lost
@@ -20,21 +21,18 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ipam.onos import OnosClient, SyncWorker, read_password
-from ipam.onos.model import OnosNetwork, OnosPort, OnosSubnet, from_payload
-from ipam.onos.sync import DesiredState, StoreOutbox
+from ipam.onos.desired import DesiredStateReader
 from ipam.service import IpamService
+from ipam.store import Store
 
 from .metrics import SYNC_FAILED, SYNC_OLDEST, SYNC_PENDING
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
-LEASE_NAME = "onos-sync"
 # sync_state keys: resync requests made so far (a counter any replica bumps), the count the
 # lease holders have served, and when a resync last completed (for `ipctl sync status`).
 RESYNC_REQUESTS = "resync-requests"
@@ -59,15 +57,17 @@ def _ts(epoch: float | None) -> str:
 
 
 class SyncRunner:
-    def __init__(self, store: Any, settings: Any, ipam: IpamService) -> None:
+    def __init__(self, store: Store, settings: Any, ipam: IpamService | None = None) -> None:
+        # `ipam` is accepted for the daemon's call and not used: the resync reads the store
+        # through ipam.onos.desired, the drain goes through the store's OutboxStore.
         self.store = store
-        self.ipam = ipam
         self.settings = settings
+        self.desired = DesiredStateReader(store)
         password = read_password(settings.onos_password_file or None)
         self.client = OnosClient(settings.onos_url, settings.onos_user, password,
                                  timeout=settings.onos_timeout)
         self.worker = SyncWorker(
-            StoreOutbox(store, LEASE_NAME), self.client, settings.holder,
+            store, self.client, settings.holder,
             lease_ttl=settings.onos_lease_ttl, max_backoff=settings.onos_max_backoff,
             # A timed-out call may still land in ONOS later; the object's next call waits
             # for it (see SyncWorker.settle).
@@ -84,48 +84,16 @@ class SyncRunner:
         self._released_cutoff: float | None = None
         self._was_leader = False
 
-    def _desired(self, released_since: float | None = None) -> DesiredState:
-        """The store's live objects, minus ports that still have outbox rows.
-
-        The snapshot is read first and the outbox after it. Rows cannot disappear in between
-        (only the lease holder drains, and it is busy here), so every port released after the
-        snapshot has its delete row in the second read and is skipped, never resurrected."""
-        networks, subnets, ports = self.ipam.desired_onos_state()
-        released = self.ipam.released_onos_objects(released_since)
-        pending = self._pending_ports()
-        return DesiredState(
-            networks=[_as(OnosNetwork, from_payload("network", n)) for n in networks],
-            subnets=[_as(OnosSubnet, from_payload("subnet", s)) for s in subnets],
-            ports=[p for p in (_as(OnosPort, from_payload("port", d)) for d in ports)
-                   if p.id not in pending],
-            # Deletes are idempotent in ONOS (204 for an unknown id), so replaying one that
-            # already reached it costs a call and nothing else.
-            deleted_ports=released["port"], deleted_subnets=released["subnet"],
-            deleted_networks=released["network"])
-
-    def _fresh_ports(self, ids: list[str]) -> list[OnosPort]:
-        """One chunk of a resync, read again just before it is sent (under the drain lock):
-        ports released or changed since the snapshot go as they are now, or not at all; a
-        port with pending rows is left to them, as in `_desired`."""
-        payloads = self.ipam.onos_port_payloads(ids)
-        pending = self._pending_ports(ids)
-        ports = (_as(OnosPort, from_payload("port", d)) for d in payloads)
-        return [p for p in ports if p.id not in pending]
-
-    def _pending_ports(self, ids: list[str] | None = None) -> set[str]:
-        pending = getattr(self.store, "outbox_pending_ids", None)
-        return pending("port", ids) if pending is not None else set()
-
     def resync_now(self, full: bool = True) -> int:
         """Replay the store to ONOS now (this replica must hold the lease). `full` replays
         every kept delete; otherwise only those since this holder's previous resync."""
         started = time.time()
         since = None if full else self._released_cutoff
-        calls = self.worker.resync(lambda: self._desired(since), self._fresh_ports,
-                                   chunk=RESYNC_CHUNK)
+        calls = self.worker.resync(lambda: self.desired.desired(since),
+                                   self.desired.fresh_ports, chunk=RESYNC_CHUNK)
         if self.worker.status().leader:
             self.last_resync = time.time()
-            self._set_state(LAST_RESYNC, repr(self.last_resync))
+            self.store.set_state(LAST_RESYNC, repr(self.last_resync))
             self._released_cutoff = started - RELEASED_MARGIN_SECONDS
         log.info("onos resync calls=%d full=%s", calls, since is None)
         return calls
@@ -134,24 +102,15 @@ class SyncRunner:
         """`ipctl sync now` on any replica: count a request in the database; the replica
         holding the lease runs it within a second (one replayer at a time, and a long
         replay never holds the caller's RPC open)."""
-        self._set_state(RESYNC_REQUESTS, str(self._count(RESYNC_REQUESTS) + 1))
+        self.store.set_state(RESYNC_REQUESTS, str(self._count(RESYNC_REQUESTS) + 1))
         return pb.SyncNowResponse(forwarded=True, holder=self.lease_holder())
 
     def _count(self, key: str) -> int:
-        text = self._get_state(key)
+        text = self.store.get_state(key)
         try:
             return int(text) if text else 0
         except ValueError:
             return 0
-
-    def _get_state(self, key: str) -> str | None:
-        get = getattr(self.store, "get_state", None)
-        return get(key) if get is not None else None
-
-    def _set_state(self, key: str, value: str) -> None:
-        put = getattr(self.store, "set_state", None)
-        if put is not None:
-            put(key, value)
 
     def wake(self) -> None:
         self.worker.wake()
@@ -193,7 +152,7 @@ class SyncRunner:
         if asked > served and now >= self._next_request_try:
             try:
                 self.resync_now(full=True)
-                self._set_state(RESYNC_SERVED, str(asked))
+                self.store.set_state(RESYNC_SERVED, str(asked))
                 self._next_resync = time.time() + self.resync_interval
             except Exception as exc:  # noqa: BLE001 - kept; tried again RESYNC_RETRY later
                 log.warning("requested onos resync failed: %s", exc)
@@ -210,10 +169,7 @@ class SyncRunner:
 
     def lease_holder(self) -> str:
         """Who drains right now (any replica can answer), or "" while nobody holds it."""
-        get = getattr(self.store, "lease_holder", None)
-        if get is None:
-            return self.settings.holder if self.worker.status().leader else ""
-        return str(get(LEASE_NAME, time.time()))
+        return self.store.lease_holder(time.time())
 
     def status_pb(self) -> pb.SyncStatusResponse:
         st = self.worker.status()
@@ -226,14 +182,8 @@ class SyncRunner:
     def _last_resync_anywhere(self) -> float:
         """Whichever replica ran it: the holder records it in the database."""
         try:
-            text = self._get_state(LAST_RESYNC)
+            text = self.store.get_state(LAST_RESYNC)
         except Exception:  # noqa: BLE001 - status must answer even on a store hiccup
             text = None
         return max(self.last_resync, float(text) if text else 0.0)
 
-
-def _as(cls: type[_T], obj: object) -> _T:
-    """from_payload returns the union; the kind we asked for fixes the type."""
-    if not isinstance(obj, cls):
-        raise TypeError(f"expected {cls.__name__}, got {type(obj).__name__}")
-    return obj

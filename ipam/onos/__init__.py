@@ -1,10 +1,12 @@
-"""ONOS edge of the IPAM: the only part of `ipam` that talks HTTP.
+"""ONOS edge of the IPAM: the only part of `ipam` that talks HTTP, and the one home of the sync.
 
 ONOS learns about networks, subnets and ports through its openstacknetworking REST API
 (shared/onos-contract.md). Changes reach it asynchronously through the outbox: the IPAM writes
-a row in the same transaction as the change, and `SyncWorker` drains rows into `OnosClient`
-calls with retries, so ONOS being down never blocks an allocation and never loses one.
-`ipam.onos.emulator` is a faithful stand-in for ONOS used by tests and the lab.
+a row in the same transaction as the change (`desired.OutboxWriter`), and `SyncWorker` drains
+rows into `OnosClient` calls with retries, so ONOS being down never blocks an allocation and
+never loses one. Stores serve the sync through one declared seam, `outbox.OutboxStore` (rows,
+lease and state); `desired` maps domain values to ONOS objects, for the rows and for resyncs.
+`ipam.onos.desired` is imported by its path (it reads the store, which imports `outbox`).
 """
 from .client import OnosClient, read_password
 from .errors import OnosAuthError, OnosError, OnosRejected, OnosUnavailable
@@ -19,19 +21,12 @@ from .model import (
     subnet_body,
     to_payload,
 )
-from .sync import (
-    DesiredState,
-    OutboxItem,
-    OutboxStats,
-    OutboxStore,
-    StoreOutbox,
-    SyncStatus,
-    SyncWorker,
-)
+from .outbox import SYNC_LEASE, OutboxItem, OutboxRow, OutboxStats, OutboxStore
+from .sync import DesiredState, SyncStatus, SyncWorker
 
 __all__ = [
-    "DesiredState", "OnosAuthError", "OnosClient", "OnosError", "OnosNetwork", "OnosPort",
-    "OnosRejected", "OnosSubnet", "OnosUnavailable", "OutboxItem", "OutboxStats",
-    "OutboxStore", "PayloadError", "StoreOutbox", "SyncStatus", "SyncWorker", "from_payload",
+    "SYNC_LEASE", "DesiredState", "OnosAuthError", "OnosClient", "OnosError", "OnosNetwork",
+    "OnosPort", "OnosRejected", "OnosSubnet", "OnosUnavailable", "OutboxItem", "OutboxRow",
+    "OutboxStats", "OutboxStore", "PayloadError", "SyncStatus", "SyncWorker", "from_payload",
     "network_body", "port_body", "read_password", "subnet_body", "to_payload",
 ]

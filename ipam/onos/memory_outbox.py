@@ -1,49 +1,35 @@
 """An in-memory OutboxStore with the same claim rules as the SQL store.
 
-Used by the sync tests and by anyone embedding the worker without a database. The rules that
-matter for correctness are the ones the SQL store must share: only the oldest row of an object
-is claimable (strict order per object, even while it waits for a retry), rows are returned in
-id order, and one holder at a time owns the lease.
+Used by the sync tests, by the memory store (which keeps its outbox here) and by anyone
+embedding the worker without a database. The rules that matter for correctness are the ones
+the SQL store must share: only the oldest row of an object is claimable (strict order per
+object, even while it waits for a retry), rows are returned in id order, and one holder at a
+time owns the lease.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from .sync import OutboxItem, OutboxStats
-
-
-@dataclass
-class _Row:
-    id: int
-    kind: str
-    object_id: str
-    op: str
-    payload: dict[str, Any] | None
-    created_at: float
-    next_attempt_at: float
-    attempts: int = 0
-    last_error: str = ""
-    failed: bool = False
-
-    def item(self) -> OutboxItem:
-        return OutboxItem(self.id, self.kind, self.object_id, self.op, self.payload,
-                          self.attempts)
+from .outbox import OutboxItem, OutboxRow, OutboxStats
 
 
 class MemoryOutbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._rows: dict[int, _Row] = {}  # insertion order == id order
+        self._rows: dict[int, OutboxRow] = {}  # insertion order == id order
         self._seq = 0
         self._lease: tuple[str, float] | None = None
+        self._state: dict[str, str] = {}
 
     def add(self, kind: str, object_id: str, op: str, payload: dict[str, Any] | None,
             now: float = 0.0) -> int:
         with self._lock:
             self._seq += 1
-            self._rows[self._seq] = _Row(self._seq, kind, object_id, op, payload, now, now)
+            self._rows[self._seq] = OutboxRow(self._seq, kind, object_id, op, payload, 0, now,
+                                              now)
             return self._seq
 
     def claim(self, holder: str, limit: int, now: float) -> list[OutboxItem]:
@@ -70,17 +56,9 @@ class MemoryOutbox:
         with self._lock:
             row = self._rows.get(item_id)
             if row is not None:
-                row.attempts += 1
-                row.last_error = error[:2000]
-                row.next_attempt_at = next_attempt_at
-                row.failed = failed
-
-    def acquire_lease(self, holder: str, ttl: float, now: float) -> bool:
-        with self._lock:
-            if self._lease is None or self._lease[0] == holder or self._lease[1] < now:
-                self._lease = (holder, now + ttl)
-                return True
-            return False
+                self._rows[item_id] = replace(row, attempts=row.attempts + 1,
+                                              last_error=error[:2000],
+                                              next_attempt_at=next_attempt_at, failed=failed)
 
     def stats(self, now: float) -> OutboxStats:
         with self._lock:
@@ -90,11 +68,31 @@ class MemoryOutbox:
         return OutboxStats(len(rows), sum(r.failed for r in rows),
                            None if oldest is None else now - oldest, last)
 
-    # for tests and diagnostics
-    def rows(self) -> list[_Row]:
+    def pending_ids(self, kind: str, ids: Sequence[str] | None = None) -> set[str]:
+        wanted = set(ids) if ids is not None else None
         with self._lock:
-            return [_Row(**vars(r)) for r in self._rows.values()]
+            return {r.object_id for r in self._rows.values() if r.kind == kind
+                    and (wanted is None or r.object_id in wanted)}
+
+    def outbox_rows(self) -> list[OutboxRow]:
+        with self._lock:
+            return list(self._rows.values())
+
+    def acquire_lease(self, holder: str, ttl: float, now: float) -> bool:
+        with self._lock:
+            if self._lease is None or self._lease[0] == holder or self._lease[1] < now:
+                self._lease = (holder, now + ttl)
+                return True
+            return False
 
     def lease_holder(self, now: float) -> str:
         with self._lock:
             return self._lease[0] if self._lease and self._lease[1] >= now else ""
+
+    def get_state(self, key: str) -> str | None:
+        with self._lock:
+            return self._state.get(key)
+
+    def set_state(self, key: str, value: str) -> None:
+        with self._lock:
+            self._state[key] = value

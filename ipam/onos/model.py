@@ -13,8 +13,6 @@ TENANT_ID = "ecnet"
 DEVICE_OWNER = "compute:kubernetes"
 NETWORK_TYPE = "vxlan"
 
-KINDS = ("network", "subnet", "port")
-
 
 @dataclass(frozen=True)
 class OnosNetwork:
@@ -84,14 +82,6 @@ def port_body(p: OnosPort) -> dict[str, Any]:
     }}
 
 
-def body_for(obj: OnosObject) -> dict[str, Any]:
-    if isinstance(obj, OnosNetwork):
-        return network_body(obj)
-    if isinstance(obj, OnosSubnet):
-        return subnet_body(obj)
-    return port_body(obj)
-
-
 def kind_of(obj: OnosObject) -> str:
     if isinstance(obj, OnosNetwork):
         return "network"
@@ -103,7 +93,7 @@ def kind_of(obj: OnosObject) -> str:
 # ---------------------------------------------------------------- outbox payloads
 #
 # Payload = {"<kind>": {<dataclass field>: value}} with tuples as JSON lists, i.e. exactly
-# what ipam.sync_payloads writes. Pairs are accepted either as 2-lists or as the Neutron dicts
+# what ipam.onos.desired writes. Pairs are accepted either as 2-lists or as the Neutron dicts
 # ({"start","end"} / {"subnet_id","ip_address"}) so hand-written rows also load.
 
 

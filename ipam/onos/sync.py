@@ -45,38 +45,9 @@ from .model import (
     PayloadError,
     from_payload,
 )
+from .outbox import OutboxItem, OutboxStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    id: int                           # monotonically increasing per store
-    kind: str                         # "network" | "subnet" | "port"
-    object_id: str
-    op: str                           # "upsert" | "delete"
-    payload: dict[str, Any] | None    # upsert: model.to_payload(obj); delete: None
-    attempts: int
-
-
-class OutboxStats(NamedTuple):
-    pending: int
-    failed: int
-    oldest_pending_seconds: float | None
-    last_error: str
-
-
-class OutboxStore(Protocol):
-    def claim(self, holder: str, limit: int, now: float) -> list[OutboxItem]:
-        """Due items (next_attempt_at <= now), oldest first, and only the oldest row of each
-        (kind, object_id): strict order per object."""
-    def complete(self, item_id: int) -> None: ...
-    def retry_later(self, item_id: int, error: str, next_attempt_at: float,
-                    failed: bool) -> None:
-        """Reschedule; attempts += 1. failed=True: configuration or payload problem."""
-    def acquire_lease(self, holder: str, ttl: float, now: float) -> bool:
-        """Take or renew the single-drainer lease; False while another holder has it."""
-    def stats(self, now: float) -> OutboxStats: ...
 
 
 class OnosApi(Protocol):
@@ -88,33 +59,6 @@ class OnosApi(Protocol):
     def delete_network(self, network_id: str) -> None: ...
     def delete_subnet(self, subnet_id: str) -> None: ...
     def delete_port(self, port_id: str) -> None: ...
-
-
-class StoreOutbox:
-    """Adapts a store exposing outbox_claim/outbox_complete/outbox_retry_later/outbox_stats and
-    acquire_lease(name, ...) (ipam.store.sql.SqlStore) to OutboxStore. Duck-typed, so ipam.onos
-    does not import the store."""
-
-    def __init__(self, store: Any, lease_name: str = "onos-sync") -> None:
-        self.store = store
-        self.lease_name = lease_name
-
-    def claim(self, holder: str, limit: int, now: float) -> list[OutboxItem]:
-        return [OutboxItem(r.id, r.kind, r.object_id, r.op, r.payload, r.attempts)
-                for r in self.store.outbox_claim(limit, now)]
-
-    def complete(self, item_id: int) -> None:
-        self.store.outbox_complete(item_id)
-
-    def retry_later(self, item_id: int, error: str, next_attempt_at: float,
-                    failed: bool) -> None:
-        self.store.outbox_retry_later(item_id, error, next_attempt_at, failed)
-
-    def acquire_lease(self, holder: str, ttl: float, now: float) -> bool:
-        return bool(self.store.acquire_lease(self.lease_name, holder, ttl, now))
-
-    def stats(self, now: float) -> OutboxStats:
-        return OutboxStats(*self.store.outbox_stats(now))
 
 
 class DesiredState(NamedTuple):

@@ -1,8 +1,9 @@
 """The store protocol: small primitives the allocator composes inside one transaction.
 
-Like host-local's allocator/backend split, the policy logic (`ipam.service`) is written once
-against these primitives; each store makes them atomic in its own way (a lock and undo log in
-memory, one database transaction with row locks in SQL). Every primitive that takes an address
+Like host-local's allocator/backend split, the policy logic (`ipam.allocation` and its
+neighbours behind `ipam.service`) is written once against these primitives; each store makes
+them atomic in its own way (a lock and a copy of the state in memory, one database
+transaction with row locks in SQL). Every primitive that takes an address
 must be safe against a concurrent caller taking the same one: the SQL store's unique
 constraint on (subnet, offset) is the last word.
 """
@@ -13,20 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..domain import AddressState, Node, Pool, Port, PortState, Subnet, Usage
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    kind: str
-    object_id: str
-    op: str
-    payload: dict[str, Any] | None
-    attempts: int
-    next_attempt_at: float
-    created_at: float
-    last_error: str = ""
-    failed: bool = False
+from ..onos.outbox import OutboxStore
 
 
 @dataclass(frozen=True)
@@ -58,14 +46,12 @@ class UnitOfWork(Protocol):
     def list_pools(self) -> list[Pool]: ...
     def delete_pool(self, pool_id: str) -> None: ...
     def set_namespace_default(self, namespace: str, pool_id: str | None) -> None: ...
-    def namespace_default(self, namespace: str) -> str | None: ...
     def namespace_defaults(self) -> dict[str, str]:
         """Every namespace default as namespace -> pool name."""
 
     # subnets ---------------------------------------------------------------
     def insert_subnet(self, subnet: Subnet, free: list[tuple[int, int]]) -> None: ...
     def list_subnets(self, pool_id: str | None = None) -> list[Subnet]: ...
-    def get_subnet(self, subnet_id: str) -> Subnet | None: ...
     def delete_subnet(self, subnet_id: str) -> None: ...
     def subnet_has_ports(self, subnet_id: str) -> bool: ...
     def subnet_usage(self, subnet: Subnet) -> Usage: ...
@@ -99,7 +85,6 @@ class UnitOfWork(Protocol):
     def get_port(self, port_id: str) -> Port | None: ...
     def list_ports(self, flt: PortFilter) -> list[Port]: ...
     def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]: ...
-    def mac_in_use(self, mac: str) -> bool: ...
     def active_endpoints(self) -> list[tuple[str, str, str, str | None]]:
         """(port id, MAC, node, address or None) of every active port, one row per address,
         ordered by port id: the topology agents poll, without building Port objects."""
@@ -121,7 +106,10 @@ class UnitOfWork(Protocol):
     def delete_node(self, name: str) -> bool: ...
 
 
-class Store(Protocol):
+class Store(OutboxStore, Protocol):
+    """Transactions for the IPAM, and the outbox seam the ONOS sync drains (rows written by
+    `UnitOfWork.add_outbox` in those transactions, the drain lease, the sync's state)."""
+
     def transaction(self) -> AbstractContextManager[UnitOfWork]:
         """One atomic unit: everything inside commits together or not at all."""
     def read(self) -> AbstractContextManager[UnitOfWork]:

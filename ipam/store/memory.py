@@ -2,13 +2,14 @@
 
 One lock serialises transactions; a transaction works on a copy of the state and swaps it in
 on commit, so an exception leaves nothing half-done (the same guarantee a database gives).
+Outbox rows join the store's `MemoryOutbox` (its OutboxStore: rows, lease, state) at commit.
 """
 from __future__ import annotations
 
 import bisect
 import copy
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 from .. import addr
 from ..domain import AddressState, Node, Pool, Port, PortAddress, PortState, Subnet, Usage
 from ..errors import AlreadyExists
-from .base import OutboxRow, PortFilter
+from ..onos.memory_outbox import MemoryOutbox
+from .base import PortFilter
 
 
 @dataclass
@@ -37,9 +39,7 @@ class _State:
     free: dict[str, list[list[int]]] = field(default_factory=dict)   # sorted [lo, hi]
     addresses: dict[tuple[str, int], _AddrRow] = field(default_factory=dict)
     ports: dict[str, Port] = field(default_factory=dict)
-    outbox: list[OutboxRow] = field(default_factory=list)
     released: dict[tuple[str, str], float] = field(default_factory=dict)
-    outbox_seq: int = 0
     nodes: dict[str, Node] = field(default_factory=dict)
     config_generation: int = 1
 
@@ -47,6 +47,8 @@ class _State:
 class _MemoryUow:
     def __init__(self, st: _State) -> None:
         self.st = st
+        # (kind, object_id, op, payload, now) in order, added to the outbox on commit
+        self.outbox: list[tuple[str, str, str, dict[str, Any] | None, float]] = []
 
     # configuration
     def config_generation(self) -> int:
@@ -84,11 +86,6 @@ class _MemoryUow:
             self.st.ns_defaults[namespace] = pool_id
         self.st.config_generation += 1
 
-    def namespace_default(self, namespace: str) -> str | None:
-        pid = self.st.ns_defaults.get(namespace)
-        pool = self.st.pools.get(pid) if pid else None
-        return pool.name if pool else None
-
     def namespace_defaults(self) -> dict[str, str]:
         return {ns: self.st.pools[pid].name for ns, pid in self.st.ns_defaults.items()
                 if pid in self.st.pools}
@@ -101,9 +98,6 @@ class _MemoryUow:
 
     def list_subnets(self, pool_id: str | None = None) -> list[Subnet]:
         return [s for s in self.st.subnets.values() if pool_id is None or s.pool_id == pool_id]
-
-    def get_subnet(self, subnet_id: str) -> Subnet | None:
-        return self.st.subnets.get(subnet_id)
 
     def delete_subnet(self, subnet_id: str) -> None:
         self.st.subnets.pop(subnet_id, None)
@@ -217,7 +211,7 @@ class _MemoryUow:
             raise AlreadyExists("a port for this container and ifname exists")
         if port.owner and self.port_by_owner(port.pool_id, port.owner):
             raise AlreadyExists(f"owner {port.owner!r} already has a port")
-        if self.mac_in_use(port.mac):
+        if any(p.mac == port.mac for p in self.st.ports.values()):
             return False
         self.st.ports[port.id] = port
         return True
@@ -270,9 +264,6 @@ class _MemoryUow:
                     [(p.id, p.mac, p.node, None)]
         return out
 
-    def mac_in_use(self, mac: str) -> bool:
-        return any(p.mac == mac for p in self.st.ports.values())
-
     # released objects
     def add_released(self, kind: str, object_id: str, now: float) -> None:
         self.st.released[(kind, object_id)] = now
@@ -292,9 +283,7 @@ class _MemoryUow:
     # outbox
     def add_outbox(self, kind: str, object_id: str, op: str,
                    payload: dict[str, Any] | None, now: float) -> None:
-        self.st.outbox_seq += 1
-        self.st.outbox.append(OutboxRow(self.st.outbox_seq, kind, object_id, op, payload,
-                                        0, now, now))
+        self.outbox.append((kind, object_id, op, payload, now))
 
     # nodes
     def upsert_node(self, node: Node) -> None:
@@ -307,32 +296,27 @@ class _MemoryUow:
         return self.st.nodes.pop(name, None) is not None
 
 
-class MemoryStore:
+class MemoryStore(MemoryOutbox):
+    """The IPAM's state in memory; its outbox, lease and sync state are the MemoryOutbox's."""
+
     def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._state = _State()
+        super().__init__()
+        self._tx_lock = threading.RLock()
+        self._data = _State()
 
     @contextmanager
     def transaction(self) -> Iterator[_MemoryUow]:
-        with self._lock:
-            work = copy.deepcopy(self._state)
-            yield _MemoryUow(work)
-            self._state = work
+        with self._tx_lock:
+            uow = _MemoryUow(copy.deepcopy(self._data))
+            yield uow
+            self._data = uow.st
+            for row in uow.outbox:
+                self.add(*row)
 
     @contextmanager
     def read(self) -> Iterator[_MemoryUow]:
-        with self._lock:
-            yield _MemoryUow(copy.deepcopy(self._state))
-
-    def outbox_rows(self) -> list[OutboxRow]:
-        with self._lock:
-            return list(self._state.outbox)
-
-    def outbox_pending_ids(self, kind: str, ids: Sequence[str] | None = None) -> set[str]:
-        wanted = set(ids) if ids is not None else None
-        with self._lock:
-            return {r.object_id for r in self._state.outbox if r.kind == kind
-                    and (wanted is None or r.object_id in wanted)}
+        with self._tx_lock:
+            yield _MemoryUow(copy.deepcopy(self._data))
 
     def close(self) -> None:
         pass

@@ -363,7 +363,7 @@ def test_dual_stack_exhausted_family_refuses_whole_port(svc: IpamService) -> Non
 # --------------------------------------------------------------------- MACs (issue 3)
 def test_mac_collision_draws_again_and_bound_mac_is_stable(svc: IpamService,
                                                             monkeypatch: Any) -> None:
-    import ipam.service as service_mod
+    import ipam.allocation as service_mod
     svc.create_pool("p", "dynamic")
     svc.create_subnet("p", "10.24.0.0/24")
     first = svc.allocate(req("c1"))
@@ -422,7 +422,8 @@ def test_replicas_see_each_others_admin_changes(store: Any, svc: IpamService,
 def test_sqlite_writer_never_builds_on_a_dirty_connection(tmp_path: Any) -> None:
     """All SQLite writes share one connection; one left inside a transaction (a rollback that
     failed) is replaced instead of failing every later write."""
-    from ipam.store.sql import SqlStore, _driver
+    from ipam.store.sql import SqlStore
+    from ipam.store.sql.uow import driver_connection as _driver
     store = SqlStore(f"sqlite:///{tmp_path}/w.db")
     try:
         s = IpamService(store)

@@ -77,6 +77,7 @@ def test_subnet_show_release_unreserve_and_deletes(addr: str) -> None:
     sid = json.loads(out)[0]["id"]
     code, out, _ = ipctl(addr, "subnet", "show", "10.53.0.0/28")
     assert code == 0 and sid in out and "free" in out and "13" in out
+    assert "network id" not in out            # never sent: the ONOS network is the pool's
     assert ipctl(addr, "subnet", "show", sid[:8])[0] == 0
     code, _, err = ipctl(addr, "subnet", "show", "10.99.0.0/24")
     assert code == 1 and err == "ipctl: error: subnet '10.99.0.0/24' does not exist\n"

@@ -20,7 +20,6 @@ from ipam.onos import (
     OnosSubnet,
     OnosUnavailable,
     OutboxItem,
-    StoreOutbox,
     SyncWorker,
     from_payload,
     network_body,
@@ -99,7 +98,7 @@ def test_outage_backlog_drains_exactly_once(emu: EmulatorServer, client: OnosCli
     st = w.status()
     assert st.pending == (502 if outage == "never-started" else 500) + len(deleted)
     assert st.last_error.startswith("unavailable") and st.failed == 0
-    assert sum(r.attempts for r in ob.rows()) == 6  # one probe per round, no hammering
+    assert sum(r.attempts for r in ob.outbox_rows()) == 6  # one probe per round, no hammering
 
     emu.start()
     t0 = time.monotonic()
@@ -179,7 +178,7 @@ def test_auth_failure_is_visible_and_retried_not_dropped(emu: EmulatorServer,
     assert st.pending == 2 and st.failed == 1
     assert st.last_error.startswith("auth") and "credentials" in st.last_error
     assert [o for o, _ in seen] == ["auth"]  # the batch stops: the next call would fail too
-    row = ob.rows()[0]
+    row = ob.outbox_rows()[0]
     assert row.attempts == 1 and row.next_attempt_at == pytest.approx(clock() + 60.0)
 
     calls_before = emu.calls()["total"]
@@ -208,7 +207,7 @@ def test_upsert_then_delete_of_one_port_keeps_order_through_failures(
     for _ in range(4):
         assert w.run_once() == 0
         clock.sleep(5)
-    rows = ob.rows()
+    rows = ob.outbox_rows()
     assert [r.op for r in rows] == ["upsert", "delete"]
     assert rows[0].attempts == 4 and rows[1].attempts == 0  # the delete never overtook
     emu.set_faults("none")
@@ -223,7 +222,7 @@ class _AllRowsStore(MemoryOutbox):
     keep per-object order inside the batch."""
 
     def claim(self, holder: str, limit: int, now: float) -> list[OutboxItem]:
-        return [r.item() for r in self.rows() if r.next_attempt_at <= now][:limit]
+        return [r.item() for r in self.outbox_rows() if r.next_attempt_at <= now][:limit]
 
 
 class _FlakyClient:
@@ -404,7 +403,7 @@ def test_payload_round_trip_and_the_ipam_service_format() -> None:
         kind = next(iter(to_payload(obj)))
         assert from_payload(kind, to_payload(obj)) == obj
     from ipam.domain import Policy, Pool, Port, PortAddress, PortState, Subnet
-    from ipam.sync_payloads import network_payload, port_payload, subnet_payload
+    from ipam.onos.desired import network_payload, port_payload, subnet_payload
     pool = Pool("pool-1", "web", Policy.DYNAMIC, network_id="net-9", segmentation_id=9, mtu=1400)
     sub = Subnet("sub-9", "pool-1", "10.9.0.0/24", 4, "10.9.0.1")
     port = Port("port-9", "pool-1", "0a:00:00:00:00:09", PortState.ACTIVE, 1,
@@ -423,7 +422,8 @@ def test_payload_round_trip_and_the_ipam_service_format() -> None:
 
 def test_sql_store_outbox_end_to_end(tmp_path: Path, emu: EmulatorServer,
                                      client: OnosClient) -> None:
-    """The IPAM service writes rows into SQLite; StoreOutbox feeds them to the worker."""
+    """The IPAM service writes rows into SQLite; the store (an OutboxStore) feeds them to the
+    worker."""
     from ipam.domain import AllocationRequest, PodIdentity
     from ipam.service import IpamService
     from ipam.store.sql import SqlStore
@@ -438,7 +438,7 @@ def test_sql_store_outbox_end_to_end(tmp_path: Path, emu: EmulatorServer,
             pod=PodIdentity("ns", f"web-{i}", f"uid-{i}"))) for i in range(12)]
         for i in range(4):
             svc.release(f"c{i}", "eth0")
-        w = SyncWorker(StoreOutbox(store), client, "ctl-1", base_backoff=0.01,
+        w = SyncWorker(store, client, "ctl-1", base_backoff=0.01,
                        max_backoff=0.1)
         w.drain(timeout=30)
         assert w.status().pending == 0

@@ -44,10 +44,10 @@ def test_a_timed_out_post_that_lands_late_cannot_overtake_the_delete(
         assert w.run_once() == 0  # the POST times out; ONOS still holds it for 0.3 s
         emu.set_faults("none")
         deadline = time.monotonic() + 5
-        while ob.rows() and time.monotonic() < deadline:
+        while ob.outbox_rows() and time.monotonic() < deadline:
             w.run_once()
             time.sleep(0.01)
-        assert not ob.rows()
+        assert not ob.outbox_rows()
     time.sleep(0.4)  # the late POST has certainly landed by now
     ghost = PORT.id in emu.snapshot()["ports"]
     assert ghost is (settle == 0.0)
@@ -64,7 +64,7 @@ def test_a_new_lease_holder_ignores_backoffs_its_predecessor_set(emu: EmulatorSe
                                                                   "rocks") as good:
         first = SyncWorker(ob, bad, "ctl:100", **opts)
         assert first.run_once() == 0
-        assert ob.rows()[0].next_attempt_at == clock() + 60
+        assert ob.outbox_rows()[0].next_attempt_at == clock() + 60
         clock.sleep(11)  # the dead process's lease runs out
         second = SyncWorker(ob, good, "ctl:200", **opts)
         assert second.run_once() == 1  # 49 s before the row's own retry time

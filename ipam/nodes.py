@@ -1,0 +1,38 @@
+"""The node registry: agents register their node (underlay address, datapath, gateway role)
+and heartbeat by registering again; the topology agents poll is built from it."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from . import addr
+from .config import Clock
+from .domain import Node
+from .errors import InvalidArgument
+from .store.base import Store
+
+
+class NodeRegistry:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    def register_node(self, node: Node) -> Node:
+        if not node.name:
+            raise InvalidArgument("node name is required")
+        try:
+            if node.underlay_ip:
+                addr.parse_address(node.underlay_ip)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        node = replace(node, last_seen=self.clock())
+        with self.store.transaction() as uow:
+            uow.upsert_node(node)
+        return node
+
+    def list_nodes(self) -> list[Node]:
+        with self.store.read() as uow:
+            return uow.list_nodes()
+
+    def delete_node(self, name: str) -> bool:
+        with self.store.transaction() as uow:
+            return uow.delete_node(name)

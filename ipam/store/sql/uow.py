@@ -1,0 +1,354 @@
+"""One SQL transaction as the store protocol's `UnitOfWork`.
+
+The pod path's primitives run the hand-written statements (statements.py) on the
+transaction's DBAPI connection; admin paths stay on SQLAlchemy Core. Both run in the same
+transaction. On PostgreSQL the lookups that lead to a write lock their rows, and taking a free
+range skips rows other allocators hold (`FOR UPDATE SKIP LOCKED`); every conditional change
+that finds its row changed raises `Busy`, which the caller retries.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, exists, func, insert, select, update
+
+from ... import addr
+from ...domain import (
+    AddressState,
+    Node,
+    Policy,
+    Pool,
+    Port,
+    PortAddress,
+    PortState,
+    Subnet,
+    Usage,
+)
+from ...errors import Busy
+from .. import schema as t
+from ..base import PortFilter
+from .statements import STATEMENTS, port_from_rows, port_params
+
+
+def driver_connection(conn: Connection) -> Any:
+    """The DBAPI connection (sqlite3 / psycopg) under a Core connection."""
+    return conn.connection.driver_connection
+
+
+class SqlUnitOfWork:
+    """The store protocol's primitives inside one transaction on `conn`."""
+
+    def __init__(self, conn: Connection, postgres: bool) -> None:
+        self.c = conn
+        self.pg = postgres
+        self.q = STATEMENTS[postgres]
+        # The DBAPI connection under `conn`: the same transaction, without Core's overhead.
+        self.raw = driver_connection(conn)
+
+    def _x(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self.raw.execute(sql, params)
+
+    # --------------------------------------------------------- configuration
+    def config_generation(self) -> int:
+        row = self._x(self.q.config_generation).fetchone()
+        return int(row[0]) if row else 0
+
+    def begin_config_change(self) -> None:
+        if self._x(self.q.bump_config).rowcount == 0:
+            self._x(self.q.seed_config)  # the row the migration seeds went missing
+
+    # ----------------------------------------------------------------- pools
+    @staticmethod
+    def _pool(row: Any) -> Pool:
+        return Pool(id=row.id, name=row.name, policy=Policy(row.policy),
+                    quarantine_seconds=row.quarantine_seconds,
+                    retention_seconds=row.retention_seconds, mtu=row.mtu,
+                    product_type=row.product_type, group=row.group_name,
+                    network_id=row.network_id, segmentation_id=row.segmentation_id)
+
+    def insert_pool(self, pool: Pool) -> None:
+        self.begin_config_change()
+        self.c.execute(insert(t.pools).values(
+            id=pool.id, name=pool.name, policy=pool.policy.value,
+            quarantine_seconds=pool.quarantine_seconds,
+            retention_seconds=pool.retention_seconds, mtu=pool.mtu,
+            product_type=pool.product_type, group_name=pool.group,
+            network_id=pool.network_id, segmentation_id=pool.segmentation_id))
+
+    def get_pool(self, name: str) -> Pool | None:
+        row = self.c.execute(select(t.pools).where(t.pools.c.name == name)).first()
+        return self._pool(row) if row else None
+
+    def get_pool_by_id(self, pool_id: str) -> Pool | None:
+        row = self.c.execute(select(t.pools).where(t.pools.c.id == pool_id)).first()
+        return self._pool(row) if row else None
+
+    def list_pools(self) -> list[Pool]:
+        return [self._pool(r) for r in self.c.execute(select(t.pools).order_by(t.pools.c.name))]
+
+    def delete_pool(self, pool_id: str) -> None:
+        self.begin_config_change()
+        self.c.execute(delete(t.namespace_defaults)
+                       .where(t.namespace_defaults.c.pool_id == pool_id))
+        self.c.execute(delete(t.pools).where(t.pools.c.id == pool_id))
+
+    def set_namespace_default(self, namespace: str, pool_id: str | None) -> None:
+        self.begin_config_change()
+        self.c.execute(delete(t.namespace_defaults)
+                       .where(t.namespace_defaults.c.namespace == namespace))
+        if pool_id is not None:
+            self.c.execute(insert(t.namespace_defaults).values(namespace=namespace,
+                                                               pool_id=pool_id))
+
+    def namespace_defaults(self) -> dict[str, str]:
+        return {r.namespace: r.name for r in self.c.execute(
+            select(t.namespace_defaults.c.namespace, t.pools.c.name)
+            .join(t.pools, t.namespace_defaults.c.pool_id == t.pools.c.id))}
+
+    # --------------------------------------------------------------- subnets
+    @staticmethod
+    def _subnet(row: Any) -> Subnet:
+        return Subnet(id=row.id, pool_id=row.pool_id, cidr=row.cidr, version=row.version,
+                      gateway=row.gateway, excludes=tuple(json.loads(row.excludes)))
+
+    def insert_subnet(self, subnet: Subnet, free: list[tuple[int, int]]) -> None:
+        self.begin_config_change()
+        net = addr.parse_network(subnet.cidr)
+        self.c.execute(insert(t.subnets).values(
+            id=subnet.id, pool_id=subnet.pool_id, cidr=subnet.cidr, version=subnet.version,
+            gateway=subnet.gateway, excludes=json.dumps(list(subnet.excludes)),
+            total=addr.total_addresses(net)))
+        if free:
+            self.c.execute(insert(t.free_ranges), [
+                {"subnet_id": subnet.id, "first_off": lo, "last_off": hi} for lo, hi in free])
+
+    def list_subnets(self, pool_id: str | None = None) -> list[Subnet]:
+        q = select(t.subnets).order_by(t.subnets.c.version, t.subnets.c.cidr)
+        if pool_id is not None:
+            q = q.where(t.subnets.c.pool_id == pool_id)
+        return [self._subnet(r) for r in self.c.execute(q)]
+
+    def delete_subnet(self, subnet_id: str) -> None:
+        self.begin_config_change()
+        self.c.execute(delete(t.addresses).where(t.addresses.c.subnet_id == subnet_id))
+        self.c.execute(delete(t.free_ranges).where(t.free_ranges.c.subnet_id == subnet_id))
+        self.c.execute(delete(t.subnets).where(t.subnets.c.id == subnet_id))
+
+    def subnet_has_ports(self, subnet_id: str) -> bool:
+        return bool(self.c.execute(select(exists().where(and_(
+            t.addresses.c.subnet_id == subnet_id, t.addresses.c.port_id.is_not(None)))))
+            .scalar())
+
+    def subnet_usage(self, subnet: Subnet) -> Usage:
+        total = self.c.execute(select(t.subnets.c.total)
+                               .where(t.subnets.c.id == subnet.id)).scalar_one()
+        free = self.c.execute(
+            select(func.coalesce(func.sum(t.free_ranges.c.last_off
+                                          - t.free_ranges.c.first_off + 1), 0))
+            .where(t.free_ranges.c.subnet_id == subnet.id)).scalar_one()
+        counts: dict[str, int] = dict(self.c.execute(  # type: ignore[arg-type]
+            select(t.addresses.c.state, func.count())
+            .where(t.addresses.c.subnet_id == subnet.id)
+            .group_by(t.addresses.c.state)).all())
+        bound = self.c.execute(
+            select(func.count()).select_from(t.addresses.join(
+                t.ports, t.ports.c.id == t.addresses.c.port_id))
+            .where(and_(t.addresses.c.subnet_id == subnet.id,
+                        t.ports.c.state == PortState.IDLE.value))).scalar_one()
+        used = int(counts.get(AddressState.ALLOCATED.value, 0))
+        quarantined = int(counts.get(AddressState.QUARANTINED.value, 0))
+        free = int(free)
+        return Usage(total=int(total), used=used,
+                     reserved=int(total) - free - used - quarantined,
+                     quarantined=quarantined, free=free, bound=int(bound))
+
+    # ------------------------------------------------------------- addresses
+    def take_free(self, subnet_id: str) -> int | None:
+        row = self._x(self.q.take_lowest, (subnet_id,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        # The lowest range holds one offset, the subnet is full, or (PostgreSQL) other
+        # allocators hold every range right now.
+        rng = None
+        if self.pg:
+            rng = self._x(self.q.lowest_range_skip, (subnet_id,)).fetchone()
+        if rng is None:
+            # Wait for the ranges others hold before calling the subnet full.
+            rng = self._x(self.q.lowest_range, (subnet_id,)).fetchone()
+            if rng is None and self.pg and self._x(self.q.any_free, (subnet_id,)).fetchone():
+                raise Busy("free range changed under us")
+        if rng is None:
+            return None
+        self._shrink(subnet_id, rng[0], rng[1], rng[2], rng[1])
+        return int(rng[1])
+
+    def _shrink(self, subnet_id: str, range_id: int, lo: int, hi: int, offset: int) -> None:
+        """Remove `offset` from the range [lo, hi], conditional on it being unchanged."""
+        cond = (range_id, lo, hi)
+        if lo == hi:
+            res = self._x(self.q.range_delete_if, cond)
+        elif offset == lo:
+            res = self._x(self.q.range_set_first_if, (lo + 1, *cond))
+        elif offset == hi:
+            res = self._x(self.q.range_set_last_if, (hi - 1, *cond))
+        else:
+            res = self._x(self.q.range_set_last_if, (offset - 1, *cond))
+            if res.rowcount == 1:
+                self._x(self.q.range_insert, (subnet_id, offset + 1, hi))
+        if res.rowcount != 1:
+            raise Busy("free range changed under us")
+
+    def take_specific(self, subnet_id: str, offset: int) -> bool:
+        row = self._x(self.q.range_containing, (subnet_id, offset)).fetchone()
+        if row is None or row[2] < offset:
+            return False
+        self._shrink(subnet_id, row[0], row[1], row[2], offset)
+        return True
+
+    def give_back(self, subnet_id: str, offset: int) -> None:
+        left = self._x(self.q.range_ending_at, (subnet_id, offset - 1)).fetchone()
+        right = self._x(self.q.range_starting_at, (subnet_id, offset + 1)).fetchone()
+        if left and right:
+            self._x(self.q.range_delete, (right[0],))
+            self._x(self.q.range_set_last, (right[1], left[0]))
+        elif left:
+            self._x(self.q.range_set_last, (offset, left[0]))
+        elif right:
+            self._x(self.q.range_set_first, (offset, right[0]))
+        else:
+            self._x(self.q.range_insert, (subnet_id, offset, offset))
+
+    def insert_address(self, subnet_id: str, offset: int, ip: str, state: AddressState,
+                       port_id: str | None, generation: int, free_at: float = 0.0,
+                       note: str = "") -> None:
+        self._x(self.q.insert_address,
+                (subnet_id, offset, ip, state.value, port_id, generation, free_at, note))
+
+    def delete_address(self, subnet_id: str, offset: int) -> None:
+        self._x(self.q.delete_address, (subnet_id, offset))
+
+    def address_state(self, subnet_id: str, offset: int) -> tuple[AddressState, str | None] | None:
+        row = self._x(self.q.address_state, (subnet_id, offset)).fetchone()
+        return (AddressState(row[0]), row[1]) if row else None
+
+    def quarantine_port_addresses(self, port_id: str, free_at: float) -> None:
+        self._x(self.q.quarantine, (AddressState.QUARANTINED.value, free_at, port_id))
+
+    def delete_port_addresses(self, port_id: str) -> list[tuple[str, int]]:
+        return [(r[0], int(r[1]))
+                for r in self._x(self.q.delete_port_addresses, (port_id,)).fetchall()]
+
+    def expired_quarantine(self, now: float, limit: int) -> list[tuple[str, int]]:
+        rows = self._x(self.q.expired_quarantine, (now, limit)).fetchall()
+        return [(r[0], int(r[1])) for r in rows]
+
+    # ----------------------------------------------------------------- ports
+    def _ports(self, rows: Sequence[Any]) -> list[Port]:
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        by_port: dict[str, list[PortAddress]] = {i: [] for i in ids}
+        for a in self.c.execute(select(t.addresses.c.port_id, t.addresses.c.subnet_id,
+                                       t.addresses.c.ip, t.addresses.c.offset)
+                                .where(t.addresses.c.port_id.in_(ids))):
+            by_port[a.port_id].append(PortAddress(a.subnet_id, a.ip, int(a.offset)))
+        return [Port(id=r.id, pool_id=r.pool_id, mac=r.mac, state=PortState(r.state),
+                     generation=int(r.generation),
+                     addresses=tuple(sorted(by_port[r.id], key=lambda a: (":" in a.ip, a.ip))),
+                     owner=r.owner, container_id=r.container_id, ifname=r.ifname,
+                     pod_uid=r.pod_uid, pod_namespace=r.pod_namespace, pod_name=r.pod_name,
+                     node=r.node, netns=r.netns, hostname=r.hostname,
+                     created_at=r.created_at, updated_at=r.updated_at) for r in rows]
+
+    def insert_port(self, port: Port) -> bool:
+        # ON CONFLICT names only the MAC: a duplicate request or owner still raises (and the
+        # retry sees the winner's row).
+        return bool(self._x(self.q.insert_port, port_params(port)).rowcount == 1)
+
+    def update_port(self, port: Port, expect_generation: int) -> bool:
+        params = port_params(port)
+        res = self._x(self.q.update_port, (*params[1:], port.id, expect_generation))
+        if res.rowcount != 1:
+            return False
+        self._x(self.q.address_generation, (port.generation, port.id))
+        return True
+
+    def delete_port(self, port_id: str, expect_generation: int) -> bool:
+        return bool(self._x(self.q.delete_port, (port_id, expect_generation)).rowcount == 1)
+
+    def port_by_request(self, container_id: str, ifname: str) -> Port | None:
+        return port_from_rows(
+            self._x(self.q.port_by_request, (container_id, ifname)).fetchall())
+
+    def port_by_owner(self, pool_id: str, owner: str) -> Port | None:
+        return port_from_rows(self._x(self.q.port_by_owner, (pool_id, owner)).fetchall())
+
+    def get_port(self, port_id: str) -> Port | None:
+        return port_from_rows(self._x(self.q.port_by_id, (port_id,)).fetchall())
+
+    def list_ports(self, flt: PortFilter) -> list[Port]:
+        q = select(t.ports).order_by(t.ports.c.created_at, t.ports.c.id).limit(flt.limit)
+        if flt.pool_id is not None:
+            q = q.where(t.ports.c.pool_id == flt.pool_id)
+        if flt.node is not None:
+            q = q.where(t.ports.c.node == flt.node)
+        if flt.state is not None:
+            q = q.where(t.ports.c.state == flt.state.value)
+        return self._ports(self.c.execute(q).all())
+
+    def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]:
+        # The state as a literal, so the partial index ix_ports_idle applies.
+        q = (select(t.ports).where(and_(t.ports.c.pool_id == pool_id, t.IDLE,
+                                        t.ports.c.updated_at <= cutoff)).limit(limit))
+        if self.pg:
+            q = q.with_for_update(skip_locked=True)
+        return self._ports(self.c.execute(q).all())
+
+    # ---------------------------------------------------------------- outbox
+    def add_outbox(self, kind: str, object_id: str, op: str,
+                   payload: dict[str, Any] | None, now: float) -> None:
+        self._x(self.q.add_outbox, (kind, object_id, op,
+                                    json.dumps(payload) if payload is not None else None,
+                                    now, now))
+
+    def active_endpoints(self) -> list[tuple[str, str, str, str | None]]:
+        return [tuple(r) for r in self._x(self.q.active_endpoints).fetchall()]  # type: ignore[misc]
+
+    # ------------------------------------------------------ released objects
+    def add_released(self, kind: str, object_id: str, now: float) -> None:
+        self._x(self.q.add_released, (kind, object_id, now))
+
+    def forget_released(self, kind: str, object_id: str) -> None:
+        self._x(self.q.forget_released, (kind, object_id))
+
+    def list_released(self, since: float | None = None) -> list[tuple[str, str]]:
+        r = t.released.c
+        q = select(r.kind, r.object_id).order_by(r.kind, r.object_id)
+        if since is not None:
+            q = q.where(r.released_at >= since)
+        return [(row.kind, row.object_id) for row in self.c.execute(q)]
+
+    def prune_released(self, before: float) -> int:
+        res = self.c.execute(delete(t.released).where(t.released.c.released_at < before))
+        return int(res.rowcount or 0)
+
+    # ----------------------------------------------------------------- nodes
+    def upsert_node(self, node: Node) -> None:
+        values = dict(underlay_ip=node.underlay_ip, gateway=node.gateway,
+                      datapath=node.datapath, gateway_cidrs=json.dumps(list(node.gateway_cidrs)),
+                      last_seen=node.last_seen)
+        res = self.c.execute(update(t.nodes).where(t.nodes.c.name == node.name).values(**values))
+        if res.rowcount == 0:
+            self.c.execute(insert(t.nodes).values(name=node.name, **values))
+
+    def list_nodes(self) -> list[Node]:
+        return [Node(name=r.name, underlay_ip=r.underlay_ip, gateway=bool(r.gateway),
+                     datapath=r.datapath, last_seen=r.last_seen,
+                     gateway_cidrs=tuple(json.loads(r.gateway_cidrs)))
+                for r in self.c.execute(select(t.nodes).order_by(t.nodes.c.name))]
+
+    def delete_node(self, name: str) -> bool:
+        return self.c.execute(delete(t.nodes).where(t.nodes.c.name == name)).rowcount == 1
+
