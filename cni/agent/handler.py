@@ -251,7 +251,7 @@ class CniHandler(Generic[PendingT]):
         ids = {"iface-id": port_id, "iface-status": "active",
                "ecnet/container": req.container_id, "ecnet/ifname": req.ifname,
                "ecnet/netns": req.netns, "ecnet/network": req.conf.name,
-               "ecnet/created": f"{time.time():.0f}"}
+               "ecnet/created": str(int(time.time()))}
         if port is not None:
             ids["attached-mac"] = port.mac
             ids["ecnet/ips"] = ",".join(ip.address.split("/")[0] for ip in port.ips)
@@ -280,7 +280,8 @@ class CniHandler(Generic[PendingT]):
         group commit); the controller's release runs while that request is in flight."""
         self._detach(req.container_id, req.ifname, req.netns, req.args.pod_uid)
 
-    def _detach(self, container_id: str, ifname: str, netns: str, pod_uid: str) -> str:
+    def _detach(self, container_id: str, ifname: str, netns: str, pod_uid: str,
+                release: bool = True) -> str:
         """DEL's work for one attachment (also GC's); the controller's release outcome."""
         doomed = False
         try:
@@ -306,12 +307,16 @@ class CniHandler(Generic[PendingT]):
                                    str(exc)) from exc
         if not found:
             doomed |= self.teardown.start(container_id, [], netns or None, ifname)
-        resp = self.controller.release(pb.ReleaseRequest(
-            container_id=container_id, ifname=ifname, pod_uid=pod_uid))
+        outcome = self._release(container_id, ifname, pod_uid) if release else "released"
         if doomed:
             self.teardown.wait_for(container_id)
         log.debug("DEL container=%s ifname=%s ovs_ports=%d outcome=%s", container_id[:12],
-                  ifname, len(found), resp.outcome)
+                  ifname, len(found), outcome)
+        return outcome
+
+    def _release(self, container_id: str, ifname: str, pod_uid: str) -> str:
+        resp = self.controller.release(pb.ReleaseRequest(
+            container_id=container_id, ifname=ifname, pod_uid=pod_uid))
         return str(resp.outcome)
 
     # ------------------------------------------------------------------- GC
@@ -343,8 +348,10 @@ class CniHandler(Generic[PendingT]):
         for (cid, ifname), ids in stale:
             try:
                 with self.locks.hold(cid):
-                    outcome = self._detach(cid, ifname, ids.get("ecnet/netns", ""),
-                                           ids.get("ecnet/pod-uid", ""))
+                    # The address first: if the controller cannot be reached, the OVS port
+                    # (this node's record of the attachment) stays for the next GC.
+                    outcome = self._release(cid, ifname, ids.get("ecnet/pod-uid", ""))
+                    self._detach(cid, ifname, ids.get("ecnet/netns", ""), "", release=False)
                 log.info("GC released container=%s ifname=%s outcome=%s", cid[:12], ifname,
                          outcome)
             except ce.CniError as exc:
@@ -374,6 +381,9 @@ class CniHandler(Generic[PendingT]):
 
     # ----------------------------------------------------------------- CHECK
     def check(self, req: CniRequest) -> None:
+        """CNI CHECK: the controller still holds this port for this container, its OVS port
+        traces back to it, and the pod's interface has the MAC, addresses, MTU and routes
+        ADD gave it."""
         try:
             port = port_info(self.controller.get_port(req.container_id, req.ifname))
         except ce.NotFound:
@@ -387,11 +397,16 @@ class CniHandler(Generic[PendingT]):
                                    str(exc)) from exc
         if iface is None:
             raise ce.CheckFailed(f"OVS port {host_if} is missing from {self.cfg.bridge}")
-        if iface.external_ids.get("iface-id") != port.id:
-            raise ce.CheckFailed(f"OVS port {host_if} has iface-id "
-                                 f"{iface.external_ids.get('iface-id')!r}, want {port.id}")
-        self.netlink.check_pod_interface(req.netns, req.ifname, port.mac,
-                                         [_split(ip.address) for ip in port.ips])
+        want_ids = {"iface-id": port.id, "attached-mac": port.mac,
+                    "ecnet/container": req.container_id, "ecnet/ifname": req.ifname}
+        wrong = [f"{k}={iface.external_ids.get(k)!r} (want {v!r})"
+                 for k, v in want_ids.items() if iface.external_ids.get(k) != v]
+        if wrong:
+            raise ce.CheckFailed(f"OVS port {host_if} external_ids differ: " + ", ".join(wrong))
+        self.netlink.check_pod_interface(
+            req.netns, req.ifname, port.mac, [_split(ip.address) for ip in port.ips],
+            mtu=req.conf.mtu or port.mtu or self.cfg.default_mtu,
+            gateways={ip.version: ip.gateway for ip in port.ips if ip.gateway})
         prev = req.conf.prev_result
         if prev:
             want = {ip.address for ip in port.ips}

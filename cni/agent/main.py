@@ -55,6 +55,7 @@ class AgentSettings:
     gateway_port: str = "ecgw0"
     topology_interval: float = 0.5
     ovs_rundir: str = ""
+    gc_grace_seconds: float = 60.0
 
 
 def parse_args(argv: list[str] | None = None) -> AgentSettings:
@@ -95,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                    help="pod MTU when neither the pool nor the network config sets one")
     p.add_argument("--install-cni-dir", default="",
                    help="write the ecnet CNI binary into this directory at start")
+    p.add_argument("--gc-grace-seconds", type=float, default=60.0,
+                   help="CNI GC leaves attachments younger than this alone (an ADD may be "
+                        "in flight while the runtime lists what it has)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
@@ -122,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                          underlay_bridge=a.underlay_bridge, tunnel_bridge=a.tunnel_bridge,
                          gateway_cidrs=tuple(a.gateway_cidr), gateway_mac=a.gateway_mac.lower(),
                          gateway_port=a.gateway_port, topology_interval=a.topology_interval,
-                         ovs_rundir=a.ovs_rundir or default_rundir(a.ovsdb))
+                         ovs_rundir=a.ovs_rundir or default_rundir(a.ovsdb),
+                         gc_grace_seconds=a.gc_grace_seconds)
 
 
 class Agent:
@@ -138,7 +143,7 @@ class Agent:
         self.controller = GrpcControllerClient(s.controller)
         self.netlink = PodNetlink()
         cfg = AgentConfig(node=s.node, bridge=s.bridge, default_mtu=s.mtu,
-                          tx_checksum_off=userspace)
+                          tx_checksum_off=userspace, gc_grace_seconds=s.gc_grace_seconds)
         self.handler = CniHandler(cfg, self.controller, self.netlink, self.ovs)
         self._sweep_orphans()
         self.server = AgentServer(s.socket, self.handler)

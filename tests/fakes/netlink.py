@@ -235,7 +235,8 @@ class FakeNetlink:
 
     # ------------------------------------------------------------------------ CHECK
     def check_pod_interface(self, netns: str, ifname: str, mac: str,
-                            addresses: list[tuple[str, int]]) -> None:
+                            addresses: list[tuple[str, int]], mtu: int = 0,
+                            gateways: dict[int, str] | None = None) -> None:
         with self._lock:
             pods = self.namespaces.get(normalize_netns_path(netns))
             if pods is None:
@@ -251,6 +252,11 @@ class FakeNetlink:
                     problems.append(f"address {a.cidr} is missing")
             if not end.up:
                 problems.append("interface is down")
+            if mtu and end.mtu != mtu:
+                problems.append(f"MTU is {end.mtu}, want {mtu}")
+            for _, gw in sorted((gateways or {}).items()):
+                if not any(dst_len == 0 and via == gw for _, dst_len, via in end.routes):
+                    problems.append(f"default route via {gw} is missing")
         if problems:
             raise CheckFailed(f"interface {ifname} in netns {netns}: " + "; ".join(problems))
 

@@ -15,7 +15,6 @@ Deleting a pair is batched (`doom_host_end`, `reap_doomed`; the handler's Teardo
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import secrets
@@ -29,7 +28,8 @@ from typing import Any, Self
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ...errors import CheckFailed, NetnsNotFound, PlumbingError
+from ...errors import NetnsNotFound, PlumbingError
+from .check import check_pod_interface
 from .netns import (
     ETHTOOL_STXCSUM,
     GONE,
@@ -57,8 +57,6 @@ from .plan import (
     PodInterfaceResult,
     PodInterfaceSpec,
     address_request,
-    normalize_mac,
-    parse_address,
     plan_interface,
     pod_link_changes,
     route_request,
@@ -461,37 +459,9 @@ class PodNetlink:
 
     # -------------------------------------------------------------------------- CHECK
     def check_pod_interface(self, netns: str, ifname: str, mac: str,
-                            addresses: list[tuple[str, int]]) -> None:
-        """Raise CheckFailed listing every way the interface differs from what ADD built."""
-        want = [parse_address(a) for a in addresses]
-        want_mac = normalize_mac(mac)
-        try:
-            with self._ns.inside(netns) as pod:
-                link = get_link(pod.ipr, ifname)
-                if link is None:
-                    raise CheckFailed(f"interface {ifname} is missing from netns {netns}")
-                idx = link["index"]
-                have = {(ipaddress.ip_address(attr(m, "IFA_ADDRESS")), int(m["prefixlen"]))
-                        for m in pod.ipr.addr("dump", index=idx)
-                        if attr(m, "IFA_ADDRESS") is not None}
-        except NetnsNotFound as exc:
-            raise CheckFailed(f"netns {netns} is missing", exc.msg) from None
-        except CheckFailed:
-            raise
-        except (PlumbingError, NetlinkError, OSError) as exc:
-            text = exc.msg if isinstance(exc, PlumbingError) else exc_text(exc)
-            raise CheckFailed(f"could not inspect {ifname} in netns {netns}: {text}") from exc
-        problems: list[str] = []
-        have_mac = str(attr(link, "IFLA_ADDRESS")).lower()
-        if have_mac != want_mac:
-            problems.append(f"MAC is {have_mac}, want {want_mac}")
-        for a in want:
-            if (ipaddress.ip_address(a.address), a.prefixlen) not in have:
-                problems.append(f"address {a.cidr} is missing")
-        if not link["flags"] & IFF_UP:
-            problems.append("interface is down")
-        if problems:
-            raise CheckFailed(f"interface {ifname} in netns {netns}: " + "; ".join(problems))
+                            addresses: list[tuple[str, int]], mtu: int = 0,
+                            gateways: dict[int, str] | None = None) -> None:
+        check_pod_interface(self._ns, netns, ifname, mac, addresses, mtu, gateways)
 
 
 __all__ = ["PendingInterface", "PodNetlink"]
