@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.cluster import Lab, LabNode, Pod, ping, tcp_transfer
+from tests.lab.helpers import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs]
 
@@ -26,7 +27,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.ipctl("subnet", "create", "tiny", "10.61.0.0/30")
         lab.ipctl("pool", "create", "vm", "--policy", "fixed")
         lab.ipctl("subnet", "create", "vm", "10.63.0.0/24")
-        lab.add_node("n1")
+        lab.add_node("n1", "--gc-grace-seconds", "0")
         yield lab
 
 
@@ -89,6 +90,63 @@ def test_check_passes_then_fails_when_address_or_port_gone(lab: Lab, node: LabNo
     node.vsctl("del-port", "br-int", pod2.result["interfaces"][0]["name"])  # type: ignore[index]
     res = node.cni("CHECK", pod2, node.netconf(pool="lab", prevResult=pod2.result))
     assert res.code == 1 and "OVS port" in res.out["msg"]
+
+
+def test_check_finds_a_changed_mtu_or_a_lost_route(lab: Lab, node: LabNode) -> None:
+    pod = node.add_pod("chk-mtu")
+    conf = node.netconf(pool="lab", prevResult=pod.result)
+    assert node.cni("CHECK", pod, conf).ok
+    mtu = json.loads(pod.exec("ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"]
+    pod.exec("ip", "link", "set", "eth0", "mtu", "1300")
+    res = node.cni("CHECK", pod, conf)
+    assert (res.code, res.out["code"]) == (1, 130) and "MTU is 1300" in res.out["msg"]
+    pod.exec("ip", "link", "set", "eth0", "mtu", str(mtu))
+    pod.exec("ip", "route", "del", "default")
+    res = node.cni("CHECK", pod, conf)
+    assert (res.code, res.out["code"]) == (1, 130) and "default route" in res.out["msg"]
+    assert node.cni("DEL", pod).ok
+
+
+def test_runtime_config_ips_capability_asks_for_an_address(lab: Lab, node: LabNode) -> None:
+    pod = node.new_pod("want-ip")
+    conf = node.netconf(pool="lab", capabilities={"ips": True},
+                        runtimeConfig={"ips": ["10.60.0.77/24"]})
+    res = node.cni("ADD", pod, conf)
+    assert res.ok, res.raw
+    assert res.out["ips"][0]["address"] == "10.60.0.77/24"
+    assert node.cni("DEL", pod, conf).ok
+    bad = node.cni("ADD", node.new_pod("bad-ip"), node.netconf(
+        pool="lab", runtimeConfig={"ips": ["not-an-ip"]}))
+    assert (bad.code, bad.out["code"]) == (1, 7)
+
+
+def test_status_answers_0_and_50_without_the_controller(lab: Lab, node: LabNode) -> None:
+    pod = node.new_pod("status")
+    assert node.cni("STATUS", pod).ok
+    lab.stop_controller()
+    try:
+        res = node.cni("STATUS", pod)
+        assert (res.code, res.out["code"]) == (1, 50) and "controller" in res.out["msg"]
+    finally:
+        lab.start_controller()
+    wait_until(lambda: node.cni("STATUS", pod).ok, 10)
+    assert node.cni("STATUS", pod).ok
+
+
+def test_gc_frees_what_the_runtime_no_longer_lists(lab: Lab, node: LabNode) -> None:
+    keep, lost = node.add_pod("gc-keep"), node.add_pod("gc-lost")
+    lost_host = lost.result["interfaces"][0]["name"]  # type: ignore[index]
+    # the runtime still has every attachment but `lost` (whose DEL never came)
+    live = [{"containerID": p["container_id"], "ifname": p["ifname"]}
+            for p in ports_json(lab) if p["container_id"] != lost.container_id]
+    gc = node.cni("GC", keep, node.netconf(**{"cni.dev/valid-attachments": live}))
+    assert gc.ok, gc.raw
+    assert lost.container_id not in {p["container_id"] for p in ports_json(lab)}
+    assert lost_host not in node.vsctl("list-ports", "br-int").split()
+    assert gone_now(node, lost, lost_host)
+    assert keep.container_id in {p["container_id"] for p in ports_json(lab)}
+    assert keep.exec("ip", "link", "show", "eth0").returncode == 0
+    assert node.cni("DEL", keep).ok
 
 
 def test_del_cleans_everything_and_is_idempotent(lab: Lab, node: LabNode) -> None:
