@@ -56,6 +56,7 @@ class AgentSettings:
     topology_interval: float = 0.5
     ovs_rundir: str = ""
     gc_grace_seconds: float = 60.0
+    controller_timeout: float = 10.0
 
 
 def parse_args(argv: list[str] | None = None) -> AgentSettings:
@@ -96,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                    help="pod MTU when neither the pool nor the network config sets one")
     p.add_argument("--install-cni-dir", default="",
                    help="write the ecnet CNI binary into this directory at start")
+    p.add_argument("--controller-timeout", type=float, default=10.0,
+                   help="seconds a controller call may take before the runtime gets "
+                        "\"try again later\" (code 11); well below the runtime's own timeout")
     p.add_argument("--gc-grace-seconds", type=float, default=60.0,
                    help="CNI GC leaves attachments younger than this alone (an ADD may be "
                         "in flight while the runtime lists what it has)")
@@ -106,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
         p.error(f"--ovsdb must be unix:PATH or tcp:HOST:PORT, got {a.ovsdb!r}")
     if not 576 <= a.mtu <= 9000:
         p.error("--mtu must be in 576..9000")
+    if not 0.1 <= a.controller_timeout <= 120:
+        p.error("--controller-timeout must be in 0.1..120 (runtimes give up after ~240 s)")
     if not 0.05 <= a.topology_interval <= 60:
         p.error("--topology-interval must be in 0.05..60")
     for cidr in a.gateway_cidr:
@@ -127,7 +133,8 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                          gateway_cidrs=tuple(a.gateway_cidr), gateway_mac=a.gateway_mac.lower(),
                          gateway_port=a.gateway_port, topology_interval=a.topology_interval,
                          ovs_rundir=a.ovs_rundir or default_rundir(a.ovsdb),
-                         gc_grace_seconds=a.gc_grace_seconds)
+                         gc_grace_seconds=a.gc_grace_seconds,
+                         controller_timeout=a.controller_timeout)
 
 
 class Agent:
@@ -140,7 +147,7 @@ class Agent:
         if not self.ovs.bridge_exists(s.bridge):
             self.ovs.ensure_bridge(s.bridge, datapath_type=s.datapath_type)
         userspace = self.ovs.datapath_type(s.bridge) == "netdev"
-        self.controller = GrpcControllerClient(s.controller)
+        self.controller = GrpcControllerClient(s.controller, timeout=s.controller_timeout)
         self.netlink = PodNetlink()
         cfg = AgentConfig(node=s.node, bridge=s.bridge, default_mtu=s.mtu,
                           tx_checksum_off=userspace, gc_grace_seconds=s.gc_grace_seconds)

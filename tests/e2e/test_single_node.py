@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.ipctl("subnet", "create", "tiny", "10.61.0.0/30")
         lab.ipctl("pool", "create", "vm", "--policy", "fixed")
         lab.ipctl("subnet", "create", "vm", "10.63.0.0/24")
-        lab.add_node("n1", "--gc-grace-seconds", "0")
+        lab.add_node("n1", "--gc-grace-seconds", "0", "--controller-timeout", "3")
         yield lab
 
 
@@ -278,6 +279,25 @@ def test_add_del_add_into_the_same_netns(lab: Lab, node: LabNode) -> None:
         res = node.cni("ADD", pod)
         assert res.ok, res.raw
         assert pod.exec("ip", "link", "show", "eth0").returncode == 0
+    assert node.cni("DEL", pod).ok
+
+
+def test_a_hung_controller_is_code_11_within_the_deadline(lab: Lab, node: LabNode) -> None:
+    """A controller that accepts but never answers (stopped, not dead) must not hang the
+    runtime: the agent's deadline turns it into "try again later"."""
+    assert lab.controller is not None
+    pod = node.new_pod("hung")
+    lab.controller.send_signal(signal.SIGSTOP)
+    try:
+        res = node.cni("ADD", pod)  # the exec itself would time out (60 s) on a hang
+    finally:
+        lab.controller.send_signal(signal.SIGCONT)
+    assert (res.code, res.out["code"]) == (1, 11), res.raw
+    assert not node.pod_ports() or all(
+        pod.container_id not in node.vsctl("get", "Interface", t, "external_ids")
+        for t in node.pod_ports())
+    retry = node.cni("ADD", pod)
+    assert retry.ok, retry.raw
     assert node.cni("DEL", pod).ok
 
 
