@@ -25,12 +25,13 @@ pytestmark = [pytest.mark.root, pytest.mark.ovs, pytest.mark.containerd]
 
 REFERENCE = "/usr/lib/cni"
 HOST_IP = "10.64.0.254"  # the node's own address on the pod subnet, for hostPort traffic
+CHAINED = ("loopback", "tuning", "portmap", "bandwidth")  # reference plugins, in bin_dir
 
 
 def _require_tools() -> None:
     missing = [t for t in ("containerd", "ctr", "runc", "nsenter", "gcc")
                if shutil.which(t) is None]
-    missing += [p for p in ("loopback", "portmap") if not os.path.exists(f"{REFERENCE}/{p}")]
+    missing += [p for p in CHAINED if not os.path.exists(f"{REFERENCE}/{p}")]
     if missing:
         if os.environ.get("ECNET_REQUIRE_ALL") == "1":
             pytest.fail(f"containerd lab needs {missing}")
@@ -94,7 +95,7 @@ def crilab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriLab]:
         node.ip("addr", "add", f"{HOST_IP}/24", "dev", "crihost")
         node.ip("link", "set", "crihost", "up")
         sh("ip", "netns", "exec", node.netns, "ethtool", "-K", "crihost", "tx", "off")
-        for plugin in ("loopback", "portmap"):
+        for plugin in CHAINED:
             link = node.bin_dir / plugin
             if not link.exists():
                 link.symlink_to(f"{REFERENCE}/{plugin}")
@@ -111,7 +112,10 @@ def crilab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriLab]:
                 "plugins": [
                     {"type": "ecnet", "agentSocket": node.socket, "pool": "pods",
                      "capabilities": {"io.kubernetes.cri.pod-annotations": True}},
-                    {"type": "portmap", "capabilities": {"portMappings": True}}]}))
+                    # chained after ecnet: each gets ecnet's result as prevResult
+                    {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_announce": "2"}},
+                    {"type": "portmap", "capabilities": {"portMappings": True}},
+                    {"type": "bandwidth", "capabilities": {"bandwidth": True}}]}))
             tmp.rename(conf_dir / "10-ecnet.conflist")
             containerd.wait_network_ready()
             yield CriLab(lab, node, containerd)
@@ -204,6 +208,20 @@ def test_host_port_reaches_the_pod_through_portmap(crilab: CriLab) -> None:
         server.kill()
         server.wait()
     crilab.gone(sb)
+
+
+def test_chained_plugins_get_ecnets_result(crilab: CriLab) -> None:
+    """tuning finds the pod's eth0 in its sandbox, bandwidth the host end (the interface
+    without a sandbox): both only from ecnet's result, passed on as prevResult."""
+    sb = crilab.run("shaped", annotations={"kubernetes.io/ingress-bandwidth": "10M"})
+    port = crilab.port_of(sb)
+    assert port is not None
+    assert sb.exec("cat", "/proc/sys/net/ipv4/conf/eth0/arp_announce").stdout.strip() == b"2"
+    tc = sh("ip", "netns", "exec", crilab.node.netns, "tc", "qdisc", "show", "dev",
+            "tap" + port["id"][:11]).stdout.decode()
+    assert "tbf" in tc, tc
+    crilab.gone(sb)
+    assert crilab.port_of(sb) is None
 
 
 def test_restarting_containerd_or_the_agent_loses_nothing(crilab: CriLab) -> None:
