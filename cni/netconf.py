@@ -148,10 +148,19 @@ def parse_netconf(stdin: str | bytes) -> NetConf:
             annotations = {k: str(v) for k, v in ann.items()
                            if isinstance(k, str) and k.startswith(ANNOTATION_PREFIX)}
     prev = raw.get("prevResult")
+    _refuse_runtime_mac(rc)
     return NetConf(cni_version=version, name=name, type=typ, agent_socket=sock, pool=pool,
                    product_type=product_type, mtu=mtu, annotations=annotations,
                    prev_result=prev if isinstance(prev, dict) else None, raw=raw,
                    runtime_ips=_runtime_ips(rc))
+
+
+def _refuse_runtime_mac(rc: object) -> None:
+    """A pod's MAC is the port's, chosen by the controller and recorded in ONOS: a MAC the
+    runtime picks would be one ONOS never heard of. Refused rather than ignored."""
+    if isinstance(rc, dict) and rc.get("mac"):
+        raise InvalidConfig("runtimeConfig.mac is not supported: ecnet's controller assigns "
+                            "each port's MAC (declare no `mac` capability)")
 
 
 def _runtime_ips(rc: object) -> tuple[str, ...]:

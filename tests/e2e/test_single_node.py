@@ -134,6 +134,18 @@ def test_status_answers_0_and_50_without_the_controller(lab: Lab, node: LabNode)
     assert node.cni("STATUS", pod).ok
 
 
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+def test_results_come_in_the_version_asked(lab: Lab, node: LabNode, version: str) -> None:
+    pod = node.new_pod(f"v{version.replace('.', '')}")
+    conf = {**node.netconf(pool="lab"), "cniVersion": version}
+    res = node.cni("ADD", pod, conf)
+    assert res.ok, res.raw
+    assert res.out["cniVersion"] == version
+    legacy = version.startswith("0.")
+    assert all(("version" in ip) == legacy for ip in res.out["ips"])
+    assert node.cni("DEL", pod, conf).ok
+
+
 def test_gc_frees_what_the_runtime_no_longer_lists(lab: Lab, node: LabNode) -> None:
     keep, lost = node.add_pod("gc-keep"), node.add_pod("gc-lost")
     lost_host = lost.result["interfaces"][0]["name"]  # type: ignore[index]

@@ -115,3 +115,15 @@ def test_wire_roundtrip_and_garbage() -> None:
     for bad in (b"", b"HELLO", b"ECNET1 x\n", b"ECNET1 99\nshort"):
         with pytest.raises(ce.DecodeFailure):
             wire.parse(bad)
+
+
+def test_runtime_config_ips_and_mac() -> None:
+    from cni.errors import InvalidConfig
+    from cni.netconf import parse_netconf
+    base = {"cniVersion": "1.1.0", "name": "n", "type": "ecnet"}
+    conf = parse_netconf(json.dumps({**base, "runtimeConfig": {"ips": ["10.1.2.3/24"]}}))
+    assert conf.runtime_ips == ("10.1.2.3/24",)
+    for bad in ({"ips": "10.1.2.3"}, {"ips": ["x"]}, {"ips": ["10.0.0.1", "10.0.0.2"]},
+                {"mac": "02:00:00:00:00:01"}):
+        with pytest.raises(InvalidConfig):
+            parse_netconf(json.dumps({**base, "runtimeConfig": bad}))
