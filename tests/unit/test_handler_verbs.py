@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from cni.agent.server import serve_one
-from cni.errors import TryAgainLater
 from cni.agent.wire import encode_request
+from cni.errors import TryAgainLater
 from ovs_driver.errors import OvsConnectionError
 from tests.unit.test_handler_rollback import CONF, NETNS, Node, cni_env, make_node
 
