@@ -35,13 +35,18 @@ _DECODER = json.JSONDecoder()
 _ORIGINAL: Any = ovs.json.Parser
 
 
-class StreamParser:
-    """One JSON-RPC message (an object or array) fed in pieces."""
+class StreamParser(_ORIGINAL):  # type: ignore[misc]
+    """One JSON-RPC message (an object or array) fed in pieces.
+
+    A subclass only so that python-ovs's own parser keeps working once this class
+    stands in ``ovs.json.Parser``: its code names its states ``Parser.__lex_start``
+    and so on, found here by inheritance. None of its code runs for a StreamParser.
+    """
 
     def __new__(cls, check_trailer: bool = False) -> Any:
         if check_trailer:
-            return _ORIGINAL(check_trailer=True)
-        return super().__new__(cls)
+            return original_parser(check_trailer=True)
+        return object.__new__(cls)
 
     def __init__(self, check_trailer: bool = False) -> None:
         self._buf: list[str] = []
@@ -130,6 +135,14 @@ class StreamParser:
                 if self._depth == 0:
                     return pos
         return -1
+
+
+def original_parser(check_trailer: bool = False) -> Any:
+    """python-ovs's own parser (its ``__new__`` looks ``Parser`` up in its module,
+    which is ours once installed, so it is built without it)."""
+    parser = object.__new__(_ORIGINAL)
+    parser.__init__(check_trailer=check_trailer)
+    return parser
 
 
 def install() -> bool:

@@ -37,16 +37,15 @@ from types import TracebackType
 from typing import Self
 from uuid import UUID
 
-from ovs_driver.errors import OvsError, OvsNotFound, OvsTransactionError
+from ovs_driver.errors import OvsNotFound, OvsTransactionError
 from ovs_driver.idl import IdlConnection, IdlRow, TxnBuilder
+from ovs_driver.ports import PortSpec, bridge_of, commit_ports
 from ovs_driver.rows import (
     InterfaceInfo,
     as_int,
     as_map,
     iface_info,
     optional,
-    optional_str,
-    port_settled,
 )
 
 log = logging.getLogger(__name__)
@@ -67,22 +66,6 @@ MONITORED: dict[str, list[str]] = {
 }
 NAMED = ("Bridge", "Port", "Interface")  # tables with a unique name (and our index on it)
 TUNNEL_KINDS = frozenset({"vxlan", "geneve"})
-
-
-@dataclass
-class _PortSpec:
-    bridge: str
-    name: str
-    iface_type: str
-    options: dict[str, str]
-    external_ids: dict[str, str]
-    mac: str | None = None  # Interface.mac: the address vswitchd gives an internal port
-
-
-@dataclass
-class _PortsPlan:
-    ifaces: list[UUID]  # provisional uuids for inserted interfaces
-    created: list[bool]
 
 
 @dataclass
@@ -269,8 +252,9 @@ class OvsdbClient:
         created by this call is deleted again and OvsTransactionError carries the
         error. Returns -1 when not waiting.
         """
-        spec = _PortSpec(bridge, name, iface_type, dict(options or {}), dict(external_ids), mac)
-        return self._commit_ports([spec], wait_ofport, f"add_port bridge={bridge} name={name}")[0]
+        spec = PortSpec(bridge, name, iface_type, dict(options or {}), dict(external_ids), mac)
+        return commit_ports(self._conn, [spec], wait_ofport,
+                            f"add_port bridge={bridge} name={name}", self.timeout)[0]
 
     def add_tunnel(
         self,
@@ -288,8 +272,9 @@ class OvsdbClient:
         if kind not in TUNNEL_KINDS:
             raise ValueError(f"tunnel kind {kind!r} not in {sorted(TUNNEL_KINDS)}")
         opts = {"remote_ip": remote_ip, "key": key, **(extra_options or {})}
-        spec = _PortSpec(bridge, name, kind, opts, dict(external_ids or {}))
-        return self._commit_ports([spec], wait_ofport, f"add_tunnel bridge={bridge} name={name}")[0]
+        spec = PortSpec(bridge, name, kind, opts, dict(external_ids or {}))
+        return commit_ports(self._conn, [spec], wait_ofport,
+                            f"add_tunnel bridge={bridge} name={name}", self.timeout)[0]
 
     def add_patch_pair(
         self,
@@ -302,12 +287,11 @@ class OvsdbClient:
         """Join two bridges (br-int/br-tun) with both patch ends in one transaction, so
         neither end ever exists without its peer. Returns the two ofports."""
         specs = [
-            _PortSpec(bridge_a, port_a, "patch", {"peer": port_b}, {}),
-            _PortSpec(bridge_b, port_b, "patch", {"peer": port_a}, {}),
+            PortSpec(bridge_a, port_a, "patch", {"peer": port_b}, {}),
+            PortSpec(bridge_b, port_b, "patch", {"peer": port_a}, {}),
         ]
-        a, b = self._commit_ports(
-            specs, wait_ofport, f"add_patch_pair {bridge_a}:{port_a}<->{bridge_b}:{port_b}"
-        )
+        what = f"add_patch_pair {bridge_a}:{port_a}<->{bridge_b}:{port_b}"
+        a, b = commit_ports(self._conn, specs, wait_ofport, what, self.timeout)
         return a, b
 
     def delete_port(self, bridge: str, name: str) -> bool:
@@ -319,7 +303,7 @@ class OvsdbClient:
             br = self._conn.by_name("Bridge", bridge)
             if br is None or port not in br.ports:
                 log.warning("ovsdb delete_port: port is on another bridge bridge=%s name=%s "
-                            "owner=%s", bridge, name, self._bridge_of(port))
+                            "owner=%s", bridge, name, bridge_of(self._conn, port))
                 return None
             port.verify("name")  # deleted by someone else first: plan again, find nothing
             br.delvalue("ports", port)  # Port and Interface go by garbage collection
@@ -354,134 +338,6 @@ class OvsdbClient:
 
         return sorted(self._conn.read(find, self.timeout), key=lambda i: i.name)
 
-    # -- port transactions -----------------------------------------------------------
-
-    def _commit_ports(self, specs: list[_PortSpec], wait_ofport: float | None,
-                      what: str) -> list[int]:
-        done = self._conn.transact(what, partial(self._plan_ports, specs, what), self.timeout)
-        assert done is not None  # a port plan always has something to commit
-        ifaces = [done.real_uuid(u) for u in done.value.ifaces]
-        if wait_ofport is None:
-            self._conn.wait_for(partial(self._ifaces_written, ifaces, specs),
-                                self.timeout, f"{what} in the replica")
-            return [-1] * len(specs)
-        try:
-            return self._wait_ofports(ifaces, specs, done.increment, wait_ofport)
-        except OvsError:
-            self._roll_back([s for s, new in zip(specs, done.value.created, strict=True)
-                             if new], what)
-            raise
-
-    def _plan_ports(self, specs: list[_PortSpec], what: str, txn: TxnBuilder) -> _PortsPlan:
-        bridges: dict[str, IdlRow] = {}
-        for spec in specs:
-            if spec.bridge in bridges:
-                continue
-            br = self._conn.by_name("Bridge", spec.bridge)
-            if br is None:
-                raise OvsTransactionError(f"{what}: bridge {spec.bridge} does not exist")
-            br.verify("name")  # deleted meanwhile: plan again, and fail above
-            bridges[spec.bridge] = br
-        plan = _PortsPlan([], [])
-        for spec in specs:
-            iface, created = self._plan_port(txn, spec, bridges[spec.bridge])
-            plan.ifaces.append(iface)
-            plan.created.append(created)
-        root = self._conn.root()
-        if root is not None:
-            txn.increment(root, "next_cfg")  # ask vswitchd to acknowledge (cur_cfg)
-        return plan
-
-    def _plan_port(self, txn: TxnBuilder, spec: _PortSpec, br: IdlRow) -> tuple[UUID, bool]:
-        """Write one port into the transaction; returns its Interface's uuid and
-        whether this transaction creates it."""
-        name = spec.name
-        port = self._conn.by_name("Port", name)
-        if port is None:
-            # Losing to a concurrent insert of the same name is a constraint violation
-            # on the name index; transact() plans again and takes the branch below.
-            iface = txn.insert("Interface")
-            iface.name = name
-            _write_iface(iface, spec)
-            port = txn.insert("Port")
-            port.name, port.interfaces = name, [iface]
-            port.external_ids = spec.external_ids
-            br.addvalue("ports", port)  # a mutate: concurrent adds do not conflict
-            return iface.uuid, True
-        owner = self._bridge_of(port)
-        if owner != spec.bridge:
-            raise OvsTransactionError(
-                f"cannot add port {name} to bridge {spec.bridge}: it exists on bridge {owner}"
-            )
-        ifaces = list(port.interfaces)
-        if len(ifaces) != 1 or ifaces[0].name != name:
-            raise OvsTransactionError(
-                f"port {name} exists with other interfaces {[i.name for i in ifaces]}")
-        port.verify("interfaces")  # the same row with the same interface at commit
-        _write_iface(ifaces[0], spec)
-        port.external_ids = spec.external_ids
-        return ifaces[0].uuid, False
-
-    def _wait_ofports(self, ifaces: list[UUID], specs: list[_PortSpec],
-                      target: int | None, timeout: float) -> list[int]:
-        """Wait until vswitchd has given its verdict on every port (rows.port_settled),
-        then return the ofports or raise vswitchd's error."""
-        def settled() -> bool:
-            root = self._conn.root()
-            cur = as_int(root.cur_cfg) if root is not None else -1
-            for u in ifaces:
-                row = self._conn.row("Interface", u)
-                if row is None or not port_settled(as_int(row.ofport), optional_str(row.error),
-                                                   cur, target):
-                    return False
-            return True
-
-        self._conn.wait_for(settled, timeout,
-                            f"ofport of {','.join(s.name for s in specs)} from ovs-vswitchd")
-
-        def ofports() -> list[int]:
-            out = []
-            for u, spec in zip(ifaces, specs, strict=True):
-                row = self._conn.row("Interface", u)
-                ofport = as_int(row.ofport) if row is not None else -1
-                if ofport <= 0:
-                    error = (optional_str(row.error) if row is not None else None) or (
-                        "ovs-vswitchd did not set it up (no ofport; see ovs-vswitchd.log)")
-                    raise OvsTransactionError(
-                        f"interface {spec.name} on bridge {spec.bridge}: {error}", error=error)
-                out.append(ofport)
-            return out
-
-        return self._conn.read(ofports, self.timeout)
-
-    def _roll_back(self, specs: list[_PortSpec], what: str) -> None:
-        """ADD rolls back (STYLE.md item 9): a port we created and vswitchd rejected
-        must not stay behind in the database."""
-        if not specs:
-            return
-
-        def plan(txn: TxnBuilder) -> list[UUID] | None:
-            removed = []
-            for spec in specs:
-                port = self._conn.by_name("Port", spec.name)
-                br = self._conn.by_name("Bridge", spec.bridge)
-                if port is None or br is None or port not in br.ports:
-                    continue
-                port.verify("name")
-                br.delvalue("ports", port)
-                removed.append(port.uuid)
-            return removed or None
-
-        try:
-            done = self._conn.transact(f"roll back {what}", plan, self.timeout)
-            if done is not None:
-                self._conn.wait_for(
-                    lambda: all(self._conn.row("Port", u) is None for u in done.value),
-                    self.timeout, f"rolled back ports of {what} gone from the replica")
-            log.info("ovsdb rolled back what=%r ports=%s", what, [s.name for s in specs])
-        except OvsError as exc:
-            log.error("ovsdb roll back failed what=%r: %s", what, exc)
-
     def _check_bridge_built(self, name: str, target: int, timeout: float, created: bool) -> None:
         def built() -> bool:
             root = self._conn.root()
@@ -500,20 +356,6 @@ class OvsdbClient:
 
     # -- replica helpers (lock held) ---------------------------------------------------
 
-    def _bridge_of(self, port: IdlRow) -> str | None:
-        for br in self._conn.rows("Bridge"):
-            if port in br.ports:
-                return str(br.name)
-        return None
-
-    def _ifaces_written(self, uuids: list[UUID], specs: list[_PortSpec]) -> bool:
-        for u, spec in zip(uuids, specs, strict=True):
-            row = self._conn.row("Interface", u)
-            if row is None or as_map(row.external_ids) != spec.external_ids or \
-                    as_map(row.options) != spec.options:
-                return False
-        return True
-
     def _bridge_matches(self, name: str, datapath_type: str | None, fail_mode: str | None,
                         external_ids: Mapping[str, str] | None) -> bool:
         br = self._conn.by_name("Bridge", name)
@@ -525,11 +367,3 @@ class OvsdbClient:
             return False
         ids = as_map(br.external_ids)
         return all(ids.get(k) == v for k, v in (external_ids or {}).items())
-
-
-def _write_iface(iface: IdlRow, spec: _PortSpec) -> None:
-    iface.type = spec.iface_type
-    iface.options = spec.options
-    iface.external_ids = spec.external_ids
-    if spec.mac is not None:
-        iface.mac = [spec.mac]
