@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar, cast
 
+import ovs.db.data
 import ovs.db.idl
+import ovs.db.types
 import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
@@ -158,23 +160,47 @@ def fetch_schema(remote: str, db: str, timeout: float) -> Any:
         rpc.close()
 
 
+class _NamedIdl(ovs.db.idl.Idl):  # type: ignore[misc]
+    """python-ovs's Idl plus a name -> uuid map for each table in ``named``, kept by
+    the ``notify`` hook python-ovs calls for every row the server creates, changes or
+    deletes. Cheaper than python-ovs's custom indexes (sortedcontainers), which take
+    a row out and put it back on every change of any of its columns: a port's ofport
+    or a bridge's port list. After a resync python-ovs drops its rows without a
+    notice, so an entry may outlive its row: lookups check the row is still there."""
+
+    def __init__(self, remote: str, helper: Any, named: Iterable[str]) -> None:
+        super().__init__(remote, helper)
+        self.names: dict[str, dict[str, uuid.UUID]] = {t: {} for t in named}
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        names = self.names.get(row._table.name)
+        if names is None:
+            return
+        if event == ovs.db.idl.ROW_UPDATE:
+            # ``updates`` holds the old values of the changed columns only.
+            if "name" not in updates._data:
+                return
+            if names.get(updates.name) == row.uuid:
+                del names[updates.name]  # renamed (never by us; an operator may)
+        elif event == ovs.db.idl.ROW_DELETE:
+            if names.get(row.name) == row.uuid:
+                del names[row.name]
+            return
+        names[row.name] = row.uuid
+
+
 class IdlConnection:
-    """A python-ovs Idl on ``remote``, monitoring only ``columns``, with a ``name``
-    index on each of ``indexed`` (python-ovs custom indexes, so lookups by name do not
-    scan the table). Thread-safe."""
+    """A python-ovs Idl on ``remote``, monitoring only ``columns``, with rows of the
+    ``named`` tables found by name without a scan. Thread-safe."""
 
     def __init__(self, remote: str, db: str, columns: Mapping[str, Sequence[str]],
-                 indexed: Iterable[str], timeout: float) -> None:
+                 named: Iterable[str], timeout: float) -> None:
         self.remote = remote
         jsonparse.install()
         helper = ovs.db.idl.SchemaHelper(schema_json=fetch_schema(remote, db, timeout))
         for table, cols in columns.items():
             helper.register_columns(table, list(cols))
-        self._idl = ovs.db.idl.Idl(remote, helper)
-        self._entries: dict[str, Callable[..., Any]] = {}
-        for table in indexed:
-            self._idl.index_create(table, "name").add_column("name")
-            self._entries[table] = self._idl.tables[table].rows.IndexEntry
+        self._idl = _NamedIdl(remote, helper, named)
         self._cond = threading.Condition()
         self._closed = False
         self._failure: BaseException | None = None
@@ -298,11 +324,17 @@ class IdlConnection:
         return cast("IdlRow | None", self._idl.tables[table].rows.get(row_uuid))
 
     def by_name(self, table: str, name: str) -> IdlRow | None:
-        """The row named ``name`` through the table's index (lock held)."""
-        entry = self._entries[table](name=name)
-        for row in self._idl.index_equal(table, "name", entry):
-            return cast(IdlRow, row)
-        return None
+        """The row named ``name`` (lock held)."""
+        row_uuid = self._idl.names[table].get(name)
+        row = self._idl.tables[table].rows.get(row_uuid) if row_uuid is not None else None
+        return cast(IdlRow, row) if row is not None and row.name == name else None
+
+    @staticmethod
+    def refers_to(row: IdlRow, column: str, target: IdlRow) -> bool:
+        """``target`` is among the rows ``row`` references in ``column``, in O(1) on
+        python-ovs's committed datum instead of converting the whole set to rows (a
+        bridge's ``ports`` is one entry per pod). Outside a transaction's writes."""
+        return ovs.db.data.Atom(ovs.db.types.UuidType, target.uuid) in row._data[column]
 
     def root(self) -> IdlRow | None:
         """The Open_vSwitch row; None in a database nobody has initialised."""

@@ -11,7 +11,8 @@ its place. It keeps python-ovs's contract (``feed`` returns how many characters 
 used, ``is_done``, ``finish`` returns the value or an error text), finds where the
 top-level value ends with a small bracket/string scanner whose state survives
 across feeds (so the work stays linear), and lets ``json.JSONDecoder.raw_decode``
-parse exactly that slice. Whole-document parsing (``ovs.json.from_string``,
+parse exactly that slice (a message that arrives whole, the usual case, is parsed
+in one call without the scanner). Whole-document parsing (``ovs.json.from_string``,
 ``check_trailer``) keeps python-ovs's own parser: it is not on the hot path.
 """
 from __future__ import annotations
@@ -70,23 +71,33 @@ class StreamParser(_ORIGINAL):  # type: ignore[misc]
         """Consume ``s`` up to the end of the value; returns how much was used."""
         if self._done:
             return 0
+        if self._started:
+            return self._feed_more(s)
         pos, n = 0, len(s)
-        if not self._started:
-            while pos < n and s[pos] in _SPACE:
-                pos += 1
-            if pos == n:
-                return n
-            if s[pos] not in "{[":
-                return self._fail(f"a message must be an object or array, not {s[pos:pos + 20]!r}")
-            self._started = True
-            start = pos
-        else:
-            start = 0
-        end = self._scan(s, pos)
-        if end < 0:
-            self._buf.append(s[start:])
+        while pos < n and s[pos] in _SPACE:
+            pos += 1
+        if pos == n:
             return n
-        self._buf.append(s[start:end])
+        if s[pos] not in "{[":
+            return self._fail(f"a message must be an object or array, not {s[pos:pos + 20]!r}")
+        self._started = True
+        try:
+            # Usually the whole message is here: one pass in C. A prefix of an object
+            # or array never parses, so success means it is complete.
+            self._result, end = _DECODER.raw_decode(s, pos)
+        except json.JSONDecodeError:
+            pass  # cut short, or malformed: the scanner tells which
+        else:
+            self._done = True
+            return end
+        return self._feed_more(s[pos:]) + pos
+
+    def _feed_more(self, s: str) -> int:
+        end = self._scan(s, 0)
+        if end < 0:
+            self._buf.append(s)
+            return len(s)
+        self._buf.append(s[:end])
         text = "".join(self._buf)
         self._buf = []
         try:

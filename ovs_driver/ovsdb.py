@@ -301,7 +301,7 @@ class OvsdbClient:
             if port is None:
                 return None
             br = self._conn.by_name("Bridge", bridge)
-            if br is None or port not in br.ports:
+            if br is None or not self._conn.refers_to(br, "ports", port):
                 log.warning("ovsdb delete_port: port is on another bridge bridge=%s name=%s "
                             "owner=%s", bridge, name, bridge_of(self._conn, port))
                 return None

@@ -53,7 +53,7 @@ def commit_ports(conn: IdlConnection, specs: list[PortSpec], wait_ofport: float 
 def bridge_of(conn: IdlConnection, port: IdlRow) -> str | None:
     """The name of the bridge that holds ``port`` (lock held)."""
     for br in conn.rows("Bridge"):
-        if port in br.ports:
+        if conn.refers_to(br, "ports", port):
             return str(br.name)
     return None
 
@@ -170,7 +170,7 @@ def _roll_back(conn: IdlConnection, specs: list[PortSpec], what: str, timeout: f
         for spec in specs:
             port = conn.by_name("Port", spec.name)
             br = conn.by_name("Bridge", spec.bridge)
-            if port is None or br is None or port not in br.ports:
+            if port is None or br is None or not conn.refers_to(br, "ports", port):
                 continue
             port.verify("name")
             br.delvalue("ports", port)  # Port and Interface go by garbage collection

@@ -12,7 +12,9 @@ times, per port:
   add_nw   add_port(wait_ofport=None): until committed and in the client's view
   del      delete_port, until committed and in the client's view (the driver's DEL)
 and the wall time of --burst concurrent add_port calls (threads, as the agent's ADDs).
-Prints one table (medians and p90 in ms per run, then the median over runs).
+Also the client process's CPU time per add and per delete (all its threads; on a shared
+machine the least noisy figure). Prints one table (medians and p90 in ms per run, then
+the median over runs).
 Not part of the test run (tests/bench is never collected).
 """
 from __future__ import annotations
@@ -69,6 +71,7 @@ def worker(tree: str, remote: str, netns: str, ports: int, burst: int) -> dict[s
                 c.add_port(br, n, {"iface-id": f"warm-{n}"})
                 c.delete_port(br, n)
                 break
+            cpu = time.process_time()
             for n in names:
                 ids = {"iface-id": str(uuid.uuid4()), "attached-mac": "02:00:00:00:00:02",
                        "ecnet/container": n, "ecnet/ifname": "eth0"}
@@ -76,10 +79,13 @@ def worker(tree: str, remote: str, netns: str, ports: int, burst: int) -> dict[s
                 if c.add_port(br, n, ids) <= 0:
                     raise SystemExit(f"no ofport for {n}")
                 out["add"].append((time.perf_counter() - t) * 1e3)
+            cpu_add = (time.process_time() - cpu) * 1e3 / len(names)
+            cpu = time.process_time()
             for n in names:
                 t = time.perf_counter()
                 c.delete_port(br, n)
                 out["del"].append((time.perf_counter() - t) * 1e3)
+            cpu_del = (time.process_time() - cpu) * 1e3 / len(names)
             for n in names:
                 t = time.perf_counter()
                 c.add_port(br, n, {"iface-id": n}, wait_ofport=None)
@@ -107,7 +113,8 @@ def worker(tree: str, remote: str, netns: str, ports: int, burst: int) -> dict[s
         finally:
             c.delete_bridge(br)
             _veths(netns, names + burst_names, "del")
-    return {"driver": str(where.parent), "burst_ms": burst_ms,
+    return {"driver": str(where.parent), "burst_ms": burst_ms, "cpu_add": cpu_add,
+            "cpu_del": cpu_del,
             **{k: {"p50": statistics.median(v), "p90": pct(v, 90)} for k, v in out.items()}}
 
 
@@ -146,17 +153,20 @@ def main() -> None:
     head = " ".join(f"{c + ' p50':>11} {c + ' p90':>11}" for c in cols)
     print(f"\novs_driver per-port latency, ms ({a.ports} ports per run, userspace OVS, "
           f"veths; burst = {a.burst} concurrent add_port, wall ms)")
-    print(f"{'driver':<6} {'run':>3} {head} {'burst':>8}")
+    print(f"{'driver':<6} {'run':>3} {head} {'burst':>8} {'cpu add':>8} {'cpu del':>8}")
     for label, runs in results.items():
         for i, r in enumerate(runs, 1):
             cells = " ".join(f"{r[c]['p50']:>11.2f} {r[c]['p90']:>11.2f}" for c in cols)
-            print(f"{label:<6} {i:>3} {cells} {r['burst_ms']:>8.1f}")
+            print(f"{label:<6} {i:>3} {cells} {r['burst_ms']:>8.1f} {r['cpu_add']:>8.2f} "
+                  f"{r['cpu_del']:>8.2f}")
     for label, runs in results.items():
         cells = " ".join(
             f"{statistics.median(r[c]['p50'] for r in runs):>11.2f} "
             f"{statistics.median(r[c]['p90'] for r in runs):>11.2f}" for c in cols)
         print(f"{label:<6} {'med':>3} {cells} "
-              f"{statistics.median(r['burst_ms'] for r in runs):>8.1f}")
+              f"{statistics.median(r['burst_ms'] for r in runs):>8.1f} "
+              f"{statistics.median(r['cpu_add'] for r in runs):>8.2f} "
+              f"{statistics.median(r['cpu_del'] for r in runs):>8.2f}")
     for label, runs in results.items():
         print(f"{label}: {runs[0]['driver']}")
 
