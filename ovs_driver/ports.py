@@ -91,7 +91,7 @@ def _plan_port(conn: IdlConnection, txn: TxnBuilder, spec: PortSpec,
         # the name index; transact() plans again and takes the branch below.
         iface = txn.insert("Interface")
         iface.name = name
-        _write_iface(iface, spec)
+        _write_iface(iface, spec, new=True)
         port = txn.insert("Port")
         port.name, port.interfaces = name, [iface]
         port.external_ids = spec.external_ids
@@ -111,9 +111,13 @@ def _plan_port(conn: IdlConnection, txn: TxnBuilder, spec: PortSpec,
     return ifaces[0].uuid, False
 
 
-def _write_iface(iface: IdlRow, spec: PortSpec) -> None:
-    iface.type = spec.iface_type
-    iface.options = spec.options
+def _write_iface(iface: IdlRow, spec: PortSpec, new: bool = False) -> None:
+    """An update replaces every column; a new row only needs what differs from the
+    column defaults (each write is a python-ovs datum conversion)."""
+    if spec.iface_type or not new:
+        iface.type = spec.iface_type
+    if spec.options or not new:
+        iface.options = spec.options
     iface.external_ids = spec.external_ids
     if spec.mac is not None:
         iface.mac = [spec.mac]

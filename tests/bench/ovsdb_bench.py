@@ -50,6 +50,20 @@ def _veths(netns: str, names: list[str], op: str) -> None:
                    text=True, check=op == "add", capture_output=True)
 
 
+def _json_parser() -> str:
+    """Which JSON parser python-ovs used in this worker, if the driver uses python-ovs."""
+    ovs_json = sys.modules.get("ovs.json")
+    if ovs_json is None:
+        return "stdlib json (driver's own JSON-RPC client)"
+    import ovs.version  # noqa: PLC0415 - only where the driver brought python-ovs in
+
+    version = ovs.version.VERSION
+    if ovs_json.PARSER == ovs_json.PARSER_C:
+        return f"python-ovs {version}, its C parser (ovs._json)"
+    return (f"python-ovs {version}, parser "
+            f"{ovs_json.Parser.__module__}.{ovs_json.Parser.__name__}")
+
+
 def worker(tree: str, remote: str, netns: str, ports: int, burst: int) -> dict[str, Any]:
     """Runs in its own process with ``tree`` first on sys.path."""
     sys.path.insert(0, tree)
@@ -113,7 +127,8 @@ def worker(tree: str, remote: str, netns: str, ports: int, burst: int) -> dict[s
         finally:
             c.delete_bridge(br)
             _veths(netns, names + burst_names, "del")
-    return {"driver": str(where.parent), "burst_ms": burst_ms, "cpu_add": cpu_add,
+    return {"driver": str(where.parent), "json": _json_parser(), "burst_ms": burst_ms,
+            "cpu_add": cpu_add,
             "cpu_del": cpu_del,
             **{k: {"p50": statistics.median(v), "p90": pct(v, 90)} for k, v in out.items()}}
 
@@ -168,7 +183,7 @@ def main() -> None:
               f"{statistics.median(r['cpu_add'] for r in runs):>8.2f} "
               f"{statistics.median(r['cpu_del'] for r in runs):>8.2f}")
     for label, runs in results.items():
-        print(f"{label}: {runs[0]['driver']}")
+        print(f"{label}: {runs[0]['driver']}; {runs[0]['json']}")
 
 
 if __name__ == "__main__":
