@@ -14,8 +14,14 @@ the datum codec. What this module adds is the threading the Idl does not have:
   connection (python-ovs keeps them apart by request id). ovsdbapp instead commits
   them one by one inside its connection thread, behind a queue.
 
+- A plan that lost a race (a ``Row.verify`` failed, or an insert hit a unique
+  index) is planned again once the replica has moved on (``transact``).
+
 Everything that crosses out of here is an ``OvsError``; python-ovs objects (rows)
 are reached through the small :class:`IdlRow` protocol so ``Any`` stays at the edge.
+The few python-ovs internals used are used here only: ``Idl._session`` (is the
+connection up, is anything left unsent), ``Row._data`` and ``Row._table`` (the
+committed datums, for O(1) membership and in the notify hook).
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
 import ovs.timeval
+import ovs.util
 
 from ovs_driver import jsonparse
 from ovs_driver.errors import OvsConnectionError, OvsError, OvsTimeout, OvsTransactionError
@@ -90,8 +97,7 @@ class Committed(Generic[T]):
     """A committed (or, UNCHANGED, unneeded) transaction and what its plan returned."""
 
     value: T
-    changed: bool  # False: python-ovs found nothing to change and sent nothing
-    increment: int | None  # the new value of the incremented column, if any
+    increment: int | None  # the incremented column's new value; None if nothing was sent
     _raw: Any
 
     def real_uuid(self, provisional: uuid.UUID) -> uuid.UUID:
@@ -131,7 +137,7 @@ def fetch_schema(remote: str, db: str, timeout: float) -> Any:
                                                int(timeout * 1000))
     if err:
         raise OvsConnectionError(f"cannot connect to ovsdb-server remote={remote}: "
-                                 f"{os.strerror(err)}")
+                                 f"{_describe(err)}")
     rpc = ovs.jsonrpc.Connection(stream)
     try:
         request = ovs.jsonrpc.Message.create_request("get_schema", [db])
@@ -155,9 +161,13 @@ def fetch_schema(remote: str, db: str, timeout: float) -> Any:
                     raise OvsConnectionError(f"get_schema {db} refused remote={remote}: "
                                              f"{msg.error}")
                 return msg.result
-        raise OvsConnectionError(f"get_schema failed remote={remote}: {os.strerror(err)}")
+        raise OvsConnectionError(f"get_schema failed remote={remote}: {_describe(err)}")
     finally:
         rpc.close()
+
+
+def _describe(err: int) -> str:
+    return "connection closed by the server" if err == ovs.util.EOF else os.strerror(err)
 
 
 class _NamedIdl(ovs.db.idl.Idl):  # type: ignore[misc]
@@ -217,10 +227,6 @@ class IdlConnection:
             raise
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def close(self) -> None:
         with self._cond:
@@ -394,7 +400,7 @@ class IdlConnection:
                    if status == Txn.SUCCESS and txn.increments else None)
             log.debug("ovsdb transact what=%r status=%s ms=%.2f", what, status,
                       (time.perf_counter() - t0) * 1000)
-            return Committed(value, status == Txn.SUCCESS, inc, txn.raw)
+            return Committed(value, inc, txn.raw)
         if status == Txn.INCOMPLETE:
             self._usable()
             if not self._idl._session.is_connected():
