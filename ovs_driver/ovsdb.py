@@ -41,7 +41,7 @@ from typing import Self
 from uuid import UUID
 
 from ovs_driver.errors import OvsNotFound, OvsTransactionError
-from ovs_driver.idl import IdlConnection, IdlRow, TxnBuilder
+from ovs_driver.idl import IdlConnection, IdlRow, TxnBuilder, col
 from ovs_driver.ports import PortSpec, bridge_of, commit_ports
 from ovs_driver.rows import (
     InterfaceInfo,
@@ -172,9 +172,9 @@ class OvsdbClient:
                 root.addvalue("bridges", br)
                 txn.increment(root, "next_cfg")
             return _BridgePlan(br.uuid, created=True)
-        dp_stale = datapath_type is not None and br.datapath_type != datapath_type
-        fail_stale = fail_mode is not None and optional(br.fail_mode) != fail_mode
-        ids = as_map(br.external_ids)
+        dp_stale = datapath_type is not None and col(br, "datapath_type") != datapath_type
+        fail_stale = fail_mode is not None and optional(col(br, "fail_mode")) != fail_mode
+        ids = as_map(col(br, "external_ids"))
         stale_ids = {k: v for k, v in (external_ids or {}).items() if ids.get(k) != v}
         if not dp_stale and not fail_stale and not stale_ids:
             return None
@@ -216,14 +216,16 @@ class OvsdbClient:
     def datapath_type(self, bridge: str) -> str:
         """"" means the kernel ("system") datapath, where pods need no checksum or MTU
         workarounds; "netdev" is the userspace one (DESIGN.md, The lab)."""
-        return self._conn.read(lambda: str(self._bridge(bridge).datapath_type),
+        return self._conn.read(lambda: str(col(self._bridge(bridge), "datapath_type")),
                                self.timeout)
 
     def list_ports(self, bridge: str) -> list[str]:
         """Port names on the bridge, without the bridge's own internal port (as
         ``ovs-vsctl list-ports``)."""
         def names() -> list[str]:
-            return sorted(str(p.name) for p in self._bridge(bridge).ports if p.name != bridge)
+            ports = (self._conn.row("Port", u) for u in col(self._bridge(bridge), "ports"))
+            return sorted(name for p in ports if p is not None
+                          and (name := str(col(p, "name"))) != bridge)
 
         return self._conn.read(names, self.timeout)
 
@@ -336,7 +338,7 @@ class OvsdbClient:
         def find() -> list[InterfaceInfo]:
             found = []
             for row in self._conn.rows("Interface"):
-                ids = row.external_ids
+                ids = col(row, "external_ids")
                 if all(ids.get(k) == v for k, v in external_ids.items()):
                     found.append(iface_info(row))
             return found
@@ -346,7 +348,7 @@ class OvsdbClient:
     def _check_bridge_built(self, name: str, target: int, timeout: float, created: bool) -> None:
         def built() -> bool:
             root = self._conn.root()
-            return root is not None and as_int(root.cur_cfg) >= target
+            return root is not None and as_int(col(root, "cur_cfg")) >= target
 
         self._conn.wait_for(built, timeout, f"ovs-vswitchd to build bridge {name}")
         info = self.get_interface(name)
@@ -366,9 +368,9 @@ class OvsdbClient:
         br = self._conn.by_name("Bridge", name)
         if br is None:
             return False
-        if datapath_type is not None and br.datapath_type != datapath_type:
+        if datapath_type is not None and col(br, "datapath_type") != datapath_type:
             return False
-        if fail_mode is not None and optional(br.fail_mode) != fail_mode:
+        if fail_mode is not None and optional(col(br, "fail_mode")) != fail_mode:
             return False
-        ids = as_map(br.external_ids)
+        ids = as_map(col(br, "external_ids"))
         return all(ids.get(k) == v for k, v in (external_ids or {}).items())

@@ -9,7 +9,7 @@ from functools import partial
 from uuid import UUID
 
 from ovs_driver.errors import OvsError, OvsTransactionError
-from ovs_driver.idl import IdlConnection, IdlRow, TxnBuilder
+from ovs_driver.idl import IdlConnection, IdlRow, TxnBuilder, col
 from ovs_driver.rows import as_int, as_map, optional_str, port_settled
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def bridge_of(conn: IdlConnection, port: IdlRow) -> str | None:
     """The name of the bridge that holds ``port`` (lock held)."""
     for br in conn.rows("Bridge"):
         if conn.refers_to(br, "ports", port):
-            return str(br.name)
+            return str(col(br, "name"))
     return None
 
 
@@ -102,9 +102,9 @@ def _plan_port(conn: IdlConnection, txn: TxnBuilder, spec: PortSpec,
         raise OvsTransactionError(
             f"cannot add port {name} to bridge {spec.bridge}: it exists on bridge {owner}")
     ifaces = list(port.interfaces)
-    if len(ifaces) != 1 or ifaces[0].name != name:
+    if len(ifaces) != 1 or col(ifaces[0], "name") != name:
         raise OvsTransactionError(
-            f"port {name} exists with other interfaces {[i.name for i in ifaces]}")
+            f"port {name} exists with other interfaces {[col(i, 'name') for i in ifaces]}")
     port.verify("interfaces")  # the same row with the same interface at commit
     _write_iface(ifaces[0], spec)
     port.external_ids = spec.external_ids  # replaced, not merged: a retried ADD's ids
@@ -126,8 +126,8 @@ def _write_iface(iface: IdlRow, spec: PortSpec, new: bool = False) -> None:
 def _ifaces_written(conn: IdlConnection, uuids: list[UUID], specs: list[PortSpec]) -> bool:
     for u, spec in zip(uuids, specs, strict=True):
         row = conn.row("Interface", u)
-        if row is None or as_map(row.external_ids) != spec.external_ids or \
-                as_map(row.options) != spec.options:
+        if row is None or as_map(col(row, "external_ids")) != spec.external_ids or \
+                as_map(col(row, "options")) != spec.options:
             return False
     return True
 
@@ -138,11 +138,11 @@ def _wait_ofports(conn: IdlConnection, ifaces: list[UUID], specs: list[PortSpec]
     then return the ofports or raise vswitchd's error."""
     def settled() -> bool:
         root = conn.root()
-        cur = as_int(root.cur_cfg) if root is not None else -1
+        cur = as_int(col(root, "cur_cfg")) if root is not None else -1
         for u in ifaces:
             row = conn.row("Interface", u)
-            if row is None or not port_settled(as_int(row.ofport), optional_str(row.error),
-                                               cur, target):
+            if row is None or not port_settled(as_int(col(row, "ofport")),
+                                               optional_str(col(row, "error")), cur, target):
                 return False
         return True
 
@@ -152,9 +152,9 @@ def _wait_ofports(conn: IdlConnection, ifaces: list[UUID], specs: list[PortSpec]
         out = []
         for u, spec in zip(ifaces, specs, strict=True):
             row = conn.row("Interface", u)
-            ofport = as_int(row.ofport) if row is not None else -1
+            ofport = as_int(col(row, "ofport")) if row is not None else -1
             if ofport <= 0:
-                error = (optional_str(row.error) if row is not None else None) or (
+                error = (optional_str(col(row, "error")) if row is not None else None) or (
                     "ovs-vswitchd did not set it up (no ofport; see ovs-vswitchd.log)")
                 raise OvsTransactionError(
                     f"interface {spec.name} on bridge {spec.bridge}: {error}", error=error)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ovs_driver.idl import IdlRow
+from ovs_driver.idl import IdlRow, col
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ def optional_str(value: Any) -> str | None:
 
 def iface_info(row: IdlRow) -> InterfaceInfo:
     return InterfaceInfo(
-        name=str(row.name),
-        type=str(row.type),
-        ofport=as_int(row.ofport),
-        mac_in_use=optional_str(row.mac_in_use),
-        external_ids=as_map(row.external_ids),
-        options=as_map(row.options),
-        error=optional_str(row.error),
+        name=str(col(row, "name")),
+        type=str(col(row, "type")),
+        ofport=as_int(col(row, "ofport")),
+        mac_in_use=optional_str(col(row, "mac_in_use")),
+        external_ids=as_map(col(row, "external_ids")),
+        options=as_map(col(row, "options")),
+        error=optional_str(col(row, "error")),
     )
 
 
