@@ -62,7 +62,8 @@ _CATCH_UP = 1.0
 def col(row: IdlRow, column: str) -> Any:
     """A column's committed value, read straight off python-ovs's datum: scalars as
     they are, maps as dicts, other sets (optional columns too) as lists, references as
-    uuids. ``row.column`` gives the same through ``Row.__getattr__``, which also merges
+    uuids. ``row.column`` gives the same (references as rows) via ``Row.__getattr__``,
+    which also merges
     a transaction's pending writes and so converts a map three times: ~50 us for a
     port's external_ids, paid per interface by every scan. Never a pending write."""
     datum = row._data[column]
@@ -75,9 +76,8 @@ def col(row: IdlRow, column: str) -> Any:
 
 
 class IdlRow(Protocol):
-    """A row of the replica (``ovs.db.idl.Row``): columns are attributes, read as
-    Python values (optional columns as 0/1-element lists, maps as dicts, references
-    as rows), written inside a transaction."""
+    """A row of the replica (``ovs.db.idl.Row``): columns are attributes, written
+    inside a transaction; read them with :func:`col`."""
 
     uuid: uuid.UUID
 
