@@ -63,9 +63,9 @@ def col(row: IdlRow, column: str) -> Any:
     """A column's committed value, read straight off python-ovs's datum: scalars as
     they are, maps as dicts, other sets (optional columns too) as lists, references as
     uuids. ``row.column`` gives the same (references as rows) via ``Row.__getattr__``,
-    which also merges
-    a transaction's pending writes and so converts a map three times: ~50 us for a
-    port's external_ids, paid per interface by every scan. Never a pending write."""
+    which also merges a transaction's pending writes and so converts a map three
+    times: ~50 us for a port's external_ids, paid per interface by every scan. Never
+    a pending write."""
     datum = row._data[column]
     if datum.type.is_map():
         return {k.value: v.value for k, v in datum.values.items()}
