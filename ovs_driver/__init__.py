@@ -1,5 +1,5 @@
 """Open vSwitch for the node agent: an OVSDB client (bridges, ports with
-external_ids, tunnels, patch ports) over raw JSON-RPC, and a small OpenFlow helper.
+external_ids, tunnels, patch ports) on python-ovs's Idl, and a small OpenFlow helper.
 
 Imports nothing of ours (see the import-linter contracts in pyproject.toml).
 """
@@ -12,7 +12,8 @@ from ovs_driver.errors import (
     OvsTransactionError,
 )
 from ovs_driver.flows import OpenFlowBridge
-from ovs_driver.ovsdb import InterfaceInfo, OvsdbClient
+from ovs_driver.ovsdb import OvsdbClient
+from ovs_driver.rows import InterfaceInfo
 
 __all__ = [
     "InterfaceInfo",

@@ -19,23 +19,17 @@ class OvsConnectionError(OvsError):
 
 
 class OvsTransactionError(OvsError):
-    """OVSDB refused a request: an op error, a constraint violation, or a row that the
-    transaction's preconditions ("wait" ops) did not find. The OVSDB text is kept in
-    the message and in ``error``/``details`` so an operator sees what the server said.
+    """OVSDB or ovs-vswitchd refused a change: an op error, a constraint violation, a
+    missing bridge, a port vswitchd could not open, or races lost to other writers
+    until the retries ran out. The server's text is kept in the message and in
+    ``error``/``details`` so an operator sees what OVS said.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        error: str | None = None,
-        details: object = None,
-        op_index: int | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, error: str | None = None,
+                 details: object = None) -> None:
         super().__init__(message)
         self.error = error  # OVSDB's short error tag, e.g. "constraint violation"
         self.details = details
-        self.op_index = op_index  # which op of the transaction failed, when known
 
 
 class OvsTimeout(OvsError):
