@@ -7,7 +7,9 @@ agent), then runs the measuring loop *inside the node's namespace* so both plugi
 the same way a runtime on that node would (the reference plugin's bridge and addresses live
 only in that namespace). Pods are interleaved ecnet, reference, ecnet, ... ; a warm-up is
 discarded. Prints one table: ADD/DEL p50/p90/p99/max, burst wall times, allocation rate
-through gRPC vs host-local exec'd per allocation, agent and controller RSS, and the ratios.
+through gRPC vs host-local exec'd per allocation, STATUS latency, how many DELs returned with
+the pod's interface still there (the CNI spec says none may), which CNI binary the agent
+installed, agent and controller RSS, and the ratios.
 Not part of the test run (no test_ names; tests/bench is never collected for assertions).
 """
 from __future__ import annotations
@@ -82,6 +84,7 @@ def inner(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, list[float]]] = {k: {"ADD": [], "DEL": []} for k in plugins}
     errors: list[str] = []
     created: list[str] = []
+    left = {k: 0 for k in plugins}   # DELs that returned with the pod's eth0 still there
     if True:
         for i in range(args.warmup + args.pods):
             for kind in ("ecnet", "reference"):
@@ -97,6 +100,10 @@ def inner(args: argparse.Namespace) -> None:
                                            cni_path)
                 if rc != 0:
                     errors.append(f"{kind} DEL: {out}")
+                # the CNI spec's DEL promise, checked outside the timing
+                if subprocess.run(["ip", "-n", ns, "link", "show", "eth0"],
+                                  capture_output=True).returncode == 0:
+                    left[kind] += 1
                 if i >= args.warmup:
                     results[kind]["ADD"].append(dt_add)
                     results[kind]["DEL"].append(dt_del)
@@ -129,8 +136,12 @@ def inner(args: argparse.Namespace) -> None:
             exec_cni(f"{REF_DIR}/host-local", "ADD", uuid.uuid4().hex, "/var/run/netns/x",
                      hl_conf, REF_DIR)
         hl_rate = n / (time.perf_counter() - t)
+        # STATUS, which containerd 2.x execs every 5 s on every node
+        status = [exec_cni(cfg["ecnet_binary"], "STATUS", "", "", ecnet_conf,
+                           cfg["ecnet_bin_dir"])[0] for _ in range(args.status)]
     Path(cfg["out"]).write_text(json.dumps({"results": results, "bursts": bursts,
-                                            "hl_rate": hl_rate, "errors": errors[:20]}))
+                                            "hl_rate": hl_rate, "errors": errors[:20],
+                                            "left": left, "status": status}))
 
 
 # ---------------------------------------------------------------- outer (builds the lab)
@@ -161,9 +172,12 @@ def outer(args: argparse.Namespace) -> None:
         subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-m",
                         "tests.bench.cni_bench", "--inner", str(spec), "--pods",
                         str(args.pods), "--warmup", str(args.warmup), "--burst",
-                        str(args.burst), "--alloc", str(args.alloc)],
+                        str(args.burst), "--alloc", str(args.alloc), "--status",
+                        str(args.status)],
                        check=True, cwd=lab.repo)
         data = json.loads(out.read_text())
+        args.binary_kind = ("python" if Path(node.binary).read_bytes()[:2] == b"#!"
+                            else "static C")
         rate = grpc_alloc_rate(lab.controller_addr, args.clients)
         agent_rss = rss_mb(node.agent.pid) if node.agent else float("nan")
         ctl_rss = rss_mb(lab.controller.pid) if lab.controller else float("nan")
@@ -191,6 +205,12 @@ def report(data: dict[str, Any], rate: float, agent_rss: float, ctl_rss: float,
     for name, e, ref in rows:
         ratio = e / ref if ref and e else float("nan")
         print(f"{name:52} {e:10.2f} {ref:10.2f} {ratio:7.2f}")
+    st = data["status"]
+    print(f"{'STATUS p50 / p99 (ms)':52} {pct(st, 50):10.2f} {pct(st, 99):10.2f}")
+    left = data["left"]
+    print(f"{'DELs returning with eth0 still in the netns':52} {left['ecnet']:10d} "
+          f"{left['reference']:10d}")
+    print(f"{'CNI binary':52} {args.binary_kind:>10}")
     print(f"{'agent RSS (MB)':52} {agent_rss:10.1f}")
     print(f"{'controller RSS (MB)':52} {ctl_rss:10.1f}")
     print("ratios: ecnet/reference for latencies and bursts; ecnet/host-local for allocations")
@@ -205,6 +225,7 @@ def main() -> None:
     p.add_argument("--burst", type=int, default=100)
     p.add_argument("--alloc", type=int, default=300)
     p.add_argument("--clients", type=int, default=2, help="gRPC load client processes")
+    p.add_argument("--status", type=int, default=200, help="STATUS execs to time")
     p.add_argument("--inner", default="")
     a = p.parse_args()
     inner(a) if a.inner else outer(a)
