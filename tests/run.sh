@@ -11,7 +11,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "==> proto stubs"
 bash .ci/gen-proto --check
 echo "==> import contracts"
-lint-imports --config pyproject.toml
+lint-imports pyproject.toml
 echo "==> ruff"
 ruff check cni datapath ipcontroller ipam ovs_driver onos_emulator tests
 echo "==> mypy"
