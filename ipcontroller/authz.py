@@ -83,13 +83,13 @@ def identity_of(context: grpc.ServicerContext, plaintext_tcp_admin: bool) -> Ide
 
 def _node_names(method: str, request: Any, ports: PortNodes) -> list[str]:
     """The node(s) an agent RPC acts for: each must be the caller's own."""
-    if method == "AllocatePort":
-        return [request.node]
     if method == "RegisterNode":
         return [request.node.name]
-    if method in ("ReleasePort", "GetPort"):
-        owner = ports.node_of_port(request.container_id, request.ifname)
-        return [] if owner is None else [owner]
+    if method in ("AllocatePort", "ReleasePort", "GetPort"):
+        # A retried ADD answers with the existing port: it must be the caller's too.
+        held = ports.node_of_port(request.container_id, request.ifname)
+        asked = [request.node] if method == "AllocatePort" else []
+        return asked + ([] if held is None else [held])
     return []   # GetTopology: every node's view of the overlay, nobody's in particular
 
 

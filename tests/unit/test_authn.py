@@ -94,6 +94,8 @@ def test_a_node_may_not_release_another_nodes_port(ctl: IpControllerDaemon, pki:
     port = a.AllocatePort(alloc("rel-a", "a"), timeout=10).port
     denied(b.ReleasePort, pb.ReleaseRequest(container_id="rel-a", ifname="eth0"))
     denied(b.GetPort, pb.GetPortRequest(container_id="rel-a", ifname="eth0"))
+    # Nor get it as the answer to a "retried" ADD naming itself.
+    denied(b.AllocatePort, alloc("rel-a", "b"))
     # Still a's, still active: b changed nothing.
     assert a.GetPort(pb.GetPortRequest(container_id="rel-a", ifname="eth0"),
                      timeout=10).port.id == port.id
