@@ -29,7 +29,7 @@ from .domain import (
 )
 from .errors import Busy, InvalidArgument, NotFound, PolicyConflict, PoolExhausted
 from .onos.desired import OutboxWriter
-from .placement import choose_pool, owner_of
+from .placement import check_owner_scope, choose_pool, owner_of
 from .policy import rules_for
 from .store.base import PortFilter, Store, UnitOfWork
 
@@ -73,6 +73,7 @@ class Allocator:
                         f"{existing.id} for pod uid {existing.pod_uid}, not {req.pod.uid}")
                 view = cfg.view_by_id(uow, existing.pool_id)
                 return Allocation(existing, view.pool, view.subnets, True)
+            check_owner_scope(req)
             pool = choose_pool(req, cfg.pools,
                                cfg.namespace_defaults.get(req.pod.namespace)
                                if req.pod.namespace else None,
@@ -84,6 +85,7 @@ class Allocator:
             if owner is not None:
                 bound = uow.port_by_owner(pool.id, owner)
                 if bound is not None:
+                    check_owner_scope(req, bound)
                     port = self._attach_bound(uow, view, bound, req, now)
                     return Allocation(port, pool, view.subnets, False)
             port = self.new_port(uow, view, req, owner, now, PortState.ACTIVE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .domain import AllocationRequest, Pool
+from .domain import AllocationRequest, Pool, Port
 from .errors import InvalidArgument, NotFound, PolicyConflict
 from .policy import policy_for_product_type, rules_for
 
@@ -111,3 +111,25 @@ def owner_of(req: AllocationRequest, pool: Pool) -> str | None:
     raise InvalidArgument(
         f"pool {pool.name!r} has policy {pool.policy.value}: the pod needs an identity "
         "(K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS, or ecnet.io/owner)")
+
+
+def check_owner_scope(req: AllocationRequest, bound: Port | None = None) -> None:
+    """Owner annotations are tenant-scoped (issue 12): a pod in namespace `evil` naming
+    `ecnet.io/owner: t/o1` must not get tenant t's address, nor join t's sticky group.
+
+    - an owner `ns/name` must be in the pod's own namespace (checked before placement, as the
+      group is derived from it);
+    - an owner without a namespace (what `ipctl bind` pins for light VMs) belongs to the
+      namespace whose pod first claimed it (`bound.pod_namespace`): an admin binding nobody
+      has claimed yet is open to the first pod, after that to its namespace only.
+    A request without a namespace (a runtime outside Kubernetes) has no tenant to check."""
+    ns = req.pod.namespace
+    if not req.owner or not ns:
+        return
+    owner_ns, sep, _ = req.owner.partition("/")
+    if sep and owner_ns != ns:
+        raise PolicyConflict(f"owner {req.owner!r} is in namespace {owner_ns!r}, not the pod's "
+                             f"({ns!r}): a pod may name owners of its own namespace only")
+    if not sep and bound is not None and bound.pod_namespace not in ("", ns):
+        raise PolicyConflict(f"owner {req.owner!r} belongs to namespace "
+                             f"{bound.pod_namespace!r}, not the pod's ({ns!r})")

@@ -16,7 +16,7 @@ import click
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 
-from .ipctl_client import IpctlError, IpctlSettings
+from .ipctl_client import ClientTls, IpctlError, IpctlSettings
 from .ipctl_output import Column, emit, emit_done, emit_fields, print_json, print_table
 
 DEFAULT_CONTROLLER = "127.0.0.1:7400"
@@ -85,10 +85,22 @@ pass_settings = click.make_pass_decorator(IpctlSettings)
 @click.option("-o", "--output", type=click.Choice(OUTPUTS), default="table", show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, metavar="SECONDS", help="per-call deadline")
+@click.option("--tls-cert", envvar="ECNET_TLS_CERT", default="", metavar="FILE",
+              help="client certificate, CN admin:<name> (env ECNET_TLS_CERT); with --tls-key "
+                   "and --tls-ca the call uses mutual TLS")
+@click.option("--tls-key", envvar="ECNET_TLS_KEY", default="", metavar="FILE",
+              help="its private key (env ECNET_TLS_KEY)")
+@click.option("--tls-ca", envvar="ECNET_TLS_CA", default="", metavar="FILE",
+              help="CA that signed the controller's certificate (env ECNET_TLS_CA)")
 @click.pass_context
-def cli(ctx: click.Context, controller: str, output: str, timeout: float) -> None:
+def cli(ctx: click.Context, controller: str, output: str, timeout: float,
+        tls_cert: str, tls_key: str, tls_ca: str) -> None:
     """Manage ecnet pools, subnets, ports, bindings, nodes and ONOS sync."""
-    settings = IpctlSettings(controller, output, timeout)
+    given = [bool(tls_cert), bool(tls_key), bool(tls_ca)]
+    if any(given) and not all(given):
+        raise click.UsageError("--tls-cert, --tls-key and --tls-ca go together")
+    tls = ClientTls(tls_cert, tls_key, tls_ca) if all(given) else None
+    settings = IpctlSettings(controller, output, timeout, tls)
     ctx.obj = settings
     ctx.call_on_close(settings.close)
 

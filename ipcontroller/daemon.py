@@ -20,11 +20,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy.exc import SQLAlchemyError
 
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
-from ipam.errors import IpamError
+from ipam.errors import IpamError, NotFound
 from ipam.service import IpamService
 from ipam.store import open_store
 
 from . import logconfig
+from .authz import AuthzInterceptor
+from .listeners import TlsFiles, add_listener, is_loopback, is_unix, plaintext_refusal
+from .secrets import redact_url, warn_if_exposed
 from .servicer import IPAdminServicer, IPControllerServicer
 
 log = logging.getLogger("ipcontroller")
@@ -55,6 +58,10 @@ class DaemonSettings:
     holder: str
     onos_lease_ttl: float = 15.0
     onos_max_backoff: float = 30.0
+    tls: TlsFiles | None = None
+    insecure: bool = False
+    socket_group: str = ""
+    health_listen: str = ""
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonSettings:
@@ -90,7 +97,33 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--holder", default=f"{os.uname().nodename}:{os.getpid()}",
                    help="this replica's name for the ONOS sync lease")
+    p.add_argument("--tls-cert", default="", metavar="FILE",
+                   help="the controller's TLS certificate (PEM): TCP listeners then take "
+                        "only clients with a certificate signed by --tls-client-ca")
+    p.add_argument("--tls-key", default="", metavar="FILE", help="its private key (PEM, 0600)")
+    p.add_argument("--tls-client-ca", default="", metavar="FILE",
+                   help="CA (PEM) that signs client certificates: CN admin:<name> for ipctl, "
+                        "node:<name> for agents")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plaintext, unauthenticated gRPC on a non-loopback TCP address")
+    p.add_argument("--health-listen", default="",
+                   help="plaintext HOST:PORT[,...] for probes (kubelet's gRPC probe has no TLS): "
+                        "with TLS configured it serves the health service alone")
+    p.add_argument("--socket-group", default="",
+                   help="group of the unix sockets in --listen (mode 0660; its members are "
+                        "trusted as admin)")
     a = p.parse_args(argv)
+    tls_given = [bool(a.tls_cert), bool(a.tls_key), bool(a.tls_client_ca)]
+    if any(tls_given) and not all(tls_given):
+        p.error("--tls-cert, --tls-key and --tls-client-ca go together")
+    tls = TlsFiles(a.tls_cert, a.tls_key, a.tls_client_ca) if all(tls_given) else None
+    health = [h for h in a.health_listen.split(",") if h]
+    for addr in health:
+        if is_unix(addr) or not addr.rpartition(":")[2].isdigit():
+            p.error(f"--health-listen takes HOST:PORT, got {addr!r}")
+    refusal = plaintext_refusal(a.listen.split(",") + health, tls is not None, a.insecure)
+    if refusal:
+        p.error(refusal)
     for addr in a.listen.split(","):
         if ":" not in addr:
             p.error(f"--listen takes HOST:PORT or unix:PATH, got {addr!r}")
@@ -111,7 +144,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     return DaemonSettings(a.listen, a.db, a.metrics_listen, a.onos_url.rstrip("/"), a.onos_user,
                     a.onos_password_file, a.onos_timeout, a.onos_resync_interval,
                     a.heartbeat_seconds, a.sweep_interval, a.workers,
-                    a.log_level, a.holder, a.onos_lease_ttl, a.onos_max_backoff)
+                    a.log_level, a.holder, a.onos_lease_ttl, a.onos_max_backoff,
+                    tls, a.insecure, a.socket_group, a.health_listen)
 
 
 class IpControllerDaemon:
@@ -134,7 +168,10 @@ class IpControllerDaemon:
             from .sync_runner import SyncRunner
             self.sync = SyncRunner(self.store, settings, self.ipam)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers),
-                                  options=[("grpc.so_reuseport", 0)])
+                                  options=[("grpc.so_reuseport", 0)],
+                                  interceptors=[AuthzInterceptor(
+                                      _PortNodes(self.ipam),
+                                      plaintext_tcp_admin=settings.tls is None)])
         on_change = self.sync.wake if self.sync is not None else None
         pb_grpc.add_IPControllerServicer_to_server(
             IPControllerServicer(self.ipam, settings.heartbeat_seconds, on_change), self.server)
@@ -144,18 +181,16 @@ class IpControllerDaemon:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = 0
         for address in settings.listen.split(","):
-            if address.startswith("unix:"):
-                sock = Path(address[len("unix:"):])
-                sock.parent.mkdir(parents=True, exist_ok=True)
-                sock.unlink(missing_ok=True)  # stale socket of a previous run
-            try:
-                bound = self.server.add_insecure_port(address)
-            except RuntimeError:  # what grpcio raises for a port in use or a missing dir
-                bound = 0
-            if bound == 0:
-                raise OSError(f"cannot listen on {address}")
-            if not address.startswith("unix:") and not self.port:
+            bound = add_listener(self.server, address, settings.tls, settings.socket_group)
+            if bound and not self.port:
                 self.port = bound
+            if settings.tls is None and not is_unix(address):
+                log.warning("plaintext gRPC on %s: every caller that reaches it is admin%s",
+                            address, "" if is_loopback(address) else " (--insecure)")
+        for address in filter(None, settings.health_listen.split(",")):
+            add_listener(self.server, address, None)   # plaintext: health only under TLS
+        if settings.onos_password_file:
+            warn_if_exposed(settings.onos_password_file, "ONOS password file")
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -172,7 +207,7 @@ class IpControllerDaemon:
             host, _, port = self.settings.metrics_listen.rpartition(":")
             start_http_server(int(port), addr=host or "127.0.0.1")
         log.info("serving listen=%s port=%d db=%s onos=%s", self.settings.listen, self.port,
-                 _redact(self.settings.db), self.settings.onos_url or "off")
+                 redact_url(self.settings.db), self.settings.onos_url or "off")
 
     def _sweeper(self) -> None:
         while not self.stop_event.wait(self.settings.sweep_interval):
@@ -194,13 +229,18 @@ class IpControllerDaemon:
         self.store.close()
 
 
-def _redact(url: str) -> str:
-    """Never log a database password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
+class _PortNodes:
+    """`authz.PortNodes` over the IPAM service: which node a request's port is on."""
+
+    def __init__(self, ipam: IpamService) -> None:
+        self.ipam = ipam
+
+    def node_of_port(self, container_id: str, ifname: str) -> str | None:
+        try:
+            port, _, _ = self.ipam.get_port(container_id, ifname)
+        except NotFound:
+            return None
+        return port.node
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@ gRPC failure turned into the one line an operator reads (`IpctlError`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -33,9 +34,27 @@ class IpctlError(click.ClickException):
         click.echo(f"ipctl: error: {self.format_message()}", file=file, err=file is None)
 
 
-def open_channel(target: str) -> grpc.Channel:
+@dataclass(frozen=True)
+class ClientTls:
+    """ipctl's client certificate (CN admin:<name>) and the CA the controller's must chain to."""
+
+    cert: str
+    key: str
+    ca: str
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        try:
+            files = [Path(p).read_bytes() for p in (self.ca, self.key, self.cert)]
+        except OSError as exc:
+            raise IpctlError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
+        return grpc.ssl_channel_credentials(*files)
+
+
+def open_channel(target: str, tls: ClientTls | None = None) -> grpc.Channel:
     """The only place a channel is made, so every command dials the controller the same way."""
-    return grpc.insecure_channel(target)
+    if tls is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, tls.credentials())
 
 
 def rpc_error_message(err: grpc.RpcError, target: str, timeout: float) -> str:
@@ -63,12 +82,13 @@ class IpctlSettings:
     controller: str
     output: str
     timeout: float
+    tls: ClientTls | None = None
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
     def call(self, method: str, request: Message) -> Any:
         """One IPAdmin RPC; every gRPC failure leaves here as an IpctlError."""
         if self._channel is None:
-            self._channel = open_channel(self.controller)
+            self._channel = open_channel(self.controller, self.tls)
         rpc = getattr(pb_grpc.IPAdminStub(self._channel), method)
         try:
             return rpc(request, timeout=self.timeout)

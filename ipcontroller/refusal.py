@@ -39,6 +39,7 @@ LEGACY_NAMES: dict[pb.ErrorCode, str] = {
     pb.ERROR_CODE_ONOS_UNAVAILABLE: "OnosError",
     pb.ERROR_CODE_ONOS_AUTH: "OnosAuthError",
     pb.ERROR_CODE_ONOS_REJECTED: "OnosRejected",
+    pb.ERROR_CODE_PERMISSION_DENIED: "PermissionDenied",
 }
 
 

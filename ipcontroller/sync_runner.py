@@ -25,6 +25,7 @@ from typing import Any
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ipam.onos import OnosClient, SyncWorker, read_password
+from ipam.onos.client import DEFAULT_PASSWORD
 from ipam.onos.desired import DesiredStateReader
 from ipam.service import IpamService
 from ipam.store import Store
@@ -64,6 +65,9 @@ class SyncRunner:
         self.settings = settings
         self.desired = DesiredStateReader(store)
         password = read_password(settings.onos_password_file or None)
+        if password == DEFAULT_PASSWORD:
+            log.warning("the ONOS password is ONOS's factory default: anyone who reaches ONOS "
+                        "can change the overlay; set one and give --onos-password-file")
         self.client = OnosClient(settings.onos_url, settings.onos_user, password,
                                  timeout=settings.onos_timeout)
         self.worker = SyncWorker(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -40,6 +42,8 @@ _CNI_BY_CODE: dict[pb.ErrorCode, type[ce.CniError] | None] = {
     pb.ERROR_CODE_ONOS_UNAVAILABLE: None,
     pb.ERROR_CODE_ONOS_AUTH: None,
     pb.ERROR_CODE_ONOS_REJECTED: None,
+    # The agent's certificate may not do this: an error of ours, not the pod's, never retried.
+    pb.ERROR_CODE_PERMISSION_DENIED: None,
 }
 # What controllers before ErrorCode sent in "ecnet-error" (names they sent that are not here,
 # "Internal" and the ONOS classes, meant "decide by the status" then too).
@@ -88,17 +92,39 @@ def to_cni_error(err: grpc.RpcError, target: str) -> ce.CniError:
     return ce.CniError(f"IP controller error: {details}", code.name)
 
 
+@dataclass(frozen=True)
+class AgentTls:
+    """The node's client certificate (CN node:<node>) and the CA of the controller's."""
+
+    cert: str
+    key: str
+    ca: str
+    # The name the controller's certificate must carry when the agent dials an address it
+    # does not name (a Service's cluster IP: no DNS before the pod network exists).
+    server_name: str = ""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Read at start: a missing file is a start-up error (OSError), not a pod's."""
+        ca, key, cert = (Path(p).read_bytes() for p in (self.ca, self.key, self.cert))
+        return grpc.ssl_channel_credentials(ca, key, cert)
+
+
 class GrpcControllerClient:
-    def __init__(self, target: str, timeout: float = 10.0, reconnect_wait: float = 2.0) -> None:
+    def __init__(self, target: str, timeout: float = 10.0, reconnect_wait: float = 2.0,
+                 tls: AgentTls | None = None) -> None:
         self.target = target
         self.timeout = timeout
         self.reconnect_wait = reconnect_wait
-        self.channel = grpc.insecure_channel(target, options=[
+        options: list[tuple[str, int | str]] = [
             ("grpc.keepalive_time_ms", 30000),
             ("grpc.enable_retries", 1),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
-        ])
+        ]
+        if tls is not None and tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        self.channel = (grpc.insecure_channel(target, options=options) if tls is None else
+                        grpc.secure_channel(target, tls.credentials(), options=options))
         self.stub = pb_grpc.IPControllerStub(self.channel)
 
     def _call(self, fn: Callable[..., T], request: Any, timeout: float | None = None) -> T:

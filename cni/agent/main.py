@@ -23,7 +23,7 @@ from ovs_driver import OvsdbClient
 
 from .. import errors as ce
 from ..install import install_cni_binary
-from .controller import GrpcControllerClient
+from .controller import AgentTls, GrpcControllerClient
 from .handler import DEFAULT_MTU, AgentConfig, CniHandler
 from .netlink.verbs import PodNetlink
 from .server import AgentServer
@@ -57,6 +57,7 @@ class AgentSettings:
     ovs_rundir: str = ""
     gc_grace_seconds: float = 60.0
     controller_timeout: float = 10.0
+    tls: AgentTls | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> AgentSettings:
@@ -105,7 +106,21 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                         "in flight while the runtime lists what it has)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    p.add_argument("--tls-cert", default="", metavar="FILE",
+                   help="this node's client certificate (PEM, CN node:<--node>): with --tls-key "
+                        "and --tls-ca the controller is dialled with mutual TLS")
+    p.add_argument("--tls-key", default="", metavar="FILE", help="its private key (PEM)")
+    p.add_argument("--tls-ca", default="", metavar="FILE",
+                   help="CA (PEM) that signed the controller's certificate")
+    p.add_argument("--tls-server-name", default="",
+                   help="name the controller's certificate must carry, when --controller is "
+                        "an address it does not list (e.g. a Service's cluster IP)")
     a = p.parse_args(argv)
+    tls_given = [bool(a.tls_cert), bool(a.tls_key), bool(a.tls_ca)]
+    if any(tls_given) and not all(tls_given):
+        p.error("--tls-cert, --tls-key and --tls-ca go together")
+    if all(tls_given) and a.controller.startswith("unix:"):
+        p.error("--tls-* is for a TCP --controller; the controller's unix socket is plaintext")
     if not a.ovsdb.startswith(("unix:", "tcp:")):
         p.error(f"--ovsdb must be unix:PATH or tcp:HOST:PORT, got {a.ovsdb!r}")
     if not 576 <= a.mtu <= 9000:
@@ -134,7 +149,9 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                          gateway_port=a.gateway_port, topology_interval=a.topology_interval,
                          ovs_rundir=a.ovs_rundir or default_rundir(a.ovsdb),
                          gc_grace_seconds=a.gc_grace_seconds,
-                         controller_timeout=a.controller_timeout)
+                         controller_timeout=a.controller_timeout,
+                         tls=AgentTls(a.tls_cert, a.tls_key, a.tls_ca, a.tls_server_name)
+                         if all(tls_given) else None)
 
 
 class Agent:
@@ -147,7 +164,8 @@ class Agent:
         if not self.ovs.bridge_exists(s.bridge):
             self.ovs.ensure_bridge(s.bridge, datapath_type=s.datapath_type)
         userspace = self.ovs.datapath_type(s.bridge) == "netdev"
-        self.controller = GrpcControllerClient(s.controller, timeout=s.controller_timeout)
+        self.controller = GrpcControllerClient(s.controller, timeout=s.controller_timeout,
+                                               tls=s.tls)
         self.netlink = PodNetlink()
         cfg = AgentConfig(node=s.node, bridge=s.bridge, default_mtu=s.mtu,
                           tx_checksum_off=userspace, gc_grace_seconds=s.gc_grace_seconds)

@@ -21,6 +21,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_ONOS_UNAVAILABLE: _ClassVar[ErrorCode]
     ERROR_CODE_ONOS_AUTH: _ClassVar[ErrorCode]
     ERROR_CODE_ONOS_REJECTED: _ClassVar[ErrorCode]
+    ERROR_CODE_PERMISSION_DENIED: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_INVALID_ARGUMENT: ErrorCode
@@ -33,6 +34,7 @@ ERROR_CODE_BUSY: ErrorCode
 ERROR_CODE_ONOS_UNAVAILABLE: ErrorCode
 ERROR_CODE_ONOS_AUTH: ErrorCode
 ERROR_CODE_ONOS_REJECTED: ErrorCode
+ERROR_CODE_PERMISSION_DENIED: ErrorCode
 
 class ErrorDetail(_message.Message):
     __slots__ = ("code", "message")

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from tests.lab.helpers import free_port, wait_for
 from tests.lab.ovs import PrivateOvs, _datum, vsctl
+from tests.lab.tls import Pki, make_pki
 
 PY = sys.executable
 NETNS_DIR = "/var/run/netns"
@@ -31,6 +32,9 @@ NETNS_DIR = "/var/run/netns"
 # gateway. Addresses that exist only inside the lab's own namespaces.
 UNDERLAY_PREFIX = "172.31.0"    # .N/24 for host N
 PHYS_PREFIX = "172.30.0"        # .1 the gateway host, .2 the physical namespace
+# A lab whose controller has a namespace of its own (Lab(controller_netns=True)): the
+# controller's network, where agents dial it over TCP with mutual TLS.
+CONTROL_PREFIX = "172.29.0"     # .254 the controller, .N the Nth node cabled to it
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 30,
@@ -92,6 +96,7 @@ class LabNode:
         self.agent: subprocess.Popen[bytes] | None = None
         self.underlay_ip = ""       # set for multi-host nodes (Lab.add_host)
         self.agent_args: tuple[str, ...] = ()
+        self.controller_tcp = False  # dial the controller over TCP + mTLS (Lab.add_tcp_node)
 
     @property
     def binary(self) -> str:
@@ -122,9 +127,16 @@ class LabNode:
         agent_args = agent_args or self.agent_args
         self.agent_args = agent_args
         log = open(self.dir / "agent.log", "ab")
+        controller = [self.lab.controller_sock]
+        if self.controller_tcp:
+            assert self.lab.pki is not None, "an agent over TCP needs the lab's TLS"
+            self.lab.pki = make_pki(self.lab.pki.dir, self.name,   # node-<name>.pem
+                                    names=(f"{CONTROL_PREFIX}.254",))
+            controller = [f"{CONTROL_PREFIX}.254:{self.lab.port}",
+                          *self.lab.pki.client_flags(f"node-{self.name}")]
         self.agent = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, PY, "-m", "cni.agent.main",
-              "--controller", self.lab.controller_sock,
+              "--controller", *controller,
              "--socket", self.socket, "--ovsdb", self.ovs.remote, "--bridge", "br-int",
              "--node", self.name, "--install-cni-dir", str(self.bin_dir),
              "--log-level", "debug", *agent_args],
@@ -252,9 +264,19 @@ class LabNode:
 class Lab:
     """Controller + nodes + pods; a context manager that always cleans up."""
 
-    def __init__(self, workdir: str | Path, db: str | None = None) -> None:
+    def __init__(self, workdir: str | Path, db: str | None = None, tls: bool = True,
+                 controller_netns: bool = False) -> None:
+        """`tls`: the controller's TCP listener takes mutual TLS only, ipctl presents the lab's
+        admin certificate (agents keep the unix socket unless added with add_tcp_node).
+        `controller_netns`: the controller runs in a namespace of its own, cabled to the
+        nodes added with add_tcp_node (ipctl runs there too)."""
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.pki: Pki | None = (make_pki(self.dir / "pki", names=(f"{CONTROL_PREFIX}.254",))
+                                if tls or controller_netns else None)
+        self.controller_ns = ""
+        self._controller_netns = controller_netns
+        self.tcp_nodes = 0
         self.repo = str(Path(__file__).resolve().parents[2])
         self.db = db or f"sqlite:///{self.dir}/ipam.db"
         self.port = free_port()
@@ -276,12 +298,24 @@ class Lab:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _in_controller_ns(self) -> list[str]:
+        return ["ip", "netns", "exec", self.controller_ns] if self.controller_ns else []
+
     def start_controller(self, *extra: str) -> None:
+        listen = f"{self.controller_addr},{self.controller_sock}"
+        if self._controller_netns and not self.controller_ns:
+            self.controller_ns = self.make_netns("ctl")
+            sh("ip", "-n", self.controller_ns, "link", "add", "cb", "type", "bridge")
+            sh("ip", "-n", self.controller_ns, "addr", "add", f"{CONTROL_PREFIX}.254/24",
+               "dev", "cb")
+            sh("ip", "-n", self.controller_ns, "link", "set", "cb", "up")
+        if self.controller_ns:
+            listen += f",{CONTROL_PREFIX}.254:{self.port}"
+        tls = self.pki.controller_flags() if self.pki is not None else []
         log = open(self.dir / "controller.log", "ab")
         self.controller = subprocess.Popen(
-            [PY, "-m", "ipcontroller.daemon",
-             "--listen", f"{self.controller_addr},{self.controller_sock}",
-             "--db", self.db, "--log-level", "debug", *extra],
+            [*self._in_controller_ns(), PY, "-m", "ipcontroller.daemon", "--listen", listen,
+             *tls, "--db", self.db, "--log-level", "debug", *extra],
             stdout=log, stderr=log, cwd=self.repo)
         wait_for(self._controller_ready, 20, "controller")
 
@@ -290,6 +324,11 @@ class Lab:
             raise RuntimeError("controller exited: "
                                + (self.dir / "controller.log").read_text()[-2000:])
         try:
+            if self.controller_ns:   # its loopback is not ours; the unix socket crosses
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(0.2)
+                    s.connect(self.controller_sock[len("unix:"):])
+                return True
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                 return True
         except OSError:
@@ -309,6 +348,24 @@ class Lab:
         node = LabNode(self, name)
         self.nodes.append(node)
         return node.start(*agent_args)
+
+    def add_tcp_node(self, name: str, *agent_args: str) -> LabNode:
+        """A node whose agent dials the controller over TCP with mutual TLS (its own
+        certificate, CN node:<name>), on a cable to the controller's namespace."""
+        assert self.controller_ns, "Lab(controller_netns=True) and start_controller() first"
+        self.tcp_nodes += 1
+        n = self.tcp_nodes
+        node = LabNode(self, name)
+        self.nodes.append(node)
+        node.start_host()
+        sh("ip", "link", "add", "ctl0", "netns", node.netns, "type", "veth",
+           "peer", "name", f"c{n}", "netns", self.controller_ns)
+        sh("ip", "-n", self.controller_ns, "link", "set", f"c{n}", "master", "cb", "up")
+        node.ip("addr", "add", f"{CONTROL_PREFIX}.{n}/24", "dev", "ctl0")
+        node.ip("link", "set", "ctl0", "up")
+        node.controller_tcp = True
+        node.start_agent(*agent_args)
+        return node
 
     def underlay(self) -> str:
         """The underlay switch: a namespace with a Linux bridge every host's NIC is
@@ -360,8 +417,10 @@ class Lab:
         return PhysNet(netns=ns, ip=f"{PHYS_PREFIX}.2", gateway_ip=f"{PHYS_PREFIX}.1")
 
     def ipctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        p = subprocess.run([PY, "-m", "ipcontroller.cli", "--controller", self.controller_addr,
-                            *args], capture_output=True, timeout=30, cwd=self.repo)
+        tls = self.pki.client_flags("admin") if self.pki is not None else []
+        p = subprocess.run([*self._in_controller_ns(), PY, "-m", "ipcontroller.cli",
+                            "--controller", self.controller_addr, *tls, *args],
+                           capture_output=True, timeout=30, cwd=self.repo)
         if check and p.returncode != 0:
             raise RuntimeError(f"ipctl {' '.join(args)}: {p.stderr.decode().strip()}")
         return p

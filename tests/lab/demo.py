@@ -28,7 +28,8 @@ def step(msg: str) -> None:
 def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory(prefix="ecnet-demo-") as tmp, Lab(tmp) as lab:
-        step("starting the IP controller (SQLite) at " + lab.controller_addr)
+        step("starting the IP controller (SQLite, mutual TLS; ipctl presents the lab's "
+             "admin certificate) at " + lab.controller_addr)
         lab.start_controller()
         step("creating pool 'demo' (dynamic) with subnet 10.88.0.0/24")
         lab.ipctl("pool", "create", "demo", "--policy", "dynamic")

@@ -178,6 +178,9 @@ PINNED_LEGACY_NAMES: dict[int, str] = {
     0: "Internal", 1: "Internal", 2: "InvalidArgument", 3: "NotFound", 4: "AlreadyExists",
     5: "PolicyConflict", 6: "InUse", 7: "PoolExhausted", 8: "Busy", 9: "OnosError",
     10: "OnosAuthError", 11: "OnosRejected",
+    # Newer than every older controller: the name of the reason, which older agents decide
+    # by status alone (PERMISSION_DENIED: not retried).
+    12: "PermissionDenied",
 }
 
 

@@ -1,0 +1,145 @@
+"""Who may call what: the controller's one authorization check, a gRPC server interceptor.
+
+The caller's identity comes from the transport, never from the request:
+
+- over TLS, the subject CN of the client certificate (the handshake already proved the
+  certificate is signed by `--tls-client-ca`; no certificate, or another CA's, never gets here):
+  `admin:<name>` may call everything; `node:<name>` only the agent RPCs of the IPController
+  service, and only for itself (its own node name in the request, its own ports to look up or
+  release); any other CN is refused with PERMISSION_DENIED;
+- over the unix socket, admin: the socket is 0660 and its owner and group (`--socket-group`)
+  are the control, as for the Docker or containerd sockets;
+- over plaintext TCP (loopback only, or anywhere with `--insecure`): admin when the controller
+  has no TLS at all (the operator chose no authentication, and the daemon warns at start);
+  with TLS configured, the only plaintext TCP listener is `--health-listen`, and a caller
+  there may call the health service alone (what kubelet's gRPC probe needs: it has no TLS).
+
+Kept out of the servicers so no handler can forget it: every RPC passes here first.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from ecnet_api.v1 import ecnet_pb2 as pb
+
+from .refusal import Refusal
+
+log = logging.getLogger(__name__)
+
+ADMIN_PREFIX = "admin:"
+NODE_PREFIX = "node:"
+CONTROLLER_SERVICE = "/ecnet.v1.IPController/"
+HEALTH_SERVICE = "/grpc.health.v1.Health/"
+
+
+class PermissionDenied(Exception):
+    """The caller's identity may not make this call. Not an IPAM error, so not in
+    `ipcontroller.errors`' table: only this module refuses with it."""
+
+    def refusal(self) -> Refusal:
+        return Refusal(grpc.StatusCode.PERMISSION_DENIED, pb.ERROR_CODE_PERMISSION_DENIED,
+                       str(self))
+
+
+class PortNodes(Protocol):
+    """Which node holds a port: what a node's ReleasePort/GetPort is checked against."""
+
+    def node_of_port(self, container_id: str, ifname: str) -> str | None:
+        """The port's node, or None when no port answers the request (nothing to protect)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: an admin (any name), a node (by name), or nobody we know."""
+
+    kind: str   # "admin", "node" or "unknown"
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+def identity_of(context: grpc.ServicerContext, plaintext_tcp_admin: bool) -> Identity:
+    """The caller, from the transport (see the module docstring for the rules)."""
+    auth = context.auth_context()
+    if auth.get("transport_security_type", [b""])[0] != b"ssl":
+        if context.peer().startswith("unix:"):
+            return Identity("admin", "unix-socket")     # the file's permissions decided
+        if plaintext_tcp_admin:
+            return Identity("admin", "plaintext")       # no TLS configured: nothing to check
+        return Identity("unknown", "plaintext TCP")     # the health listener: probes only
+    names = auth.get("x509_common_name") or []
+    cn = names[0].decode("utf-8", "replace") if names else ""
+    for prefix, kind in ((ADMIN_PREFIX, "admin"), (NODE_PREFIX, "node")):
+        if cn.startswith(prefix) and len(cn) > len(prefix):
+            return Identity(kind, cn[len(prefix):])
+    return Identity("unknown", cn)
+
+
+def _node_names(method: str, request: Any, ports: PortNodes) -> list[str]:
+    """The node(s) an agent RPC acts for: each must be the caller's own."""
+    if method == "RegisterNode":
+        return [request.node.name]
+    if method in ("AllocatePort", "ReleasePort", "GetPort"):
+        # A retried ADD answers with the existing port: it must be the caller's too.
+        held = ports.node_of_port(request.container_id, request.ifname)
+        asked = [request.node] if method == "AllocatePort" else []
+        return asked + ([] if held is None else [held])
+    return []   # GetTopology: every node's view of the overlay, nobody's in particular
+
+
+def check(identity: Identity, full_method: str, request: Any, ports: PortNodes) -> None:
+    """Raise PermissionDenied unless `identity` may make this call with this request."""
+    if identity.kind == "admin" or full_method.startswith(HEALTH_SERVICE):
+        return
+    if identity.kind != "node":
+        raise PermissionDenied(f"caller {identity.name!r} is neither admin:<name> nor "
+                               f"node:<name>: it may not call {full_method}")
+    if not full_method.startswith(CONTROLLER_SERVICE):
+        raise PermissionDenied(f"node {identity.name!r} may not call {full_method}")
+    method = full_method[len(CONTROLLER_SERVICE):]
+    for name in _node_names(method, request, ports):
+        if name != identity.name:
+            raise PermissionDenied(f"node {identity.name!r} may not act for node {name!r}")
+
+
+def _refuse(context: grpc.ServicerContext, method: str, who: Identity,
+            exc: PermissionDenied) -> None:
+    refusal = exc.refusal()
+    log.warning("%s denied identity=%s code=%s msg=%s", method, who,
+                pb.ErrorCode.Name(refusal.code), refusal.message)
+    context.set_trailing_metadata(refusal.trailing_metadata())
+    context.abort(refusal.status, refusal.message)
+
+
+class AuthzInterceptor(grpc.ServerInterceptor):
+    """Runs `check` before every unary handler (the controller has no streaming RPCs)."""
+
+    def __init__(self, ports: PortNodes, plaintext_tcp_admin: bool) -> None:
+        self.ports = ports
+        self.plaintext_tcp_admin = plaintext_tcp_admin
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method: str = details.method  # type: ignore[attr-defined]
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            who = identity_of(context, self.plaintext_tcp_admin)
+            try:
+                check(who, method, request, self.ports)
+            except PermissionDenied as exc:
+                _refuse(context, method, who, exc)
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
