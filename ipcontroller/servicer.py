@@ -24,6 +24,7 @@ from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 from ipam import addr
 from ipam.domain import AllocationRequest, Node, PodIdentity, Pool, Port, Subnet, Usage
 from ipam.errors import Busy
+from ipam.leaks import Reclaim
 from ipam.service import IpamService
 
 from .activity import ActivitySummary
@@ -252,6 +253,13 @@ class IPControllerServicer(pb_grpc.IPControllerServicer):
             return pb.TopologyResponse(revision=snap.revision, unchanged=True)
         return snap
 
+    @_handle
+    def ListNodePorts(self, request: pb.ListNodePortsRequest, context: grpc.ServicerContext
+                      ) -> pb.ListNodePortsResponse:
+        ports = self.ipam.with_pools(self.ipam.node_ports(request.node))
+        return pb.ListNodePortsResponse(ports=[port_pb(p, pool, subnets)
+                                               for p, pool, subnets in ports])
+
     def _build_topology(self) -> pb.TopologyResponse:
         stale = 3 * self.heartbeat_seconds
         nodes = [node_pb(n, stale) for n in self.ipam.list_nodes()]
@@ -390,7 +398,28 @@ class IPAdminServicer(pb_grpc.IPAdminServicer):
     @_handle
     def DeleteNode(self, request: pb.DeleteNodeRequest, context: grpc.ServicerContext
                    ) -> pb.DeleteNodeResponse:
-        if not self.ipam.delete_node(request.name):
-            from ipam.errors import NotFound
+        from ipam.errors import NotFound
+        released: list[pb.ReclaimedPort] = []
+        if request.release_ports:
+            # Ports first: a node already deleted (without --release-ports) can be repaired.
+            released = self._reclaimed(self.ipam.release_node_ports(request.name,
+                                                                    request.dry_run))
+        known = any(n.name == request.name for n in self.ipam.list_nodes())
+        if request.dry_run:
+            if not known and not released:
+                raise NotFound(f"node {request.name!r} does not exist")
+            return pb.DeleteNodeResponse(released=released)
+        if not self.ipam.delete_node(request.name) and not released:
             raise NotFound(f"node {request.name!r} does not exist")
-        return pb.DeleteNodeResponse()
+        return pb.DeleteNodeResponse(released=released)
+
+    @_handle
+    def ReclaimPort(self, request: pb.ReclaimPortRequest, context: grpc.ServicerContext
+                    ) -> pb.ReclaimPortResponse:
+        [one] = self._reclaimed([self.ipam.reclaim_port(request.port_id, request.dry_run)])
+        return pb.ReclaimPortResponse(released=one)
+
+    def _reclaimed(self, done: list[Reclaim]) -> list[pb.ReclaimedPort]:
+        outcomes = {r.port.id: r.outcome for r in done}
+        return [pb.ReclaimedPort(port=port_pb(p, pool, subnets), outcome=outcomes[p.id])
+                for p, pool, subnets in self.ipam.with_pools([r.port for r in done])]
