@@ -165,13 +165,15 @@ class Agent:
         cfg = AgentConfig(node=s.node, bridge=s.bridge, default_mtu=s.mtu,
                           tx_checksum_off=userspace, gc_grace_seconds=s.gc_grace_seconds)
         self.handler = CniHandler(cfg, self.controller, self.netlink, self.ovs)
-        self._sweep_orphans()
         self.reconciler = Reconciler(
             node=s.node, bridge=s.bridge, ovs=self.ovs, controller=self.controller,
             host_veths=lambda: self.netlink.host_veths(("tap",)),
             reclaim=self.handler.reclaim, grace=s.reconcile_grace_seconds,
             interval=s.reconcile_interval)
+        # Re-plugging first: a tap pair the controller knows (its OVS port lost) is not an
+        # orphan; whatever is still unattached after it is.
         self._reconcile_at_start()
+        self._sweep_orphans()
         self.server = AgentServer(s.socket, self.handler)
         self._threads: list[threading.Thread] = []
         # datapath onos: ONOS owns tunnels and flows; the agent programs nothing.

@@ -8,12 +8,11 @@ import json
 import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from tests.lab.cluster import Lab, LabNode, Pod, ping
+from tests.lab.cluster import Lab, LabNode, Pod, add_pods, ping
 from tests.lab.helpers import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs]
@@ -55,23 +54,15 @@ def make_pods(lab: Lab) -> tuple[dict[str, list[Pod]], dict[str, list[Pod]]]:
     """Every pod's netns first (the lab numbers them), then the ADDs concurrently."""
     leaky: dict[str, list[Pod]] = {}
     live: dict[str, list[Pod]] = {}
-    jobs: list[tuple[LabNode, Pod, str]] = []
+    jobs: list[tuple[LabNode, Pod, dict[str, Any] | None]] = []
     for node in lab.nodes:
         n = node.name
         leaky[n] = [node.new_pod(f"{n}-x{i}") for i in range(LEAKY[n])]
         live[n] = [node.new_pod(f"{n}-live{i}") for i in range(LIVE.get(n, 0))]
-        jobs += [(node, p, "vm" if i < FIXED_LEAKY else "lab")
-                 for i, p in enumerate(leaky[node.name])]
-        jobs += [(node, p, "lab") for p in live[node.name]]
-
-    def add(job: tuple[LabNode, Pod, str]) -> None:
-        node, pod, pool = job
-        res = node.cni("ADD", pod, node.netconf(pool=pool))
-        assert res.ok, f"ADD {pod.name} on {node.name}: {res.raw} {res.stderr}"
-        pod.result = res.out
-
-    with ThreadPoolExecutor(8) as ex:
-        list(ex.map(add, jobs))
+        jobs += [(node, p, node.netconf(pool="vm" if i < FIXED_LEAKY else "lab"))
+                 for i, p in enumerate(leaky[n])]
+        jobs += [(node, p, node.netconf(pool="lab")) for p in live[n]]
+    add_pods(jobs)
     return leaky, live
 
 
