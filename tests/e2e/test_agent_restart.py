@@ -89,3 +89,22 @@ def test_node_reboot_converges_nothing_left_allocated_or_on_br_int(lab: Lab) -> 
     assert sorted(p["owner"] for p in idle) == ["default/r0", "default/r1"]  # bindings kept
     pool = json.loads(lab.ipctl("pool", "show", "lab", "-o", "json").stdout)
     assert pool["pool"]["usage"].get("used", 0) == 0
+
+
+@pytest.mark.parametrize("daemons", [("vswitchd",), ("ovsdb",), ("ovsdb", "vswitchd")])
+def test_ovs_restart_loses_no_port_and_pods_regain_connectivity(
+        lab: Lab, daemons: tuple[str, ...]) -> None:
+    node = lab.nodes[0]
+    a, b = node.add_pod("a"), node.add_pod("b")
+    ports_before = set(node.pod_ports())
+    for d in daemons:
+        (node.ovs.kill_vswitchd if d == "vswitchd" else node.ovs.kill_ovsdb_server)()
+    for d in daemons:  # ovsdb-server first: ovs-vswitchd waits for it to detach
+        (node.ovs.start_vswitchd if d == "vswitchd" else node.ovs.start_ovsdb_server)()
+    assert wait_until(lambda: ping(a, b.ip, count=1) and ping(b, a.ip, count=1), timeout=30), (
+        node.agent_log()[-2000:])
+    assert set(node.pod_ports()) == ports_before
+    assert {a.container_id, b.container_id} <= set(active(lab))
+    # and the node takes new pods again (an ADD during the outage may fail with 11: retry)
+    assert wait_until(lambda: node.cni("ADD", (c := node.new_pod("c"))).ok and ping(c, a.ip),
+                      timeout=30)
