@@ -409,15 +409,25 @@ def node_list(s: IpctlSettings) -> None:
 def node_delete(s: IpctlSettings, name: str, release_ports: bool, dry_run: bool,
                 yes: bool) -> None:
     """Forget a node (its agent re-registers if it is still running)."""
-    if not release_ports and not dry_run:
-        emit_done(s, s.call("DeleteNode", pb.DeleteNodeRequest(name=name)),
-                  f"node {name} deleted")
+    if release_ports or dry_run:
+        confirm_and_apply(
+            s, f"node {name}",
+            lambda dry: s.call("ReleaseNodePorts", pb.ReleaseNodePortsRequest(
+                node=name, dry_run=dry or not release_ports)).released,
+            yes=yes, dry_run=dry_run)
+        if dry_run:
+            return
+    # After its ports: a node already deleted (without --release-ports) can be repaired.
+    try:
+        r = s.call("DeleteNode", pb.DeleteNodeRequest(name=name))
+    except IpctlError as exc:
+        if not (release_ports and "does not exist" in exc.message):
+            raise
+        click.echo(f"node {name} was not registered", err=True)
         return
-    confirm_and_apply(
-        s, f"node {name}",
-        lambda dry: s.call("DeleteNode", pb.DeleteNodeRequest(
-            name=name, release_ports=release_ports, dry_run=dry)).released,
-        yes=yes, dry_run=dry_run)
+    if release_ports and s.output == "json":
+        return  # the released ports were the document
+    emit_done(s, r, f"node {name} deleted")
 
 
 # ------------------------------------- global options after the subcommand

@@ -398,20 +398,16 @@ class IPAdminServicer(pb_grpc.IPAdminServicer):
     @_handle
     def DeleteNode(self, request: pb.DeleteNodeRequest, context: grpc.ServicerContext
                    ) -> pb.DeleteNodeResponse:
-        from ipam.errors import NotFound
-        released: list[pb.ReclaimedPort] = []
-        if request.release_ports:
-            # Ports first: a node already deleted (without --release-ports) can be repaired.
-            released = self._reclaimed(self.ipam.release_node_ports(request.name,
-                                                                    request.dry_run))
-        known = any(n.name == request.name for n in self.ipam.list_nodes())
-        if request.dry_run:
-            if not known and not released:
-                raise NotFound(f"node {request.name!r} does not exist")
-            return pb.DeleteNodeResponse(released=released)
-        if not self.ipam.delete_node(request.name) and not released:
+        if not self.ipam.delete_node(request.name):
+            from ipam.errors import NotFound
             raise NotFound(f"node {request.name!r} does not exist")
-        return pb.DeleteNodeResponse(released=released)
+        return pb.DeleteNodeResponse()
+
+    @_handle
+    def ReleaseNodePorts(self, request: pb.ReleaseNodePortsRequest,
+                         context: grpc.ServicerContext) -> pb.ReleaseNodePortsResponse:
+        return pb.ReleaseNodePortsResponse(released=self._reclaimed(
+            self.ipam.release_node_ports(request.node, request.dry_run)))
 
     @_handle
     def ReclaimPort(self, request: pb.ReclaimPortRequest, context: grpc.ServicerContext

@@ -531,14 +531,14 @@ class ListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
 
 class DeleteNodeRequest(_message.Message):
-    __slots__ = ("name", "release_ports", "dry_run")
+    __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
-    RELEASE_PORTS_FIELD_NUMBER: _ClassVar[int]
-    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     name: str
-    release_ports: bool
-    dry_run: bool
-    def __init__(self, name: _Optional[str] = ..., release_ports: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteNodeResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ReclaimedPort(_message.Message):
     __slots__ = ("port", "outcome")
@@ -548,7 +548,15 @@ class ReclaimedPort(_message.Message):
     outcome: str
     def __init__(self, port: _Optional[_Union[Port, _Mapping]] = ..., outcome: _Optional[str] = ...) -> None: ...
 
-class DeleteNodeResponse(_message.Message):
+class ReleaseNodePortsRequest(_message.Message):
+    __slots__ = ("node", "dry_run")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    dry_run: bool
+    def __init__(self, node: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ReleaseNodePortsResponse(_message.Message):
     __slots__ = ("released",)
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: _containers.RepeatedCompositeFieldContainer[ReclaimedPort]

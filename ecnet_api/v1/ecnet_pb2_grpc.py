@@ -409,6 +409,11 @@ class IPAdminStub:
                 request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortRequest.SerializeToString,
                 response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortResponse.FromString,
                 _registered_method=True)
+        self.ReleaseNodePorts = channel.unary_unary(
+                '/ecnet.v1.IPAdmin/ReleaseNodePorts',
+                request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsRequest.SerializeToString,
+                response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsResponse.FromString,
+                _registered_method=True)
 
 
 class IPAdminServicer:
@@ -517,6 +522,13 @@ class IPAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseNodePorts(self, request, context):
+        """`ipctl node delete --release-ports`: every port of a node (gone, or about to be).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IPAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -604,6 +616,11 @@ def add_IPAdminServicer_to_server(servicer, server):
                     servicer.ReclaimPort,
                     request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortRequest.FromString,
                     response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortResponse.SerializeToString,
+            ),
+            'ReleaseNodePorts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseNodePorts,
+                    request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsRequest.FromString,
+                    response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1065,6 +1082,33 @@ class IPAdmin:
             '/ecnet.v1.IPAdmin/ReclaimPort',
             ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortRequest.SerializeToString,
             ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseNodePorts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecnet.v1.IPAdmin/ReleaseNodePorts',
+            ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsRequest.SerializeToString,
+            ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -150,6 +150,21 @@ def test_ipctl_port_release_dry_run_confirm_and_yes(addr: str, tmp_path: Any) ->
     code, out, _ = ipctl(addr, "-o", "json", "node", "list")
     assert [n["name"] for n in json.loads(out)] == ["n1"]
     code, out, _ = ipctl(addr, "node", "delete", "n1", "--release-ports", "--yes")
-    assert code == 0 and "released 1 port" in out and active(addr) == []
+    assert code == 0 and "released 1 port" in out and "node n1 deleted" in out
+    assert active(addr) == []
     code, out, _ = ipctl(addr, "-o", "json", "node", "list")
     assert json.loads(out) == []
+
+
+def test_ipctl_node_delete_release_ports_repairs_a_node_already_deleted(addr: str) -> None:
+    with grpc.insecure_channel(addr) as ch:
+        pb_grpc.IPControllerStub(ch).AllocatePort(pb.AllocateRequest(
+            container_id="c1", ifname="eth0", node="n1", pool="dyn"), timeout=10)
+    assert ipctl(addr, "node", "delete", "n1")[0] == 0      # the ports stayed behind
+    assert len(active(addr)) == 1
+    code, out, _ = ipctl(addr, "-o", "json", "node", "delete", "n1", "--release-ports",
+                         "--dry-run")
+    assert code == 0 and [r["outcome"] for r in json.loads(out)] == ["would-release"]
+    code, out, err = ipctl(addr, "node", "delete", "n1", "--release-ports", "--yes")
+    assert code == 0 and "released 1 port" in out and "not registered" in err
+    assert active(addr) == []
