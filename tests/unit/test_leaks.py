@@ -168,3 +168,33 @@ def test_ipctl_node_delete_release_ports_repairs_a_node_already_deleted(addr: st
     code, out, err = ipctl(addr, "node", "delete", "n1", "--release-ports", "--yes")
     assert code == 0 and "released 1 port" in out and "not registered" in err
     assert active(addr) == []
+
+
+# ----------------------------------------------------- agent <-> controller
+def test_agent_reads_its_node_ports_and_an_older_controller_says_it_cannot(
+        addr: str) -> None:
+    from concurrent import futures
+
+    from cni.agent.controller import GrpcControllerClient
+    with grpc.insecure_channel(addr) as ch:
+        pb_grpc.IPControllerStub(ch).AllocatePort(pb.AllocateRequest(
+            container_id="c1", ifname="eth0", node="n1", pool="dyn", netns="/run/netns/x"),
+            timeout=10)
+    client = GrpcControllerClient(addr, timeout=5)
+    try:
+        [port] = client.list_node_ports("n1") or []
+        assert (port.container_id, port.netns, port.state) == ("c1", "/run/netns/x", "active")
+        assert port.ips and client.list_node_ports("other") == []
+    finally:
+        client.close()
+    # A controller from before ListNodePorts: every method it lacks is UNIMPLEMENTED.
+    old = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_IPControllerServicer_to_server(pb_grpc.IPControllerServicer(), old)
+    port_no = old.add_insecure_port("127.0.0.1:0")
+    old.start()
+    client = GrpcControllerClient(f"127.0.0.1:{port_no}", timeout=5)
+    try:
+        assert client.list_node_ports("n1") is None
+    finally:
+        client.close()
+        old.stop(0).wait()
