@@ -28,6 +28,7 @@ AGENT = ("--reconcile-interval", "0.5", "--reconcile-grace-seconds", "1",
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with Lab(tmp_path_factory.mktemp("leaks")) as lab:
         lab.start_controller("--leak-grace-seconds", "1", "--node-gone-seconds", "0",
+                             "--leak-sweep-interval", "0.5",
                              "--sweep-interval", "0.5")
         lab.ipctl("pool", "create", "lab", "--policy", "dynamic", "--quarantine", "0")
         lab.ipctl("subnet", "create", "lab", "10.70.0.0/23")
