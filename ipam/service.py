@@ -8,7 +8,8 @@ conformance suite checks both):
 * `allocation`: the pod path (allocate, release) and the port primitives;
 * `bindings`: admin binds and reservations;
 * `sweeps`: quarantine, retention and release-record maintenance;
-* `nodes`: the node registry.
+* `nodes`: the node registry;
+* `leaks`: releasing ports whose DEL never came (by id, by node, and the gone-node sweep).
 Nothing here does network I/O; ONOS learns about changes from the outbox rows
 (`ipam.onos.desired.OutboxWriter`) written in the same transaction as the change itself.
 """
@@ -30,6 +31,7 @@ from .domain import (
     Subnet,
     Usage,
 )
+from .leaks import GoneNodeSweep, LeakReclaimer, Reclaim
 from .nodes import NodeRegistry
 from .onos.desired import DesiredStateReader, OutboxWriter
 from .pools import PoolAdmin
@@ -53,6 +55,7 @@ class IpamService:
         self._sweeper = Sweeper(self._alloc)
         self._nodes = NodeRegistry(store, clock)
         self._desired = DesiredStateReader(store)
+        self._leaks = LeakReclaimer(self._alloc, clock)
 
     # ------------------------------------------------------------------ pools
     def create_pool(self, name: str, policy: str, *, quarantine_seconds: int | None = None,
@@ -139,3 +142,24 @@ class IpamService:
 
     def delete_node(self, name: str) -> bool:
         return self._nodes.delete_node(name)
+
+    # ----------------------------------------------------------------- leaks
+    def reclaim_port(self, port_id: str, dry_run: bool = False) -> Reclaim:
+        """Release one port whose DEL never came, by its pool's policy."""
+        return self._leaks.release_port(port_id, dry_run)
+
+    def node_ports(self, node: str) -> list[Port]:
+        """The active ports placed on `node` (what its agent reconciles against)."""
+        return self._leaks.node_ports(node)
+
+    def release_node_ports(self, node: str, dry_run: bool = False) -> list[Reclaim]:
+        return self._leaks.release_node_ports(node, dry_run)
+
+    def gone_node_sweep(self, *, grace: float, gone_after: float) -> GoneNodeSweep:
+        """A sweep (stateful: it remembers its first observations) that releases the ports
+        of nodes deleted or silent for `gone_after` seconds, `grace` after first seeing them."""
+        return GoneNodeSweep(self._leaks, grace=grace, gone_after=gone_after)
+
+    def with_pools(self, ports: list[Port]) -> list[tuple[Port, Pool, list[Subnet]]]:
+        """Each port with its pool and that pool's subnets, for answering with the ports."""
+        return self._leaks.with_pools(ports)

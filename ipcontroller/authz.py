@@ -85,6 +85,8 @@ def _node_names(method: str, request: Any, ports: PortNodes) -> list[str]:
     """The node(s) an agent RPC acts for: each must be the caller's own."""
     if method == "RegisterNode":
         return [request.node.name]
+    if method == "ListNodePorts":
+        return [request.node]     # a node lists only its own ports
     if method in ("AllocatePort", "ReleasePort", "GetPort"):
         # A retried ADD answers with the existing port: it must be the caller's too.
         held = ports.node_of_port(request.container_id, request.ifname)

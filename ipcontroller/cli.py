@@ -18,6 +18,7 @@ from ecnet_api.v1 import ecnet_pb2 as pb
 
 from .ipctl_client import ClientTls, IpctlError, IpctlSettings
 from .ipctl_output import Column, emit, emit_done, emit_fields, print_json, print_table
+from .ipctl_repair import confirm_and_apply
 
 DEFAULT_CONTROLLER = "127.0.0.1:7400"
 OUTPUTS = ("table", "json")
@@ -271,6 +272,21 @@ def port_list(s: IpctlSettings, pool_name: str, node: str, state: str, limit: in
     emit(s, r.ports, PORT_COLS)
 
 
+@port.command("release")
+@click.argument("port_id", metavar="PORT")
+@click.option("--dry-run", is_flag=True, help="print what would be released, change nothing")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@pass_settings
+def port_release(s: IpctlSettings, port_id: str, dry_run: bool, yes: bool) -> None:
+    """Release PORT (its full id, `port list -o json`) whose DEL never came, by its pool's
+    policy: a dynamic port is freed, a bound one keeps its binding but leaves its pod."""
+    confirm_and_apply(
+        s, f"port {port_id}",
+        lambda dry: [s.call("ReclaimPort", pb.ReclaimPortRequest(
+            port_id=port_id, dry_run=dry)).released],
+        yes=yes, dry_run=dry_run)
+
+
 # ---------------------------------------------------- reservations, bindings
 @cli.command("reserve")
 @click.argument("pool_name", metavar="POOL")
@@ -396,10 +412,34 @@ def node_list(s: IpctlSettings) -> None:
 
 @node.command("delete")
 @click.argument("name")
+@click.option("--release-ports", is_flag=True,
+              help="also release the node's pod ports by their policy (dynamic freed, "
+                   "bound ones unbound from the node)")
+@click.option("--dry-run", is_flag=True, help="print what would be released, change nothing")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 @pass_settings
-def node_delete(s: IpctlSettings, name: str) -> None:
+def node_delete(s: IpctlSettings, name: str, release_ports: bool, dry_run: bool,
+                yes: bool) -> None:
     """Forget a node (its agent re-registers if it is still running)."""
-    emit_done(s, s.call("DeleteNode", pb.DeleteNodeRequest(name=name)), f"node {name} deleted")
+    if release_ports or dry_run:
+        confirm_and_apply(
+            s, f"node {name}",
+            lambda dry: s.call("ReleaseNodePorts", pb.ReleaseNodePortsRequest(
+                node=name, dry_run=dry or not release_ports)).released,
+            yes=yes, dry_run=dry_run)
+        if dry_run:
+            return
+    # After its ports: a node already deleted (without --release-ports) can be repaired.
+    try:
+        r = s.call("DeleteNode", pb.DeleteNodeRequest(name=name))
+    except IpctlError as exc:
+        if not (release_ports and "does not exist" in exc.message):
+            raise
+        click.echo(f"node {name} was not registered", err=True)
+        return
+    if release_ports and s.output == "json":
+        return  # the released ports were the document
+    emit_done(s, r, f"node {name} deleted")
 
 
 # ------------------------------------- global options after the subcommand

@@ -24,6 +24,7 @@ from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 from ipam import addr
 from ipam.domain import AllocationRequest, Node, PodIdentity, Pool, Port, Subnet, Usage
 from ipam.errors import Busy
+from ipam.leaks import Reclaim
 from ipam.service import IpamService
 
 from .activity import ActivitySummary
@@ -252,6 +253,13 @@ class IPControllerServicer(pb_grpc.IPControllerServicer):
             return pb.TopologyResponse(revision=snap.revision, unchanged=True)
         return snap
 
+    @_handle
+    def ListNodePorts(self, request: pb.ListNodePortsRequest, context: grpc.ServicerContext
+                      ) -> pb.ListNodePortsResponse:
+        ports = self.ipam.with_pools(self.ipam.node_ports(request.node))
+        return pb.ListNodePortsResponse(ports=[port_pb(p, pool, subnets)
+                                               for p, pool, subnets in ports])
+
     def _build_topology(self) -> pb.TopologyResponse:
         stale = 3 * self.heartbeat_seconds
         nodes = [node_pb(n, stale) for n in self.ipam.list_nodes()]
@@ -394,3 +402,20 @@ class IPAdminServicer(pb_grpc.IPAdminServicer):
             from ipam.errors import NotFound
             raise NotFound(f"node {request.name!r} does not exist")
         return pb.DeleteNodeResponse()
+
+    @_handle
+    def ReleaseNodePorts(self, request: pb.ReleaseNodePortsRequest,
+                         context: grpc.ServicerContext) -> pb.ReleaseNodePortsResponse:
+        return pb.ReleaseNodePortsResponse(released=self._reclaimed(
+            self.ipam.release_node_ports(request.node, request.dry_run)))
+
+    @_handle
+    def ReclaimPort(self, request: pb.ReclaimPortRequest, context: grpc.ServicerContext
+                    ) -> pb.ReclaimPortResponse:
+        [one] = self._reclaimed([self.ipam.reclaim_port(request.port_id, request.dry_run)])
+        return pb.ReclaimPortResponse(released=one)
+
+    def _reclaimed(self, done: list[Reclaim]) -> list[pb.ReclaimedPort]:
+        outcomes = {r.port.id: r.outcome for r in done}
+        return [pb.ReclaimedPort(port=port_pb(p, pool, subnets), outcome=outcomes[p.id])
+                for p, pool, subnets in self.ipam.with_pools([r.port for r in done])]

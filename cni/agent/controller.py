@@ -162,6 +162,18 @@ class GrpcControllerClient:
     def register_node(self, node: pb.NodeInfo) -> pb.RegisterNodeResponse:
         return self._call(self.stub.RegisterNode, pb.RegisterNodeRequest(node=node), 5.0)
 
+    def list_node_ports(self, node: str) -> list[pb.Port] | None:
+        """The active ports the controller placed on `node`; None from a controller too old
+        to say (UNIMPLEMENTED)."""
+        try:
+            resp = self.stub.ListNodePorts(pb.ListNodePortsRequest(node=node),
+                                           timeout=self.timeout, wait_for_ready=False)
+        except grpc.RpcError as err:
+            if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise to_cni_error(err, self.target) from None
+        return list(resp.ports)
+
     def ready(self, timeout: float = 1.0) -> bool:
         fut = grpc.channel_ready_future(self.channel)
         try:

@@ -348,11 +348,8 @@ class CniHandler(Generic[PendingT]):
         failed: list[str] = []
         for (cid, ifname), ids in stale:
             try:
-                with self.locks.hold(cid):
-                    # The address first: if the controller cannot be reached, the OVS port
-                    # (this node's record of the attachment) stays for the next GC.
-                    outcome = self._release(cid, ifname, ids.get("ecnet/pod-uid", ""))
-                    self._detach(cid, ifname, ids.get("ecnet/netns", ""), "", release=False)
+                outcome = self.reclaim(cid, ifname, ids.get("ecnet/pod-uid", ""),
+                                       ids.get("ecnet/netns", ""))
                 log.info("GC released container=%s ifname=%s outcome=%s", cid[:12], ifname,
                          outcome)
             except ce.CniError as exc:
@@ -362,6 +359,16 @@ class CniHandler(Generic[PendingT]):
         if failed:
             raise ce.TryAgainLater(f"GC released {len(stale) - len(failed)} of {len(stale)} "
                                    "stale attachments", "; ".join(failed)[:2000])
+
+    def reclaim(self, container_id: str, ifname: str, pod_uid: str, netns: str) -> str:
+        """Release an attachment whose DEL never came, then take it off the node (GC's and
+        the restart reconcile's step); the controller's release outcome. The address first:
+        if the controller cannot be reached, the OVS port (this node's record of the
+        attachment) stays for the next try."""
+        with self.locks.hold(container_id):
+            outcome = self._release(container_id, ifname, pod_uid)
+            self._detach(container_id, ifname, netns, "", release=False)
+        return outcome
 
     # ---------------------------------------------------------------- STATUS
     def status(self) -> None:

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 
 from datapath import GATEWAY_MAC, DatapathSettings, StandaloneDatapath, default_rundir
 from ecnet_api.v1 import ecnet_pb2 as pb
-from ovs_driver import OvsdbClient
+from ovs_driver import OvsdbClient, OvsError
 
 from .. import errors as ce
 from ..install import install_cni_binary
 from .controller import AgentTls, GrpcControllerClient
 from .handler import DEFAULT_MTU, AgentConfig, CniHandler
 from .netlink.verbs import PodNetlink
+from .reconcile import Reconciler
 from .server import AgentServer
 
 log = logging.getLogger("ecnet-agent")
@@ -58,6 +59,8 @@ class AgentSettings:
     gc_grace_seconds: float = 60.0
     controller_timeout: float = 10.0
     tls: AgentTls | None = None
+    reconcile_interval: float = 30.0
+    reconcile_grace_seconds: float = 60.0
 
 
 def parse_args(argv: list[str] | None = None) -> AgentSettings:
@@ -104,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
     p.add_argument("--gc-grace-seconds", type=float, default=60.0,
                    help="CNI GC leaves attachments younger than this alone (an ADD may be "
                         "in flight while the runtime lists what it has)")
+    p.add_argument("--reconcile-interval", type=float, default=30.0,
+                   help="seconds between passes that look for pods whose netns is gone "
+                        "without a DEL (the first pass runs at start-up)")
+    p.add_argument("--reconcile-grace-seconds", type=float, default=60.0,
+                   help="a pod's address is released only when two passes this far apart "
+                        "both found its netns gone")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--tls-cert", default="", metavar="FILE",
@@ -121,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
         p.error("--tls-cert, --tls-key and --tls-ca go together")
     if all(tls_given) and a.controller.startswith("unix:"):
         p.error("--tls-* is for a TCP --controller; the controller's unix socket is plaintext")
+    if a.reconcile_interval <= 0 or a.reconcile_grace_seconds < 0:
+        p.error("--reconcile-interval must be > 0, --reconcile-grace-seconds >= 0")
     if not a.ovsdb.startswith(("unix:", "tcp:")):
         p.error(f"--ovsdb must be unix:PATH or tcp:HOST:PORT, got {a.ovsdb!r}")
     if not 576 <= a.mtu <= 9000:
@@ -150,6 +161,8 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                          ovs_rundir=a.ovs_rundir or default_rundir(a.ovsdb),
                          gc_grace_seconds=a.gc_grace_seconds,
                          controller_timeout=a.controller_timeout,
+                         reconcile_interval=a.reconcile_interval,
+                         reconcile_grace_seconds=a.reconcile_grace_seconds,
                          tls=AgentTls(a.tls_cert, a.tls_key, a.tls_ca, a.tls_server_name)
                          if all(tls_given) else None)
 
@@ -170,6 +183,14 @@ class Agent:
         cfg = AgentConfig(node=s.node, bridge=s.bridge, default_mtu=s.mtu,
                           tx_checksum_off=userspace, gc_grace_seconds=s.gc_grace_seconds)
         self.handler = CniHandler(cfg, self.controller, self.netlink, self.ovs)
+        self.reconciler = Reconciler(
+            node=s.node, bridge=s.bridge, ovs=self.ovs, controller=self.controller,
+            host_veths=lambda: self.netlink.host_veths(("tap",)),
+            reclaim=self.handler.reclaim, grace=s.reconcile_grace_seconds,
+            interval=s.reconcile_interval)
+        # Re-plugging first: a tap pair the controller knows (its OVS port lost) is not an
+        # orphan; whatever is still unattached after it is.
+        self._reconcile_at_start()
         self._sweep_orphans()
         self.server = AgentServer(s.socket, self.handler)
         self._threads: list[threading.Thread] = []
@@ -202,6 +223,14 @@ class Agent:
         except ce.CniError as exc:
             log.warning("orphan veth sweep failed: %s", exc.msg)
 
+    def _reconcile_at_start(self) -> None:
+        """Before serving: a failure here (controller or OVSDB down) must not keep the
+        agent from starting; the periodic passes finish the job."""
+        try:
+            self.reconciler.start_up()
+        except (ce.CniError, OvsError) as exc:
+            log.warning("reconcile at start-up failed (the next pass retries): %s", exc)
+
     def start(self) -> None:
         if self.settings.install_cni_dir:
             path = install_cni_binary(self.settings.install_cni_dir)
@@ -210,7 +239,8 @@ class Agent:
             self.datapath.setup()
             self._threads.append(self.datapath.start())
         for target, name in ((self.server.serve_forever, "cni-server"),
-                             (self._heartbeat, "heartbeat")):
+                             (self._heartbeat, "heartbeat"),
+                             (lambda: self.reconciler.run(self.stop_event), "reconcile")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)

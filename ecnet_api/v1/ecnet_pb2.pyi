@@ -242,6 +242,18 @@ class TopologyResponse(_message.Message):
     unchanged: bool
     def __init__(self, revision: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., ports: _Optional[_Iterable[_Union[RemotePort, _Mapping]]] = ..., subnets: _Optional[_Iterable[_Union[Subnet, _Mapping]]] = ..., unchanged: _Optional[bool] = ...) -> None: ...
 
+class ListNodePortsRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class ListNodePortsResponse(_message.Message):
+    __slots__ = ("ports",)
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    ports: _containers.RepeatedCompositeFieldContainer[Port]
+    def __init__(self, ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ...) -> None: ...
+
 class Pool(_message.Message):
     __slots__ = ("name", "policy", "quarantine_seconds", "retention_seconds", "mtu", "product_type", "group")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -529,3 +541,39 @@ class DeleteNodeRequest(_message.Message):
 class DeleteNodeResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ReclaimedPort(_message.Message):
+    __slots__ = ("port", "outcome")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    port: Port
+    outcome: str
+    def __init__(self, port: _Optional[_Union[Port, _Mapping]] = ..., outcome: _Optional[str] = ...) -> None: ...
+
+class ReleaseNodePortsRequest(_message.Message):
+    __slots__ = ("node", "dry_run")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    dry_run: bool
+    def __init__(self, node: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ReleaseNodePortsResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: _containers.RepeatedCompositeFieldContainer[ReclaimedPort]
+    def __init__(self, released: _Optional[_Iterable[_Union[ReclaimedPort, _Mapping]]] = ...) -> None: ...
+
+class ReclaimPortRequest(_message.Message):
+    __slots__ = ("port_id", "dry_run")
+    PORT_ID_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    port_id: str
+    dry_run: bool
+    def __init__(self, port_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ReclaimPortResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: ReclaimedPort
+    def __init__(self, released: _Optional[_Union[ReclaimedPort, _Mapping]] = ...) -> None: ...

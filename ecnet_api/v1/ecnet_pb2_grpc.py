@@ -59,6 +59,11 @@ class IPControllerStub:
                 request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.TopologyRequest.SerializeToString,
                 response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.TopologyResponse.FromString,
                 _registered_method=True)
+        self.ListNodePorts = channel.unary_unary(
+                '/ecnet.v1.IPController/ListNodePorts',
+                request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsRequest.SerializeToString,
+                response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsResponse.FromString,
+                _registered_method=True)
 
 
 class IPControllerServicer:
@@ -94,6 +99,15 @@ class IPControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodePorts(self, request, context):
+        """The active ports the controller has placed on one node: what an agent reconciles
+        against when it restarts. An older controller answers UNIMPLEMENTED; the agent then
+        reconciles OVSDB against the netns alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IPControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +135,11 @@ def add_IPControllerServicer_to_server(servicer, server):
                     servicer.GetTopology,
                     request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.TopologyRequest.FromString,
                     response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.TopologyResponse.SerializeToString,
+            ),
+            'ListNodePorts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodePorts,
+                    request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsRequest.FromString,
+                    response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +287,33 @@ class IPController:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ListNodePorts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecnet.v1.IPController/ListNodePorts',
+            ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsRequest.SerializeToString,
+            ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class IPAdminStub:
     """Missing associated documentation comment in .proto file."""
@@ -357,6 +403,16 @@ class IPAdminStub:
                 '/ecnet.v1.IPAdmin/DeleteNode',
                 request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.DeleteNodeRequest.SerializeToString,
                 response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.DeleteNodeResponse.FromString,
+                _registered_method=True)
+        self.ReclaimPort = channel.unary_unary(
+                '/ecnet.v1.IPAdmin/ReclaimPort',
+                request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortRequest.SerializeToString,
+                response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortResponse.FromString,
+                _registered_method=True)
+        self.ReleaseNodePorts = channel.unary_unary(
+                '/ecnet.v1.IPAdmin/ReleaseNodePorts',
+                request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsRequest.SerializeToString,
+                response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsResponse.FromString,
                 _registered_method=True)
 
 
@@ -459,6 +515,20 @@ class IPAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReclaimPort(self, request, context):
+        """`ipctl port release`: release one port whose DEL never came, by its pool's policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseNodePorts(self, request, context):
+        """`ipctl node delete --release-ports`: every port of a node (gone, or about to be).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IPAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -541,6 +611,16 @@ def add_IPAdminServicer_to_server(servicer, server):
                     servicer.DeleteNode,
                     request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.DeleteNodeRequest.FromString,
                     response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.DeleteNodeResponse.SerializeToString,
+            ),
+            'ReclaimPort': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReclaimPort,
+                    request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortRequest.FromString,
+                    response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortResponse.SerializeToString,
+            ),
+            'ReleaseNodePorts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseNodePorts,
+                    request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsRequest.FromString,
+                    response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -975,6 +1055,60 @@ class IPAdmin:
             '/ecnet.v1.IPAdmin/DeleteNode',
             ecnet__api_dot_v1_dot_ecnet__pb2.DeleteNodeRequest.SerializeToString,
             ecnet__api_dot_v1_dot_ecnet__pb2.DeleteNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReclaimPort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecnet.v1.IPAdmin/ReclaimPort',
+            ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortRequest.SerializeToString,
+            ecnet__api_dot_v1_dot_ecnet__pb2.ReclaimPortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseNodePorts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecnet.v1.IPAdmin/ReleaseNodePorts',
+            ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsRequest.SerializeToString,
+            ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsResponse.FromString,
             options,
             channel_credentials,
             insecure,

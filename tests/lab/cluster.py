@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -544,3 +545,23 @@ def wait_reachable(src: Endpoint, ip: str, timeout: float = 5.0) -> float:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{ip} unreachable from {src.netns} after {timeout}s")
         time.sleep(0.05)
+
+
+def add_pods(jobs: Sequence[tuple[LabNode, Pod, dict[str, Any] | None]],
+             workers: int = 8, retries: int = 0) -> None:
+    """ADD many pods at once, as a busy runtime does (their netns made beforehand with
+    `LabNode.new_pod`: the lab numbers namespaces one at a time); each pod gets its result.
+    A failed ADD is retried up to `retries` times, as a kubelet would."""
+    def add(job: tuple[LabNode, Pod, dict[str, Any] | None]) -> None:
+        node, pod, conf = job
+        res = node.cni("ADD", pod, conf)
+        for _ in range(retries):
+            if res.ok:
+                break
+            res = node.cni("ADD", pod, conf)
+        if not res.ok:
+            raise RuntimeError(f"ADD {pod.name} on {node.name}: {res.raw} {res.stderr}")
+        pod.result = res.out
+
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(add, jobs))

@@ -149,14 +149,25 @@ class PrivateOvs:
             _run(["ovsdb-tool", "create", str(db), SCHEMA])
         self.start_ovsdb_server()
         vsctl(self.remote, "--no-wait", "init")
+        self.start_vswitchd()
+        return self
+
+    def start_vswitchd(self) -> None:
+        """(Re)start only ovs-vswitchd, e.g. after :meth:`kill_vswitchd`."""
+        d = self._dir
         _run(self._in_ns([
             "ovs-vswitchd", self.remote,
-            f"--pidfile={self.dir / 'vswitchd.pid'}",
-            f"--unixctl={self.dir / 'vswitchd.ctl'}",
-            f"--log-file={self.dir / 'vswitchd.log'}",
+            f"--pidfile={d / 'vswitchd.pid'}",
+            f"--unixctl={d / 'vswitchd.ctl'}",
+            f"--log-file={d / 'vswitchd.log'}",
             "-vconsole:off", "--detach",
         ]), env=self._env())
-        return self
+
+    def kill_vswitchd(self, sig: int = signal.SIGKILL) -> None:
+        """Make ovs-vswitchd vanish the hard way: its flows go with it, OVSDB stays."""
+        pid = self._pid("vswitchd")
+        if pid is not None:
+            _kill_and_wait(pid, sig=sig)
 
     def start_ovsdb_server(self) -> None:
         """(Re)start only ovsdb-server, e.g. after :meth:`kill_ovsdb_server`."""
