@@ -27,7 +27,14 @@ from .domain import (
     ReleaseResult,
     Subnet,
 )
-from .errors import Busy, InvalidArgument, NotFound, PolicyConflict, PoolExhausted
+from .errors import (
+    AlreadyExists,
+    Busy,
+    InvalidArgument,
+    NotFound,
+    PolicyConflict,
+    PoolExhausted,
+)
 from .onos.desired import OutboxWriter
 from .placement import choose_pool, owner_of
 from .policy import rules_for
@@ -154,6 +161,10 @@ class Allocator:
         if not view.subnets:
             raise PoolExhausted(f"pool {pool.name!r} has no subnets")
         port_id = req.port_id or str(uuid.uuid4())
+        if req.port_id and uow.get_port(req.port_id) is not None:
+            # Checked first, not left to the primary key: a key violation reads as a lost
+            # race (Busy, retried), and its DETAIL text must never reach the caller.
+            raise AlreadyExists(f"port id {req.port_id} is already in use")
         # The port row first: its unique keys (request, owner, MAC) settle a race before any
         # free range is touched, and on PostgreSQL the range lock (the pool's hot row) is then
         # held only for the last few statements. A MAC collision inserts nothing: draw again.

@@ -182,8 +182,8 @@ class _MemoryUow:
                            key=lambda a: (":" in a.ip, a.ip))
             self.st.ports[port.id] = replace(port, addresses=tuple(addrs))
 
-    def delete_address(self, subnet_id: str, offset: int) -> None:
-        self.st.addresses.pop((subnet_id, offset), None)
+    def delete_address(self, subnet_id: str, offset: int) -> bool:
+        return self.st.addresses.pop((subnet_id, offset), None) is not None
 
     def address_state(self, subnet_id: str, offset: int) -> tuple[AddressState, str | None] | None:
         row = self.st.addresses.get((subnet_id, offset))
@@ -211,6 +211,8 @@ class _MemoryUow:
             raise AlreadyExists("a port for this container and ifname exists")
         if port.owner and self.port_by_owner(port.pool_id, port.owner):
             raise AlreadyExists(f"owner {port.owner!r} already has a port")
+        if port.id in self.st.ports:
+            raise AlreadyExists(f"port id {port.id} is already in use")
         if any(p.mac == port.mac for p in self.st.ports.values()):
             return False
         self.st.ports[port.id] = port

@@ -9,6 +9,7 @@ connection pool. A lost race, a deadlock, a serialization failure or SQLite busy
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,12 +22,21 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from ...errors import Busy
 from .uow import SqlUnitOfWork, driver_connection
 
+log = logging.getLogger(__name__)
+
 
 def _pg_transient_errors() -> tuple[type[Exception], ...]:
     """psycopg's classes for SQLSTATE 40001 (serialization), 40P01 (deadlock) and 55P03
     (lock not available): worth a retry. Imported only for a PostgreSQL URL (an extra)."""
     from psycopg import errors as pg
     return (pg.SerializationFailure, pg.DeadlockDetected, pg.LockNotAvailable)
+
+
+def _busy(what: str, exc: BaseException) -> Busy:
+    """`Busy` saying only `what`: the database's own text (a constraint's DETAIL names key
+    values) goes to the debug log, never to the caller."""
+    log.debug("%s: %s", what, exc)
+    return Busy(f"{what}; retry")
 
 
 class SqlEngine:
@@ -115,15 +125,15 @@ class SqlEngine:
                 yield SqlUnitOfWork(conn, self.postgres)
         except DBAPIError as exc:
             if self._is_transient(exc):
-                raise Busy(f"database contention: {exc.orig}") from exc
+                raise _busy("database contention", exc) from exc
             raise
         except self._driver_error as exc:
             # Raised by the raw statements of the pod path, which Core never saw.
             if self.postgres and driver_connection(conn).broken:
                 conn.invalidate(exc)
-                raise Busy(f"database connection lost: {exc}") from exc
+                raise _busy("database connection lost", exc) from exc
             if self._is_transient_driver(exc):
-                raise Busy(f"database contention: {exc}") from exc
+                raise _busy("database contention", exc) from exc
             raise
 
     def _is_transient(self, exc: DBAPIError) -> bool:
