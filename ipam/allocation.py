@@ -14,7 +14,7 @@ import uuid
 from dataclasses import replace
 from itertools import groupby
 
-from . import addr
+from . import addr, limits
 from .config import Clock, ConfigCache, PoolView, pool_named
 from .domain import (
     AddressState,
@@ -160,6 +160,9 @@ class Allocator:
         pool = view.pool
         if not view.subnets:
             raise PoolExhausted(f"pool {pool.name!r} has no subnets")
+        if owner is not None:
+            # Derived from namespace/name when not given, so only checkable here.
+            limits.text("owner", owner, limits.K8S_NAME_MAX)
         port_id = req.port_id or str(uuid.uuid4())
         if req.port_id and uow.get_port(req.port_id) is not None:
             # Checked first, not left to the primary key: a key violation reads as a lost
