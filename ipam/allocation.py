@@ -105,7 +105,8 @@ class Allocator:
             if port is None:
                 return ReleaseResult(False)
             if pod_uid and port.pod_uid and pod_uid != port.pod_uid:
-                log.warning("stale release ignored container=%s port=%s", container_id, port.id)
+                log.warning("stale release ignored container=%s port=%s", container_id[:64],
+                            port.id)
                 return ReleaseResult(True, port.id, "stale")
             pool = cfg.view_by_id(uow, port.pool_id).pool
             if rules_for(pool.policy).binds and port.owner:
