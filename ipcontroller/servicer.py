@@ -21,7 +21,7 @@ import grpc
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
-from ipam import addr
+from ipam import addr, deadline
 from ipam.domain import AllocationRequest, Node, PodIdentity, Pool, Port, Subnet, Usage
 from ipam.errors import Busy
 from ipam.service import IpamService
@@ -44,13 +44,16 @@ def _handle(method: F) -> F:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            for attempt in range(BUSY_RETRIES):
-                try:
-                    return method(self, request, context)
-                except Busy:
-                    if attempt == BUSY_RETRIES - 1:
-                        raise
-                    time.sleep(random.uniform(0, 0.002 * (2 ** attempt)))
+            # The store rolls back instead of committing once the caller's deadline passed
+            # (ipam.deadline), and a retry for a caller that gave up is wasted work.
+            with deadline.caller_deadline(context.time_remaining()):
+                for attempt in range(BUSY_RETRIES):
+                    try:
+                        return method(self, request, context)
+                    except Busy:
+                        if attempt == BUSY_RETRIES - 1 or deadline.passed():
+                            raise
+                        time.sleep(random.uniform(0, 0.002 * (2 ** attempt)))
         except Exception as exc:  # noqa: BLE001 - the one edge where errors become statuses
             refusal = refusal_for(exc)
             code = refusal.status

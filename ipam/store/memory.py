@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .. import addr
+from .. import addr, deadline
 from ..domain import AddressState, Node, Pool, Port, PortAddress, PortState, Subnet, Usage
 from ..errors import AlreadyExists
 from ..onos.memory_outbox import MemoryOutbox
@@ -311,6 +311,7 @@ class MemoryStore(MemoryOutbox):
         with self._tx_lock:
             uow = _MemoryUow(copy.deepcopy(self._data))
             yield uow
+            deadline.check_before_commit()
             self._data = uow.st
             for row in uow.outbox:
                 self.add(*row)
