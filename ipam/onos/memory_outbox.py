@@ -32,6 +32,13 @@ class MemoryOutbox:
                                               now)
             return self._seq
 
+    def supersede(self, kind: str, object_id: str) -> None:
+        """Drop the object's pending rows (what `UnitOfWork.supersede_outbox` commits)."""
+        with self._lock:
+            for row_id in [i for i, r in self._rows.items()
+                           if (r.kind, r.object_id) == (kind, object_id)]:
+                del self._rows[row_id]
+
     def claim(self, holder: str, limit: int, now: float) -> list[OutboxItem]:
         out: list[OutboxItem] = []
         seen: set[tuple[str, str]] = set()

@@ -101,6 +101,9 @@ class UnitOfWork(Protocol):
     # outbox ----------------------------------------------------------------
     def add_outbox(self, kind: str, object_id: str, op: str,
                    payload: dict[str, Any] | None, now: float) -> None: ...
+    def supersede_outbox(self, kind: str, object_id: str) -> None:
+        """Drop the object's pending rows (retrying or rejected ones too): the row added next
+        carries everything its newest state needs."""
 
     # nodes -----------------------------------------------------------------
     def upsert_node(self, node: Node) -> None: ...

@@ -49,6 +49,8 @@ class _MemoryUow:
         self.st = st
         # (kind, object_id, op, payload, now) in order, added to the outbox on commit
         self.outbox: list[tuple[str, str, str, dict[str, Any] | None, float]] = []
+        # objects whose pending rows go on commit, before this transaction's rows are added
+        self.superseded: list[tuple[str, str]] = []
 
     # configuration
     def config_generation(self) -> int:
@@ -287,6 +289,9 @@ class _MemoryUow:
                    payload: dict[str, Any] | None, now: float) -> None:
         self.outbox.append((kind, object_id, op, payload, now))
 
+    def supersede_outbox(self, kind: str, object_id: str) -> None:
+        self.superseded.append((kind, object_id))
+
     # nodes
     def upsert_node(self, node: Node) -> None:
         self.st.nodes[node.name] = node
@@ -313,6 +318,8 @@ class MemoryStore(MemoryOutbox):
             yield uow
             deadline.check_before_commit()
             self._data = uow.st
+            for kind, object_id in uow.superseded:
+                self.supersede(kind, object_id)
             for row in uow.outbox:
                 self.add(*row)
 

@@ -333,6 +333,11 @@ class SqlUnitOfWork:
                                     json.dumps(payload) if payload is not None else None,
                                     now, now))
 
+    def supersede_outbox(self, kind: str, object_id: str) -> None:
+        # A row the worker is applying right now may go too: its call still lands, and the
+        # row added next (newer, later id) is sent after it.
+        self._x(self.q.supersede_outbox, (kind, object_id))
+
     def active_endpoints(self) -> list[tuple[str, str, str, str | None]]:
         return [tuple(r) for r in self._x(self.q.active_endpoints).fetchall()]  # type: ignore[misc]
 
