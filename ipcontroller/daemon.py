@@ -55,6 +55,7 @@ class DaemonSettings:
     holder: str
     onos_lease_ttl: float = 15.0
     onos_max_backoff: float = 30.0
+    onos_outbox_cap: int = 100_000
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonSettings:
@@ -79,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     p.add_argument("--onos-max-backoff", type=float, default=30.0,
                    help="longest pause between retries while ONOS is unreachable: the "
                         "worst-case delay before the backlog moves once ONOS is back")
+    p.add_argument("--onos-outbox-cap", type=int, default=100_000,
+                   help="outbox rows kept while ONOS is behind; beyond it the port rows are "
+                        "dropped for a full resync (0 = no cap)")
     p.add_argument("--heartbeat-seconds", type=int, default=10)
     p.add_argument("--sweep-interval", type=float, default=1.0)
     # Few: the server is bound by one interpreter lock, and every extra runnable thread makes
@@ -98,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
         p.error(f"--metrics-listen takes HOST:PORT, got {a.metrics_listen!r}")
     if a.onos_password_file and not Path(a.onos_password_file).is_file():
         p.error(f"--onos-password-file {a.onos_password_file}: no such file")
+    if a.onos_outbox_cap < 0:
+        p.error("--onos-outbox-cap must be >= 0")
     if a.onos_timeout <= 0 or a.onos_max_backoff <= 0 or a.onos_resync_interval < 0:
         p.error("--onos-timeout and --onos-max-backoff must be > 0, "
                 "--onos-resync-interval >= 0")
@@ -111,7 +117,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     return DaemonSettings(a.listen, a.db, a.metrics_listen, a.onos_url.rstrip("/"), a.onos_user,
                     a.onos_password_file, a.onos_timeout, a.onos_resync_interval,
                     a.heartbeat_seconds, a.sweep_interval, a.workers,
-                    a.log_level, a.holder, a.onos_lease_ttl, a.onos_max_backoff)
+                    a.log_level, a.holder, a.onos_lease_ttl, a.onos_max_backoff,
+                    onos_outbox_cap=a.onos_outbox_cap)
 
 
 class IpControllerDaemon:

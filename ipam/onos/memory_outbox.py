@@ -85,6 +85,13 @@ class MemoryOutbox:
         with self._lock:
             return list(self._rows.values())
 
+    def drop_rows(self, kind: str) -> int:
+        with self._lock:
+            gone = [i for i, r in self._rows.items() if r.kind == kind]
+            for i in gone:
+                del self._rows[i]
+            return len(gone)
+
     def acquire_lease(self, holder: str, ttl: float, now: float) -> bool:
         with self._lock:
             if self._lease is None or self._lease[0] == holder or self._lease[1] < now:

@@ -417,3 +417,31 @@ def test_resync_restores_what_onos_lost_and_tombstones_win(tmp_path: Path,
         code, out = ipctl(ctl.port, "sync", "status")
         assert code == 0 and "last resync" in out
         s.close()
+
+
+# ------------------------------------------------------------------ 7. the outbox cap
+
+def test_a_full_outbox_gives_way_to_a_resync_and_loses_nothing(tmp_path: Path,
+                                                              emu: EmulatorServer) -> None:
+    """ONOS is down while 60 pods come against a cap of 40 rows: the port rows are dropped,
+    the alert counter goes up, and once ONOS is back the resync brings every live port and
+    no released one."""
+    from ipcontroller.metrics import SYNC_OUTBOX_OVERFLOWS
+    overflows = SYNC_OUTBOX_OVERFLOWS._value.get()
+    with running_controller(sqlite_url(tmp_path), "--onos-url", emu.url, *FAST,
+                            "--onos-resync-interval", "0", "--onos-outbox-cap", "40") as ctl:
+        s = Stubs(ctl.port)
+        s.setup_pool("p", "10.64.0.0/24")
+        for i in range(60):
+            s.ctl.AllocatePort(alloc_req(f"k{i}"), timeout=10)
+        for i in range(0, 60, 6):
+            s.ctl.ReleasePort(pb.ReleaseRequest(container_id=f"k{i}", ifname="eth0"),
+                              timeout=10)
+        assert wait_until(lambda: SYNC_OUTBOX_OVERFLOWS._value.get() > overflows, timeout=20)
+        assert s.sync_status().pending < 60
+        emu.start()
+        assert wait_until(lambda: drained(s) and len(emu.snapshot()["ports"]) == 50,
+                          timeout=60), s.sync_status()
+        assert_onos_equals_store(emu, s)
+        assert set(emu.snapshot()["ports"]) == {p.id for p in s.ports()}
+        s.close()

@@ -56,6 +56,11 @@ class SqlOutbox(SqlEngine):
             rows = uow.c.execute(select(t.outbox).order_by(t.outbox.c.id)).all()
         return [_row(r) for r in rows]
 
+    def drop_rows(self, kind: str) -> int:
+        with self.tx(True) as uow:
+            res = uow.c.execute(delete(t.outbox).where(t.outbox.c.kind == kind))
+            return int(res.rowcount or 0)
+
     def complete(self, item_id: int) -> None:
         with self.tx(True) as uow:
             uow.c.execute(delete(t.outbox).where(t.outbox.c.id == item_id))
