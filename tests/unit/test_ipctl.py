@@ -203,3 +203,14 @@ def test_a_bug_is_one_line_that_says_it_is_one(monkeypatch: pytest.MonkeyPatch) 
     assert (code, out) == (1, "")
     assert err == "ipctl: error: internal error: TypeError: 'NoneType' object is not " \
                   "subscriptable\n"
+
+
+def test_values_from_pods_print_as_themselves_not_as_markup(addr: str) -> None:
+    ipctl(addr, "pool", "create", "mk", "--policy", "fixed")
+    ipctl(addr, "subnet", "create", "mk", "10.57.0.0/24")
+    for owner in ("team-x/app[/]", "team-y/[bold]b[/bold]", "team-z/\\[x]"):
+        assert ipctl(addr, "bind", "mk", owner)[0] == 0
+    code, out, err = ipctl(addr, "port", "list", "--pool", "mk")
+    assert code == 0, err
+    for owner in ("team-x/app[/]", "team-y/[bold]b[/bold]", "team-z/\\[x]"):
+        assert owner in out, out
