@@ -14,7 +14,7 @@ import uuid
 from dataclasses import replace
 from itertools import groupby
 
-from . import addr, limits
+from . import addr, limits, paging
 from .config import Clock, ConfigCache, PoolView, pool_named
 from .domain import (
     AddressState,
@@ -133,6 +133,15 @@ class Allocator:
 
     def list_ports(self, pool_name: str = "", node: str = "", state: str = "",
                    limit: int = 1000) -> list[tuple[Port, str]]:
+        return self.list_ports_page(pool_name, node, state, limit)[0]
+
+    def list_ports_page(self, pool_name: str = "", node: str = "", state: str = "",
+                        limit: int = 1000, page_token: str = ""
+                        ) -> tuple[list[tuple[Port, str]], str]:
+        """One page of ports in creation order, and the token of the next ("" at the end):
+        a listing of any size in replies of bounded size."""
+        after = paging.decode(page_token)
+        limit = min(limit or 1000, paging.MAX_PAGE)
         with self.store.read() as uow:
             pools = {p.id: p for p in uow.list_pools()}
             pool_id = pool_named(uow, pool_name).id if pool_name else None
@@ -141,8 +150,11 @@ class Allocator:
             except ValueError:
                 raise InvalidArgument(f"unknown port state {state!r}") from None
             ports = uow.list_ports(PortFilter(pool_id=pool_id, node=node or None, state=st,
-                                              limit=limit or 1000))
-            return [(p, pools[p.pool_id].name) for p in ports]
+                                              limit=limit + 1, after=after))
+        more = len(ports) > limit
+        ports = ports[:limit]
+        token = paging.encode(ports[-1].created_at, ports[-1].id) if more else ""
+        return [(p, pools[p.pool_id].name) for p in ports], token
 
     def active_endpoints(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
         """(port id, MAC, node, addresses IPv4 first) of every active port, by port id."""

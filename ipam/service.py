@@ -106,6 +106,12 @@ class IpamService:
                    limit: int = 1000) -> list[tuple[Port, str]]:
         return self._alloc.list_ports(pool_name, node, state, limit)
 
+    def list_ports_page(self, pool_name: str = "", node: str = "", state: str = "",
+                        limit: int = 1000, page_token: str = ""
+                        ) -> tuple[list[tuple[Port, str]], str]:
+        """One page of ports and the next page's token ("" after the last)."""
+        return self._alloc.list_ports_page(pool_name, node, state, limit, page_token)
+
     def active_endpoints(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
         """(port id, MAC, node, addresses IPv4 first) of every active port, by port id."""
         return self._alloc.active_endpoints()

@@ -336,12 +336,12 @@ class IPAdminServicer(pb_grpc.IPAdminServicer):
     @_handle
     def ListPorts(self, request: pb.ListPortsRequest, context: grpc.ServicerContext
                   ) -> pb.ListPortsResponse:
-        rows = self.ipam.list_ports(request.pool, request.node, request.state,
-                                    request.limit or 1000)
+        rows, token = self.ipam.list_ports_page(request.pool, request.node, request.state,
+                                                request.limit or 1000, request.page_token)
         pools = {p.name: p for p, _, _ in self.ipam.list_pools()}
         subnets = [s for s, _, _ in self.ipam.list_subnets()]
         return pb.ListPortsResponse(ports=[port_pb(p, pools[name], subnets)
-                                           for p, name in rows])
+                                           for p, name in rows], next_page_token=token)
 
     @_handle
     def Reserve(self, request: pb.ReserveRequest, context: grpc.ServicerContext

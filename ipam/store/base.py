@@ -23,6 +23,8 @@ class PortFilter:
     node: str | None = None
     state: PortState | None = None
     limit: int = 1000
+    # Only ports after this (created_at, id), the listing's order: a page's cursor.
+    after: tuple[float, str] | None = None
 
 
 class UnitOfWork(Protocol):

@@ -252,7 +252,8 @@ class _MemoryUow:
         out = [p for p in sorted(self.st.ports.values(), key=lambda p: (p.created_at, p.id))
                if (flt.pool_id is None or p.pool_id == flt.pool_id)
                and (flt.node is None or p.node == flt.node)
-               and (flt.state is None or p.state is flt.state)]
+               and (flt.state is None or p.state is flt.state)
+               and (flt.after is None or (p.created_at, p.id) > flt.after)]
         return out[:flt.limit]
 
     def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]:

@@ -112,3 +112,22 @@ def test_values_at_the_limit_are_stored_on_every_store(svc: IpamService) -> None
     n = svc.register_node(Node("n1", "192.0.2.1", datapath="onos",
                                gateway_cidrs=("192.168.1.7/24",)))
     assert n.gateway_cidrs == ("192.168.1.7/24",)
+
+
+def test_ports_list_in_pages_with_a_cursor(svc: IpamService, clock: FakeClock) -> None:
+    made = []
+    for i in range(7):
+        made.append(svc.allocate(_req(container_id=f"c{i}")).port.id)
+        if i % 3 == 0:
+            clock.now += 1        # some share a created_at: the id breaks the tie
+    seen: list[str] = []
+    token = ""
+    while True:
+        rows, token = svc.list_ports_page(limit=3, page_token=token)
+        assert len(rows) <= 3
+        seen += [p.id for p, _ in rows]
+        if not token:
+            break
+    assert sorted(seen) == sorted(made) and len(seen) == 7
+    with pytest.raises(InvalidArgument, match="page token"):
+        svc.list_ports_page(page_token="not-a-token")

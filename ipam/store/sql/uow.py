@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
 
 from ... import addr
 from ...domain import (
@@ -316,6 +316,10 @@ class SqlUnitOfWork:
             q = q.where(t.ports.c.node == flt.node)
         if flt.state is not None:
             q = q.where(t.ports.c.state == flt.state.value)
+        if flt.after is not None:
+            at, pid = flt.after
+            q = q.where(or_(t.ports.c.created_at > at,
+                            and_(t.ports.c.created_at == at, t.ports.c.id > pid)))
         return self._ports(self.c.execute(q).all())
 
     def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]:
