@@ -56,6 +56,7 @@ class DaemonSettings:
     onos_lease_ttl: float = 15.0
     onos_max_backoff: float = 30.0
     onos_outbox_cap: int = 100_000
+    max_concurrent_rpcs: int = 256
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonSettings:
@@ -90,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     # allocations/s with 16 concurrent clients: 16 workers ~1,550 (SQLite) / ~450
     # (PostgreSQL); 4 workers ~2,200 / ~900. Requests beyond that queue, they are not refused.
     p.add_argument("--workers", type=int, default=4, help="gRPC worker threads")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=256,
+                   help="requests running or queued for a worker; beyond it a caller gets "
+                        "RESOURCE_EXHAUSTED at once instead of an unbounded queue")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--holder", default=f"{os.uname().nodename}:{os.getpid()}",
@@ -102,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
         p.error(f"--metrics-listen takes HOST:PORT, got {a.metrics_listen!r}")
     if a.onos_password_file and not Path(a.onos_password_file).is_file():
         p.error(f"--onos-password-file {a.onos_password_file}: no such file")
+    if a.max_concurrent_rpcs < 1:
+        p.error("--max-concurrent-rpcs must be >= 1")
     if a.onos_outbox_cap < 0:
         p.error("--onos-outbox-cap must be >= 0")
     if a.onos_timeout <= 0 or a.onos_max_backoff <= 0 or a.onos_resync_interval < 0:
@@ -118,7 +124,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                     a.onos_password_file, a.onos_timeout, a.onos_resync_interval,
                     a.heartbeat_seconds, a.sweep_interval, a.workers,
                     a.log_level, a.holder, a.onos_lease_ttl, a.onos_max_backoff,
-                    onos_outbox_cap=a.onos_outbox_cap)
+                    onos_outbox_cap=a.onos_outbox_cap,
+                    max_concurrent_rpcs=a.max_concurrent_rpcs)
 
 
 class IpControllerDaemon:
@@ -141,7 +148,8 @@ class IpControllerDaemon:
             from .sync_runner import SyncRunner
             self.sync = SyncRunner(self.store, settings, self.ipam)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers),
-                                  options=[("grpc.so_reuseport", 0)])
+                                  options=[("grpc.so_reuseport", 0)],
+                                  maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
         on_change = self.sync.wake if self.sync is not None else None
         pb_grpc.add_IPControllerServicer_to_server(
             IPControllerServicer(self.ipam, settings.heartbeat_seconds, on_change), self.server)

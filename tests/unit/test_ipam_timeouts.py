@@ -23,6 +23,9 @@ from ipcontroller.metrics import REQUESTS
 from tests.lab.controller import running_controller
 from tests.lab.helpers import FakeClock, wait_for
 
+# The sweeper also waits on the configuration row: off, so the one lock waiter is the request.
+NO_SWEEPS = ("--sweep-interval", "3600")
+
 
 def _req(cid: str) -> AllocationRequest:
     return AllocationRequest(container_id=cid, ifname="eth0", pool="p",
@@ -98,7 +101,7 @@ def test_past_deadline_rolls_back_on_every_store(store: Any, clock: FakeClock) -
 
 
 def test_an_allocation_whose_caller_gave_up_is_not_committed(pg_url: str) -> None:
-    with running_controller(pg_url) as ctl:
+    with running_controller(pg_url, *NO_SWEEPS) as ctl:
         ch = grpc.insecure_channel(f"127.0.0.1:{ctl.port}")
         ctl_stub, admin = pb_grpc.IPControllerStub(ch), pb_grpc.IPAdminStub(ch)
         admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
@@ -115,4 +118,24 @@ def test_an_allocation_whose_caller_gave_up_is_not_committed(pg_url: str) -> Non
         # The lock is gone: the handler goes on, finds its caller gone, and rolls back.
         wait_for(lambda: refused._value.get() > before, 20, "the handler to give up")
         assert not admin.ListPorts(pb.ListPortsRequest()).ports
+        ch.close()
+
+
+def test_requests_beyond_the_concurrency_limit_are_refused_at_once(pg_url: str) -> None:
+    with running_controller(pg_url, *NO_SWEEPS, "--max-concurrent-rpcs", "1",
+                            "--workers", "2") as ctl:
+        ch = grpc.insecure_channel(f"127.0.0.1:{ctl.port}")
+        ctl_stub, admin = pb_grpc.IPControllerStub(ch), pb_grpc.IPAdminStub(ch)
+        admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
+        admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.94.0.0/24"))
+        with _config_row_held(pg_url):
+            slow = ctl_stub.AllocatePort.future(pb.AllocateRequest(
+                container_id="slow", ifname="eth0", node="n1", pool="p",
+                pod=pb.PodRef(namespace="ns", name="slow", uid="u-slow")), timeout=30)
+            wait_for(lambda: _lock_waiters(pg_url) >= 1, 20, "the first request to wait")
+            with pytest.raises(grpc.RpcError) as err:
+                admin.ListPools(pb.ListPoolsRequest(), timeout=10)
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert slow.result(timeout=30).port.id     # the first one went through
+        assert admin.ListPools(pb.ListPoolsRequest(), timeout=10).pools
         ch.close()
