@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +287,29 @@ def test_no_reason_at_all_is_decided_by_the_status(
     assert (err.code, err.details) == (999, "PERMISSION_DENIED")
 
 
+@contextmanager
+def _serving(handler: CniHandler, tmp_path: Path, **kw: Any) -> Iterator[str]:
+    """An AgentServer on a socket under tmp_path, serving until the block ends."""
+    path = str(tmp_path / "agent.sock")
+    srv = AgentServer(path, handler, **kw)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield path
+    finally:
+        srv.shutdown_and_remove()
+
+
+@contextmanager
+def _closing(socks: list[socket.socket]) -> Iterator[None]:
+    """Close the sockets the block opened (before the server shuts down: its workers wait
+    on them)."""
+    try:
+        yield
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _read_all(sock: socket.socket) -> bytes:
     data = b""
     while chunk := sock.recv(65536):
@@ -296,11 +320,8 @@ def _read_all(sock: socket.socket) -> bytes:
 def test_a_client_dripping_bytes_is_dropped_at_the_whole_request_deadline(
         handler: CniHandler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent_server, "REQUEST_READ_TIMEOUT", 1.0)
-    path = str(tmp_path / "agent.sock")
-    srv = AgentServer(path, handler, workers=1)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
     dropped = threading.Event()
-    try:
+    with _serving(handler, tmp_path, workers=1) as path:
         drip = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         drip.connect(path)
         drip.settimeout(0.2)     # each byte comes well inside a per-read timeout
@@ -317,18 +338,13 @@ def test_a_client_dripping_bytes_is_dropped_at_the_whole_request_deadline(
         assert dropped.is_set(), "the dripping client held the worker for 15 s"
         assert time.monotonic() - t0 < 10
         drip.close()
-    finally:
-        srv.shutdown_and_remove()
 
 
 def test_requests_beyond_the_queue_are_told_to_try_again(
         handler: CniHandler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent_server, "REQUEST_READ_TIMEOUT", 30.0)
-    path = str(tmp_path / "agent.sock")
-    srv = AgentServer(path, handler, workers=1, queue=1)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    held = []
-    try:
+    held: list[socket.socket] = []
+    with _serving(handler, tmp_path, workers=1, queue=1) as path, _closing(held):
         for _ in range(2):       # one on the worker, one waiting: neither finishes
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.connect(path)
@@ -341,10 +357,6 @@ def test_requests_beyond_the_queue_are_told_to_try_again(
         assert answer.startswith(b"1\n"), answer
         assert json.loads(answer.split(b"\n", 1)[1])["code"] == 11
         extra.close()
-    finally:
-        for s in held:
-            s.close()
-        srv.shutdown_and_remove()
 
 
 def test_the_socket_is_created_private_not_chmodded(
