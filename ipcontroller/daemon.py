@@ -57,6 +57,7 @@ class DaemonSettings:
     onos_max_backoff: float = 30.0
     onos_outbox_cap: int = 100_000
     max_concurrent_rpcs: int = 256
+    health_listen: str = ""
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonSettings:
@@ -84,6 +85,10 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     p.add_argument("--onos-outbox-cap", type=int, default=100_000,
                    help="outbox rows kept while ONOS is behind; beyond it the port rows are "
                         "dropped for a full resync (0 = no cap)")
+    p.add_argument("--health-listen", default="",
+                   help="HOST:PORT for gRPC health checks on their own threads, answered "
+                        "even while every worker waits on the database (off by default; "
+                        "the main listener serves them too)")
     p.add_argument("--heartbeat-seconds", type=int, default=10)
     p.add_argument("--sweep-interval", type=float, default=1.0)
     # Few: the server is bound by one interpreter lock, and every extra runnable thread makes
@@ -125,7 +130,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                     a.heartbeat_seconds, a.sweep_interval, a.workers,
                     a.log_level, a.holder, a.onos_lease_ttl, a.onos_max_backoff,
                     onos_outbox_cap=a.onos_outbox_cap,
-                    max_concurrent_rpcs=a.max_concurrent_rpcs)
+                    max_concurrent_rpcs=a.max_concurrent_rpcs,
+                    health_listen=a.health_listen)
 
 
 class IpControllerDaemon:
@@ -157,6 +163,15 @@ class IpControllerDaemon:
             IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # The same answers on a server of their own: its threads never wait on the database.
+        self.health_server: grpc.Server | None = None
+        self.health_port = 0
+        if settings.health_listen:
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(settings.health_listen)
+            if self.health_port == 0:
+                raise OSError(f"cannot listen on {settings.health_listen}")
         self.port = 0
         for address in settings.listen.split(","):
             if address.startswith("unix:"):
@@ -175,6 +190,8 @@ class IpControllerDaemon:
 
     def start(self) -> None:
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING)
         t = threading.Thread(target=self._sweeper, name="sweeper", daemon=True)
@@ -204,6 +221,8 @@ class IpControllerDaemon:
         self.stop_event.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         for t in self._threads:
             t.join(timeout=5)
         self.store.close()

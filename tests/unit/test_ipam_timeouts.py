@@ -139,3 +139,28 @@ def test_requests_beyond_the_concurrency_limit_are_refused_at_once(pg_url: str) 
         assert slow.result(timeout=30).port.id     # the first one went through
         assert admin.ListPools(pb.ListPoolsRequest(), timeout=10).pools
         ch.close()
+
+
+def test_health_checks_answer_while_every_worker_waits(pg_url: str) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with running_controller(pg_url, *NO_SWEEPS, "--workers", "1",
+                            "--health-listen", "127.0.0.1:0") as ctl:
+        ch = grpc.insecure_channel(f"127.0.0.1:{ctl.port}")
+        hch = grpc.insecure_channel(f"127.0.0.1:{ctl.health_port}")
+        ctl_stub, admin = pb_grpc.IPControllerStub(ch), pb_grpc.IPAdminStub(ch)
+        admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
+        admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.96.0.0/24"))
+        ask = health_pb2.HealthCheckRequest(service="")
+        with _config_row_held(pg_url):
+            stuck = ctl_stub.AllocatePort.future(pb.AllocateRequest(
+                container_id="s", ifname="eth0", node="n1", pool="p",
+                pod=pb.PodRef(namespace="ns", name="s", uid="u-s")), timeout=30)
+            wait_for(lambda: _lock_waiters(pg_url) >= 1, 20, "the one worker to wait")
+            with pytest.raises(grpc.RpcError) as err:       # the main listener's one worker
+                health_pb2_grpc.HealthStub(ch).Check(ask, timeout=1)
+            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            got = health_pb2_grpc.HealthStub(hch).Check(ask, timeout=5)
+            assert got.status == health_pb2.HealthCheckResponse.SERVING
+        assert stuck.result(timeout=30).port.id
+        ch.close()
+        hch.close()
