@@ -73,7 +73,7 @@ def parse_exclusion(net: Network, spec: str) -> Exclusion:
     try:
         if "/" in spec:
             sub = parse_network(spec)
-            if not sub.subnet_of(net):  # type: ignore[arg-type]
+            if sub.version != net.version or not sub.subnet_of(net):  # type: ignore[arg-type]
                 raise ValueError(f"exclusion {spec} is not inside {net}")
             return Exclusion(offset_of(net, sub.network_address),
                              offset_of(net, sub.broadcast_address))

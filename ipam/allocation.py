@@ -14,7 +14,7 @@ import uuid
 from dataclasses import replace
 from itertools import groupby
 
-from . import addr
+from . import addr, limits, paging
 from .config import Clock, ConfigCache, PoolView, pool_named
 from .domain import (
     AddressState,
@@ -27,7 +27,14 @@ from .domain import (
     ReleaseResult,
     Subnet,
 )
-from .errors import Busy, InvalidArgument, NotFound, PolicyConflict, PoolExhausted
+from .errors import (
+    AlreadyExists,
+    Busy,
+    InvalidArgument,
+    NotFound,
+    PolicyConflict,
+    PoolExhausted,
+)
 from .onos.desired import OutboxWriter
 from .placement import check_owner_scope, choose_pool, owner_of
 from .policy import rules_for
@@ -100,7 +107,8 @@ class Allocator:
             if port is None:
                 return ReleaseResult(False)
             if pod_uid and port.pod_uid and pod_uid != port.pod_uid:
-                log.warning("stale release ignored container=%s port=%s", container_id, port.id)
+                log.warning("stale release ignored container=%s port=%s", container_id[:64],
+                            port.id)
                 return ReleaseResult(True, port.id, "stale")
             pool = cfg.view_by_id(uow, port.pool_id).pool
             if rules_for(pool.policy).binds and port.owner:
@@ -127,6 +135,15 @@ class Allocator:
 
     def list_ports(self, pool_name: str = "", node: str = "", state: str = "",
                    limit: int = 1000) -> list[tuple[Port, str]]:
+        return self.list_ports_page(pool_name, node, state, limit)[0]
+
+    def list_ports_page(self, pool_name: str = "", node: str = "", state: str = "",
+                        limit: int = 1000, page_token: str = ""
+                        ) -> tuple[list[tuple[Port, str]], str]:
+        """One page of ports in creation order, and the token of the next ("" at the end):
+        a listing of any size in replies of bounded size."""
+        after = paging.decode(page_token)
+        limit = min(limit or 1000, paging.MAX_PAGE)
         with self.store.read() as uow:
             pools = {p.id: p for p in uow.list_pools()}
             pool_id = pool_named(uow, pool_name).id if pool_name else None
@@ -135,8 +152,11 @@ class Allocator:
             except ValueError:
                 raise InvalidArgument(f"unknown port state {state!r}") from None
             ports = uow.list_ports(PortFilter(pool_id=pool_id, node=node or None, state=st,
-                                              limit=limit or 1000))
-            return [(p, pools[p.pool_id].name) for p in ports]
+                                              limit=limit + 1, after=after))
+        more = len(ports) > limit
+        ports = ports[:limit]
+        token = paging.encode(ports[-1].created_at, ports[-1].id) if more else ""
+        return [(p, pools[p.pool_id].name) for p in ports], token
 
     def active_endpoints(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
         """(port id, MAC, node, addresses IPv4 first) of every active port, by port id."""
@@ -155,7 +175,14 @@ class Allocator:
         pool = view.pool
         if not view.subnets:
             raise PoolExhausted(f"pool {pool.name!r} has no subnets")
+        if owner is not None:
+            # Derived from namespace/name when not given, so only checkable here.
+            limits.text("owner", owner, limits.K8S_NAME_MAX)
         port_id = req.port_id or str(uuid.uuid4())
+        if req.port_id and uow.get_port(req.port_id) is not None:
+            # Checked first, not left to the primary key: a key violation reads as a lost
+            # race (Busy, retried), and its DETAIL text must never reach the caller.
+            raise AlreadyExists(f"port id {req.port_id} is already in use")
         # The port row first: its unique keys (request, owner, MAC) settle a race before any
         # free range is touched, and on PostgreSQL the range lock (the pool's hot row) is then
         # held only for the last few statements. A MAC collision inserts nothing: draw again.

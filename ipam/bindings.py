@@ -59,8 +59,8 @@ class Bindings:
                 subnet, offset, ip = view.locate(text)
                 state = uow.address_state(subnet.id, offset)
                 if unreserve:
-                    if state is not None and state[0] is AddressState.RESERVED:
-                        uow.delete_address(subnet.id, offset)
+                    if (state is not None and state[0] is AddressState.RESERVED
+                            and uow.delete_address(subnet.id, offset)):
                         uow.give_back(subnet.id, offset)
                         changed += 1
                     continue

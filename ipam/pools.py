@@ -98,6 +98,10 @@ class PoolAdmin:
             gw = addr.parse_address(gateway) if gateway else addr.default_gateway(net)
             if gw not in net:
                 raise ValueError(f"gateway {gw} is not inside {net}")
+            first, last = addr.usable_span(net)
+            off = addr.offset_of(net, gw)
+            if off < first or (net.version == 4 and off > last):
+                raise ValueError(f"gateway {gw} is the network or broadcast address of {net}")
             ex = [addr.parse_exclusion(net, e) for e in excludes if e.strip()]
             free = addr.free_ranges(net, gw, ex)
         except ValueError as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from . import limits
 from .allocation import Allocator
 from .bindings import Bindings
 from .config import Clock, ConfigCache
@@ -61,6 +62,7 @@ class IpamService:
     def create_pool(self, name: str, policy: str, *, quarantine_seconds: int | None = None,
                     retention_seconds: int = 0, mtu: int = 0, product_type: str = "",
                     group: str = "") -> Pool:
+        limits.pool_settings(name, quarantine_seconds, retention_seconds, product_type, group)
         return self._pools.create_pool(
             name, policy, quarantine_seconds=quarantine_seconds,
             retention_seconds=retention_seconds, mtu=mtu, product_type=product_type,
@@ -76,6 +78,7 @@ class IpamService:
         self._pools.delete_pool(name)
 
     def set_namespace_default(self, namespace: str, pool_name: str) -> None:
+        limits.text("namespace", namespace, limits.K8S_NAME_MAX)
         self._pools.set_namespace_default(namespace, pool_name)
 
     # ---------------------------------------------------------------- subnets
@@ -92,6 +95,7 @@ class IpamService:
     # -------------------------------------------------------------- pod path
     def allocate(self, req: AllocationRequest) -> Allocation:
         """Give the pod interface its port; a retry of the same request gets the same port."""
+        limits.allocation_request(req)
         return self._alloc.allocate(req)
 
     def release(self, container_id: str, ifname: str, pod_uid: str = "") -> ReleaseResult:
@@ -105,6 +109,12 @@ class IpamService:
                    limit: int = 1000) -> list[tuple[Port, str]]:
         return self._alloc.list_ports(pool_name, node, state, limit)
 
+    def list_ports_page(self, pool_name: str = "", node: str = "", state: str = "",
+                        limit: int = 1000, page_token: str = ""
+                        ) -> tuple[list[tuple[Port, str]], str]:
+        """One page of ports and the next page's token ("" after the last)."""
+        return self._alloc.list_ports_page(pool_name, node, state, limit, page_token)
+
     def active_endpoints(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
         """(port id, MAC, node, addresses IPv4 first) of every active port, by port id."""
         return self._alloc.active_endpoints()
@@ -112,6 +122,7 @@ class IpamService:
     # ----------------------------------------------------------- admin binds
     def bind(self, pool_name: str, owner: str, ip: str = "", hostname: str = "") -> Port:
         """Pin an address to an owner ahead of its first pod (fixed/sticky pools)."""
+        limits.binding(owner, ip, hostname)
         return self._bindings.bind(pool_name, owner, ip, hostname)
 
     def unbind(self, pool_name: str, owner: str) -> bool:
@@ -119,6 +130,8 @@ class IpamService:
 
     def reserve(self, pool_name: str, addresses: Iterable[str], note: str = "",
                 unreserve: bool = False) -> int:
+        addresses = list(addresses)
+        limits.reservation(addresses, note)
         return self._bindings.reserve(pool_name, addresses, note, unreserve)
 
     # ---------------------------------------------------------- maintenance
@@ -135,6 +148,7 @@ class IpamService:
 
     # ----------------------------------------------------------------- nodes
     def register_node(self, node: Node) -> Node:
+        limits.node(node)
         return self._nodes.register_node(node)
 
     def list_nodes(self) -> list[Node]:

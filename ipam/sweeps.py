@@ -24,9 +24,9 @@ class Sweeper:
         with self.store.transaction() as uow:
             cfg = self.config.current(uow)
             for subnet_id, offset in uow.expired_quarantine(now, limit):
-                uow.delete_address(subnet_id, offset)
-                uow.give_back(subnet_id, offset)
-                freed += 1
+                if uow.delete_address(subnet_id, offset):
+                    uow.give_back(subnet_id, offset)
+                    freed += 1
             for pool in cfg.pools:
                 cutoff = rules_for(pool.policy).retention_cutoff(pool, now)
                 if cutoff is None:

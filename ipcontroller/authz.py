@@ -11,8 +11,8 @@ The caller's identity comes from the transport, never from the request:
   are the control, as for the Docker or containerd sockets;
 - over plaintext TCP (loopback only, or anywhere with `--insecure`): admin when the controller
   has no TLS at all (the operator chose no authentication, and the daemon warns at start);
-  with TLS configured, the only plaintext TCP listener is `--health-listen`, and a caller
-  there may call the health service alone (what kubelet's gRPC probe needs: it has no TLS).
+  with TLS configured there is no plaintext listener on this server (`--health-listen` is a
+  server of its own with the health service alone, for kubelet's probe, which has no TLS).
 
 Kept out of the servicers so no handler can forget it: every RPC passes here first.
 """

@@ -22,6 +22,8 @@ from .ipctl_repair import confirm_and_apply
 
 DEFAULT_CONTROLLER = "127.0.0.1:7400"
 OUTPUTS = ("table", "json")
+# Ports asked for per ListPorts call: replies stay far below gRPC's 4 MB limit.
+PORT_PAGE = 1000
 
 
 USAGE_COLS: list[Column] = [
@@ -263,13 +265,21 @@ def port() -> None:
 @click.option("--node", default="", metavar="NODE")
 @click.option("--state", default="", metavar="STATE",
               help="e.g. active or idle (the controller validates it)")
-@click.option("--limit", type=click.IntRange(min=0), default=0, help="0 = controller default")
+@click.option("--limit", type=click.IntRange(min=0), default=0, help="0 = all of them")
 @pass_settings
 def port_list(s: IpctlSettings, pool_name: str, node: str, state: str, limit: int) -> None:
-    """Ports, optionally filtered."""
-    r = s.call("ListPorts", pb.ListPortsRequest(pool=pool_name, node=node, state=state,
-                                                limit=limit))
-    emit(s, r.ports, PORT_COLS)
+    """Ports, optionally filtered (fetched page by page: any number of them)."""
+    ports: list[pb.Port] = []
+    token = ""
+    while True:
+        want = min(limit - len(ports), PORT_PAGE) if limit else PORT_PAGE
+        r = s.call("ListPorts", pb.ListPortsRequest(pool=pool_name, node=node, state=state,
+                                                    limit=want, page_token=token))
+        ports += r.ports
+        token = r.next_page_token
+        if not token or (limit and len(ports) >= limit):
+            break
+    emit(s, ports, PORT_COLS)
 
 
 @port.command("release")

@@ -66,6 +66,8 @@ class DaemonSettings:
     leak_grace_seconds: float = 60.0
     node_gone_seconds: float = 600.0
     leak_sweep_interval: float = 10.0
+    onos_outbox_cap: int = 100_000
+    max_concurrent_rpcs: int = 256
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonSettings:
@@ -90,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     p.add_argument("--onos-max-backoff", type=float, default=30.0,
                    help="longest pause between retries while ONOS is unreachable: the "
                         "worst-case delay before the backlog moves once ONOS is back")
+    p.add_argument("--onos-outbox-cap", type=int, default=100_000,
+                   help="outbox rows kept while ONOS is behind; beyond it the port rows are "
+                        "dropped for a full resync (0 = no cap)")
     p.add_argument("--heartbeat-seconds", type=int, default=10)
     p.add_argument("--sweep-interval", type=float, default=1.0)
     p.add_argument("--leak-grace-seconds", type=float, default=60.0,
@@ -107,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     # allocations/s with 16 concurrent clients: 16 workers ~1,550 (SQLite) / ~450
     # (PostgreSQL); 4 workers ~2,200 / ~900. Requests beyond that queue, they are not refused.
     p.add_argument("--workers", type=int, default=4, help="gRPC worker threads")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=256,
+                   help="requests running or queued for a worker; beyond it a caller gets "
+                        "RESOURCE_EXHAUSTED at once instead of an unbounded queue")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--holder", default=f"{os.uname().nodename}:{os.getpid()}",
@@ -122,7 +130,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                    help="allow plaintext, unauthenticated gRPC on a non-loopback TCP address")
     p.add_argument("--health-listen", default="",
                    help="plaintext HOST:PORT[,...] for probes (kubelet's gRPC probe has no TLS): "
-                        "with TLS configured it serves the health service alone")
+                        "a server of its own that serves the health service alone, on its "
+                        "own threads, so it answers even while every worker waits on the "
+                        "database")
     p.add_argument("--socket-group", default="",
                    help="group of the unix sockets in --listen (mode 0660; its members are "
                         "trusted as admin)")
@@ -148,6 +158,10 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
         p.error(f"--metrics-listen takes HOST:PORT, got {a.metrics_listen!r}")
     if a.onos_password_file and not Path(a.onos_password_file).is_file():
         p.error(f"--onos-password-file {a.onos_password_file}: no such file")
+    if a.max_concurrent_rpcs < 1:
+        p.error("--max-concurrent-rpcs must be >= 1")
+    if a.onos_outbox_cap < 0:
+        p.error("--onos-outbox-cap must be >= 0")
     if a.onos_timeout <= 0 or a.onos_max_backoff <= 0 or a.onos_resync_interval < 0:
         p.error("--onos-timeout and --onos-max-backoff must be > 0, "
                 "--onos-resync-interval >= 0")
@@ -165,7 +179,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                     tls, a.insecure, a.socket_group, a.health_listen,
                     leak_grace_seconds=a.leak_grace_seconds,
                     node_gone_seconds=a.node_gone_seconds,
-                    leak_sweep_interval=a.leak_sweep_interval)
+                    leak_sweep_interval=a.leak_sweep_interval,
+                    onos_outbox_cap=a.onos_outbox_cap,
+                    max_concurrent_rpcs=a.max_concurrent_rpcs)
 
 
 class IpControllerDaemon:
@@ -191,7 +207,8 @@ class IpControllerDaemon:
                                   options=[("grpc.so_reuseport", 0)],
                                   interceptors=[AuthzInterceptor(
                                       _PortNodes(self.ipam),
-                                      plaintext_tcp_admin=settings.tls is None)])
+                                      plaintext_tcp_admin=settings.tls is None)],
+                                  maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
         on_change = self.sync.wake if self.sync is not None else None
         pb_grpc.add_IPControllerServicer_to_server(
             IPControllerServicer(self.ipam, settings.heartbeat_seconds, on_change), self.server)
@@ -199,6 +216,17 @@ class IpControllerDaemon:
             IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # The same answers on a server of their own: its threads never wait on the database.
+        self.health_server: grpc.Server | None = None
+        self.health_port = 0
+        if settings.health_listen:
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            for address in filter(None, settings.health_listen.split(",")):
+                bound = self.health_server.add_insecure_port(address)
+                if bound == 0:
+                    raise OSError(f"cannot listen on {address}")
+                self.health_port = self.health_port or bound
         self.port = 0
         for address in settings.listen.split(","):
             bound = add_listener(self.server, address, settings.tls, settings.socket_group)
@@ -207,14 +235,14 @@ class IpControllerDaemon:
             if settings.tls is None and not is_unix(address):
                 log.warning("plaintext gRPC on %s: every caller that reaches it is admin%s",
                             address, "" if is_loopback(address) else " (--insecure)")
-        for address in filter(None, settings.health_listen.split(",")):
-            add_listener(self.server, address, None)   # plaintext: health only under TLS
         if settings.onos_password_file:
             warn_if_exposed(settings.onos_password_file, "ONOS password file")
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING)
         t = threading.Thread(target=self._sweeper, name="sweeper", daemon=True)
@@ -257,6 +285,8 @@ class IpControllerDaemon:
         self.stop_event.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         for t in self._threads:
             t.join(timeout=5)
         self.store.close()

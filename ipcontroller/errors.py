@@ -35,12 +35,25 @@ REFUSAL_BY_ERROR: dict[type[Exception], tuple[grpc.StatusCode, pb.ErrorCode]] = 
 }
 
 
+# What a refusal (and its log line) may echo. Messages quote their input (a pool name, an
+# address): a 1 MB name must not become a 1 MB log line, nor a reply over gRPC's metadata
+# limit, which the caller cannot tell from a transport failure.
+MESSAGE_MAX = 512
+
+
+def clip(text: str, limit: int = MESSAGE_MAX) -> str:
+    """`text`, cut to about `limit` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters, cut)"
+
+
 def refusal_for(exc: BaseException) -> Refusal:
     """The refusal for any exception; one outside the table is a bug: INTERNAL, logged with
     its traceback here (once), and named by its class only in the message."""
     for cls in type(exc).__mro__:
         if cls in REFUSAL_BY_ERROR:
             status, code = REFUSAL_BY_ERROR[cls]
-            return Refusal(status, code, str(exc))
+            return Refusal(status, code, clip(str(exc)))
     log.exception("unexpected error in request handler")
     return Refusal(S.INTERNAL, pb.ERROR_CODE_INTERNAL, f"internal error: {type(exc).__name__}")

@@ -12,6 +12,7 @@ import click
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .ipctl_client import IpctlSettings
@@ -36,9 +37,11 @@ Column = tuple[str, Callable[[Any], object]]
 
 
 def _cell(value: object) -> str:
+    """A value as the table shows it, escaped: rich reads cells as markup, and many values
+    come from pods (an owner `team-x/app[/]` must print as itself, not break the table)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return "-" if value is None or value == "" else str(value)
+    return "-" if value is None or value == "" else escape(str(value))
 
 
 def print_table(rows: Iterable[Any], columns: Sequence[Column], *, header: bool = True) -> None:

@@ -11,3 +11,8 @@ REQUEST_SECONDS = Histogram(
 SYNC_PENDING = Gauge("ecnet_onos_sync_pending", "outbox rows not yet applied to ONOS")
 SYNC_FAILED = Gauge("ecnet_onos_sync_failed", "outbox rows ONOS refused (config or payload)")
 SYNC_OLDEST = Gauge("ecnet_onos_sync_oldest_pending_seconds", "age of the oldest outbox row")
+SYNC_OUTBOX_CAP = Gauge("ecnet_onos_sync_outbox_cap",
+                        "outbox rows kept before the port rows give way to a full resync")
+SYNC_OUTBOX_OVERFLOWS = Counter(
+    "ecnet_onos_sync_outbox_overflows_total",
+    "times the outbox reached its cap (alert on any increase: ONOS is far behind)")

@@ -21,7 +21,7 @@ import grpc
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
-from ipam import addr
+from ipam import addr, deadline
 from ipam.domain import AllocationRequest, Node, PodIdentity, Pool, Port, Subnet, Usage
 from ipam.errors import Busy
 from ipam.leaks import Reclaim
@@ -45,13 +45,16 @@ def _handle(method: F) -> F:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            for attempt in range(BUSY_RETRIES):
-                try:
-                    return method(self, request, context)
-                except Busy:
-                    if attempt == BUSY_RETRIES - 1:
-                        raise
-                    time.sleep(random.uniform(0, 0.002 * (2 ** attempt)))
+            # The store rolls back instead of committing once the caller's deadline passed
+            # (ipam.deadline), and a retry for a caller that gave up is wasted work.
+            with deadline.caller_deadline(context.time_remaining()):
+                for attempt in range(BUSY_RETRIES):
+                    try:
+                        return method(self, request, context)
+                    except Busy:
+                        if attempt == BUSY_RETRIES - 1 or deadline.passed():
+                            raise
+                        time.sleep(random.uniform(0, 0.002 * (2 ** attempt)))
         except Exception as exc:  # noqa: BLE001 - the one edge where errors become statuses
             refusal = refusal_for(exc)
             code = refusal.status
@@ -341,12 +344,12 @@ class IPAdminServicer(pb_grpc.IPAdminServicer):
     @_handle
     def ListPorts(self, request: pb.ListPortsRequest, context: grpc.ServicerContext
                   ) -> pb.ListPortsResponse:
-        rows = self.ipam.list_ports(request.pool, request.node, request.state,
-                                    request.limit or 1000)
+        rows, token = self.ipam.list_ports_page(request.pool, request.node, request.state,
+                                                request.limit or 1000, request.page_token)
         pools = {p.name: p for p, _, _ in self.ipam.list_pools()}
         subnets = [s for s, _, _ in self.ipam.list_subnets()]
         return pb.ListPortsResponse(ports=[port_pb(p, pools[name], subnets)
-                                           for p, name in rows])
+                                           for p, name in rows], next_page_token=token)
 
     @_handle
     def Reserve(self, request: pb.ReserveRequest, context: grpc.ServicerContext

@@ -30,7 +30,13 @@ from ipam.onos.desired import DesiredStateReader
 from ipam.service import IpamService
 from ipam.store import Store
 
-from .metrics import SYNC_FAILED, SYNC_OLDEST, SYNC_PENDING
+from .metrics import (
+    SYNC_FAILED,
+    SYNC_OLDEST,
+    SYNC_OUTBOX_CAP,
+    SYNC_OUTBOX_OVERFLOWS,
+    SYNC_PENDING,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,8 @@ class SyncRunner:
             # competes with fewer sync rounds for the GIL and SQLite's single writer).
             coalesce=0.01)
         self.resync_interval = settings.onos_resync_interval
+        self.outbox_cap = settings.onos_outbox_cap
+        SYNC_OUTBOX_CAP.set(self.outbox_cap)
         self.last_resync = 0.0     # when a resync last completed here (status)
         self._next_resync = 0.0    # when the periodic loop tries next (0: at start-up)
         self._next_request_try = 0.0   # after a failed requested resync: not every second
@@ -142,9 +150,24 @@ class SyncRunner:
                 self._released_cutoff = None   # a new holder replays every kept delete
             self._was_leader = st.leader
             if st.leader:
+                self.enforce_cap(st.pending)
                 self._serve(time.time())
         drainer.join(timeout=5)
         self.client.close()
+
+    def enforce_cap(self, pending: int) -> bool:
+        """Over the cap (ONOS away for long, pods coming and going), the port rows give way:
+        they are dropped and a full resync requested, which replays every live port and
+        every kept delete from the store once ONOS is back. Nothing is lost; the alert
+        (a counter, and an ERROR line) says ONOS is far behind."""
+        if not self.outbox_cap or pending < self.outbox_cap:
+            return False
+        dropped = self.store.drop_rows("port")
+        self.request_resync()
+        SYNC_OUTBOX_OVERFLOWS.inc()
+        log.error("onos outbox reached its cap pending=%d cap=%d: dropped %d port rows, "
+                  "a full resync will replay the store", pending, self.outbox_cap, dropped)
+        return True
 
     def _serve(self, now: float) -> None:
         """One round of the holder's loop: a requested resync first, else a periodic one."""

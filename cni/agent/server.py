@@ -10,6 +10,7 @@ import logging
 import os
 import socketserver
 import stat
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -68,10 +69,15 @@ class _RequestHandler(socketserver.StreamRequestHandler):
         chunks: list[bytes] = []
         size = 0
         # The shim sends everything at once and half-closes; a client that never does must
-        # not pin one of the agent's few workers.
-        self.connection.settimeout(REQUEST_READ_TIMEOUT)
+        # not pin one of the agent's few workers. One deadline for the whole request, not
+        # per read: a client dripping a byte now and then would otherwise hold it forever.
+        deadline = time.monotonic() + REQUEST_READ_TIMEOUT
         while True:
             try:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
                 chunk = self.connection.recv(65536)
             except TimeoutError:
                 log.warning("client sent no complete request in %.0f s; dropped",
@@ -103,19 +109,37 @@ class AgentServer(socketserver.UnixStreamServer):
 
     request_queue_size = 256
 
-    def __init__(self, path: str, cni: CniHandler[Any], workers: int = 64) -> None:
+    def __init__(self, path: str, cni: CniHandler[Any], workers: int = 64,
+                 queue: int = 256) -> None:
         self.cni = cni
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
+        # Connections running or waiting for a worker: beyond it a client gets "try again"
+        # at once (each waiting one holds a file descriptor; the executor's queue has no end).
+        self._slots = threading.BoundedSemaphore(workers + queue)
         os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
         try:
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)  # a stale socket from a previous run
         except FileNotFoundError:
             pass
-        super().__init__(path, _RequestHandler)
-        os.chmod(path, 0o600)  # only root (kubelet's runtime) may drive the agent
+        # Only root (kubelet's runtime) may drive the agent: the socket is created without
+        # group or other access, never open for a moment between bind and a chmod.
+        old = os.umask(0o077)
+        try:
+            super().__init__(path, _RequestHandler)
+        finally:
+            os.umask(old)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("too many CNI requests waiting; told a client to try again")
+            try:
+                request.sendall(wire.answer(1, json.dumps(ce.TryAgainLater(
+                    "ecnet-agent is overloaded").to_result("1.0.0"))))
+            except OSError:
+                pass   # it went away already: nothing to tell
+            self.shutdown_request(request)
+            return
         self.pool.submit(self._work, request, client_address)
 
     def _work(self, request: Any, client_address: Any) -> None:
@@ -125,6 +149,7 @@ class AgentServer(socketserver.UnixStreamServer):
             self.handle_error(request, client_address)
         finally:
             self.shutdown_request(request)
+            self._slots.release()
 
     def shutdown_and_remove(self) -> None:
         self.shutdown()

@@ -405,22 +405,26 @@ class DeleteSubnetResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListPortsRequest(_message.Message):
-    __slots__ = ("pool", "node", "limit", "state")
+    __slots__ = ("pool", "node", "limit", "state", "page_token")
     POOL_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     pool: str
     node: str
     limit: int
     state: str
-    def __init__(self, pool: _Optional[str] = ..., node: _Optional[str] = ..., limit: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    page_token: str
+    def __init__(self, pool: _Optional[str] = ..., node: _Optional[str] = ..., limit: _Optional[int] = ..., state: _Optional[str] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListPortsResponse(_message.Message):
-    __slots__ = ("ports",)
+    __slots__ = ("ports", "next_page_token")
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ports: _containers.RepeatedCompositeFieldContainer[Port]
-    def __init__(self, ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
     __slots__ = ("pool", "addresses", "note", "unreserve")

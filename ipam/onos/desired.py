@@ -24,6 +24,12 @@ from .sync import DesiredState
 MAX_ALLOCATION_POOLS = 64
 # A network's MTU when its pool sets none: room for VXLAN on a 1500-byte underlay.
 DEFAULT_MTU = 1450
+# Kinds whose newest row replaces their pending ones (an upsert carries the whole object, a
+# delete needs nothing before it), so an outage leaves one row per object, and a rejected
+# row no longer blocks the newer state behind it. Ports only: they churn with every pod,
+# and nothing is ordered behind them. A network's or subnet's row keeps its place before
+# the rows of the ports that need it (a superseding row would go after them).
+COALESCED = frozenset({"port"})
 
 
 # The mapping is written once, as the outbox payload (the model's fields under the object's
@@ -114,6 +120,7 @@ class OutboxWriter:
 
     def port(self, uow: UnitOfWork, pool: Pool, port: Port) -> None:
         if self.enabled:
+            uow.supersede_outbox("port", port.id)   # "port" is in COALESCED
             self._upsert(uow, "port", port.id, port_payload(pool, port))
 
     def deleted(self, uow: UnitOfWork, kind: str, object_id: str) -> None:
@@ -121,6 +128,8 @@ class OutboxWriter:
         if not self.enabled:
             return
         now = self.clock()
+        if kind in COALESCED:
+            uow.supersede_outbox(kind, object_id)
         uow.add_outbox(kind, object_id, "delete", None, now)
         uow.add_released(kind, object_id, now)
 

@@ -32,6 +32,13 @@ class MemoryOutbox:
                                               now)
             return self._seq
 
+    def supersede(self, kind: str, object_id: str) -> None:
+        """Drop the object's pending rows (what `UnitOfWork.supersede_outbox` commits)."""
+        with self._lock:
+            for row_id in [i for i, r in self._rows.items()
+                           if (r.kind, r.object_id) == (kind, object_id)]:
+                del self._rows[row_id]
+
     def claim(self, holder: str, limit: int, now: float) -> list[OutboxItem]:
         out: list[OutboxItem] = []
         seen: set[tuple[str, str]] = set()
@@ -77,6 +84,13 @@ class MemoryOutbox:
     def outbox_rows(self) -> list[OutboxRow]:
         with self._lock:
             return list(self._rows.values())
+
+    def drop_rows(self, kind: str) -> int:
+        with self._lock:
+            gone = [i for i, r in self._rows.items() if r.kind == kind]
+            for i in gone:
+                del self._rows[i]
+            return len(gone)
 
     def acquire_lease(self, holder: str, ttl: float, now: float) -> bool:
         with self._lock:

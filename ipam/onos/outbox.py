@@ -70,6 +70,9 @@ class OutboxRows(Protocol):
         a resync asks once per chunk, while a backlog may be large."""
     def outbox_rows(self) -> list[OutboxRow]:
         """Every pending row in id order."""
+    def drop_rows(self, kind: str) -> int:
+        """Drop every pending row of `kind` (how many): what an outbox over its cap gives
+        up, for a full resync to replay from the store instead."""
 
 
 class SyncLease(Protocol):

@@ -23,6 +23,8 @@ class PortFilter:
     node: str | None = None
     state: PortState | None = None
     limit: int = 1000
+    # Only ports after this (created_at, id), the listing's order: a page's cursor.
+    after: tuple[float, str] | None = None
 
 
 class UnitOfWork(Protocol):
@@ -66,7 +68,9 @@ class UnitOfWork(Protocol):
     def insert_address(self, subnet_id: str, offset: int, ip: str, state: AddressState,
                        port_id: str | None, generation: int, free_at: float = 0.0,
                        note: str = "") -> None: ...
-    def delete_address(self, subnet_id: str, offset: int) -> None: ...
+    def delete_address(self, subnet_id: str, offset: int) -> bool:
+        """Delete one address row; False when there was none (a concurrent transaction
+        deleted it first): the caller must then not give the offset back."""
     def address_state(self, subnet_id: str,
                       offset: int) -> tuple[AddressState, str | None] | None: ...
     def quarantine_port_addresses(self, port_id: str, free_at: float) -> None: ...
@@ -99,6 +103,9 @@ class UnitOfWork(Protocol):
     # outbox ----------------------------------------------------------------
     def add_outbox(self, kind: str, object_id: str, op: str,
                    payload: dict[str, Any] | None, now: float) -> None: ...
+    def supersede_outbox(self, kind: str, object_id: str) -> None:
+        """Drop the object's pending rows (retrying or rejected ones too): the row added next
+        carries everything its newest state needs."""
 
     # nodes -----------------------------------------------------------------
     def upsert_node(self, node: Node) -> None: ...

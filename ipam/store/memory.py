@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .. import addr
+from .. import addr, deadline
 from ..domain import AddressState, Node, Pool, Port, PortAddress, PortState, Subnet, Usage
 from ..errors import AlreadyExists
 from ..onos.memory_outbox import MemoryOutbox
@@ -49,6 +49,8 @@ class _MemoryUow:
         self.st = st
         # (kind, object_id, op, payload, now) in order, added to the outbox on commit
         self.outbox: list[tuple[str, str, str, dict[str, Any] | None, float]] = []
+        # objects whose pending rows go on commit, before this transaction's rows are added
+        self.superseded: list[tuple[str, str]] = []
 
     # configuration
     def config_generation(self) -> int:
@@ -182,8 +184,8 @@ class _MemoryUow:
                            key=lambda a: (":" in a.ip, a.ip))
             self.st.ports[port.id] = replace(port, addresses=tuple(addrs))
 
-    def delete_address(self, subnet_id: str, offset: int) -> None:
-        self.st.addresses.pop((subnet_id, offset), None)
+    def delete_address(self, subnet_id: str, offset: int) -> bool:
+        return self.st.addresses.pop((subnet_id, offset), None) is not None
 
     def address_state(self, subnet_id: str, offset: int) -> tuple[AddressState, str | None] | None:
         row = self.st.addresses.get((subnet_id, offset))
@@ -211,6 +213,8 @@ class _MemoryUow:
             raise AlreadyExists("a port for this container and ifname exists")
         if port.owner and self.port_by_owner(port.pool_id, port.owner):
             raise AlreadyExists(f"owner {port.owner!r} already has a port")
+        if port.id in self.st.ports:
+            raise AlreadyExists(f"port id {port.id} is already in use")
         if any(p.mac == port.mac for p in self.st.ports.values()):
             return False
         self.st.ports[port.id] = port
@@ -248,7 +252,8 @@ class _MemoryUow:
         out = [p for p in sorted(self.st.ports.values(), key=lambda p: (p.created_at, p.id))
                if (flt.pool_id is None or p.pool_id == flt.pool_id)
                and (flt.node is None or p.node == flt.node)
-               and (flt.state is None or p.state is flt.state)]
+               and (flt.state is None or p.state is flt.state)
+               and (flt.after is None or (p.created_at, p.id) > flt.after)]
         return out[:flt.limit]
 
     def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]:
@@ -285,6 +290,9 @@ class _MemoryUow:
                    payload: dict[str, Any] | None, now: float) -> None:
         self.outbox.append((kind, object_id, op, payload, now))
 
+    def supersede_outbox(self, kind: str, object_id: str) -> None:
+        self.superseded.append((kind, object_id))
+
     # nodes
     def upsert_node(self, node: Node) -> None:
         self.st.nodes[node.name] = node
@@ -309,7 +317,10 @@ class MemoryStore(MemoryOutbox):
         with self._tx_lock:
             uow = _MemoryUow(copy.deepcopy(self._data))
             yield uow
+            deadline.check_before_commit()
             self._data = uow.st
+            for kind, object_id in uow.superseded:
+                self.supersede(kind, object_id)
             for row in uow.outbox:
                 self.add(*row)
 

@@ -79,7 +79,9 @@ def test_outage_500_allocations_arrive_exactly_once(tmp_path: Path, emu: Emulato
                 pb.ReleaseRequest(container_id=c, ifname="eth0"), timeout=10), released))
         assert time.perf_counter() - t0 < 20  # ONOS being down never slows the pod path
         st = s.sync_status()
-        assert st.pending == 2 + 500 + 100  # network, subnet, 500 upserts, 100 deletes
+        # network, subnet, 400 upserts, 100 deletes: a released port's delete supersedes
+        # its pending upsert (issue 12: the outbox keeps what the newest state needs)
+        assert st.pending == 2 + 400 + 100
         assert "unavailable" in st.last_error and st.failed == 0
         assert emu.calls()["total"] == 0
 
@@ -98,7 +100,7 @@ def test_outage_500_allocations_arrive_exactly_once(tmp_path: Path, emu: Emulato
             assert calls["by_object"][f"POST ports/{p.id}"] == 1
         gone = {p.id for p in ports} - {p.id for p in live}
         assert not gone & set(state["ports"])
-        assert calls["counts"]["POST ports 201"] == 500
+        assert calls["counts"]["POST ports 201"] == 400   # the released never reached ONOS
         assert calls["counts"]["DELETE ports 204"] == 100
         assert not any(k.startswith("PUT") for k in calls["counts"])
         s.close()
@@ -259,7 +261,8 @@ def test_bad_password_is_reported_and_nothing_is_dropped(tmp_path: Path,
         code, out = ipctl(ctl.port, "sync", "status")
         assert code == 0 and "authentication failed (HTTP 401)" in out, out
         st = s.sync_status()
-        assert st.pending == 2 + 30 + 1 and st.failed >= 1
+        # a0's delete superseded its upsert: one row for it
+        assert st.pending == 2 + 29 + 1 and st.failed >= 1
         assert emu.snapshot() == {"networks": {}, "subnets": {}, "ports": {}}
         assert set(emu.calls()["counts"]) <= {"POST networks 401", "POST subnets 401",
                                                "POST ports 401"}
@@ -413,4 +416,32 @@ def test_resync_restores_what_onos_lost_and_tombstones_win(tmp_path: Path,
         assert not diffs, "\n".join(diffs)
         code, out = ipctl(ctl.port, "sync", "status")
         assert code == 0 and "last resync" in out
+        s.close()
+
+
+# ------------------------------------------------------------------ 7. the outbox cap
+
+def test_a_full_outbox_gives_way_to_a_resync_and_loses_nothing(tmp_path: Path,
+                                                              emu: EmulatorServer) -> None:
+    """ONOS is down while 60 pods come against a cap of 40 rows: the port rows are dropped,
+    the alert counter goes up, and once ONOS is back the resync brings every live port and
+    no released one."""
+    from ipcontroller.metrics import SYNC_OUTBOX_OVERFLOWS
+    overflows = SYNC_OUTBOX_OVERFLOWS._value.get()
+    with running_controller(sqlite_url(tmp_path), "--onos-url", emu.url, *FAST,
+                            "--onos-resync-interval", "0", "--onos-outbox-cap", "40") as ctl:
+        s = Stubs(ctl.port)
+        s.setup_pool("p", "10.64.0.0/24")
+        for i in range(60):
+            s.ctl.AllocatePort(alloc_req(f"k{i}"), timeout=10)
+        for i in range(0, 60, 6):
+            s.ctl.ReleasePort(pb.ReleaseRequest(container_id=f"k{i}", ifname="eth0"),
+                              timeout=10)
+        assert wait_until(lambda: SYNC_OUTBOX_OVERFLOWS._value.get() > overflows, timeout=20)
+        assert s.sync_status().pending < 60
+        emu.start()
+        assert wait_until(lambda: drained(s) and len(emu.snapshot()["ports"]) == 50,
+                          timeout=60), s.sync_status()
+        assert_onos_equals_store(emu, s)
+        assert set(emu.snapshot()["ports"]) == {p.id for p in s.ports()}
         s.close()

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,91 @@ def test_no_reason_at_all_is_decided_by_the_status(
     assert refused_with(refuser, grpc.StatusCode.RESOURCE_EXHAUSTED, "proxy says").code == 11
     err = refused_with(refuser, grpc.StatusCode.PERMISSION_DENIED, "proxy says")
     assert (err.code, err.details) == (999, "PERMISSION_DENIED")
+
+
+@contextmanager
+def _serving(handler: CniHandler, tmp_path: Path, **kw: Any) -> Iterator[str]:
+    """An AgentServer on a socket under tmp_path, serving until the block ends."""
+    path = str(tmp_path / "agent.sock")
+    srv = AgentServer(path, handler, **kw)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield path
+    finally:
+        srv.shutdown_and_remove()
+
+
+@contextmanager
+def _closing(socks: list[socket.socket]) -> Iterator[None]:
+    """Close the sockets the block opened (before the server shuts down: its workers wait
+    on them)."""
+    try:
+        yield
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_client_dripping_bytes_is_dropped_at_the_whole_request_deadline(
+        handler: CniHandler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_server, "REQUEST_READ_TIMEOUT", 1.0)
+    dropped = threading.Event()
+    with _serving(handler, tmp_path, workers=1) as path:
+        drip = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        drip.connect(path)
+        drip.settimeout(0.2)     # each byte comes well inside a per-read timeout
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 15 and not dropped.is_set():
+            try:
+                drip.sendall(b"E")
+                if drip.recv(1) == b"":
+                    dropped.set()
+            except TimeoutError:
+                continue         # still open: the server is still reading
+            except OSError:
+                dropped.set()
+        assert dropped.is_set(), "the dripping client held the worker for 15 s"
+        assert time.monotonic() - t0 < 10
+        drip.close()
+
+
+def test_requests_beyond_the_queue_are_told_to_try_again(
+        handler: CniHandler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_server, "REQUEST_READ_TIMEOUT", 30.0)
+    held: list[socket.socket] = []
+    with _serving(handler, tmp_path, workers=1, queue=1) as path, _closing(held):
+        for _ in range(2):       # one on the worker, one waiting: neither finishes
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.sendall(b"ECNET1 ")
+            held.append(s)
+        extra = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        extra.settimeout(10)
+        extra.connect(path)
+        answer = _read_all(extra)
+        assert answer.startswith(b"1\n"), answer
+        assert json.loads(answer.split(b"\n", 1)[1])["code"] == 11
+        extra.close()
+
+
+def test_the_socket_is_created_private_not_chmodded(
+        handler: CniHandler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat as st
+
+    def no_chmod(*_a: object, **_k: object) -> None:
+        raise AssertionError("chmod after bind: the socket was open until then")
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    path = str(tmp_path / "agent.sock")
+    srv = AgentServer(path, handler, workers=1)
+    try:
+        assert st.S_IMODE(os.lstat(path).st_mode) & 0o077 == 0
+    finally:
+        srv.server_close()

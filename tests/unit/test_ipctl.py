@@ -203,3 +203,28 @@ def test_a_bug_is_one_line_that_says_it_is_one(monkeypatch: pytest.MonkeyPatch) 
     assert (code, out) == (1, "")
     assert err == "ipctl: error: internal error: TypeError: 'NoneType' object is not " \
                   "subscriptable\n"
+
+
+def test_values_from_pods_print_as_themselves_not_as_markup(addr: str) -> None:
+    ipctl(addr, "pool", "create", "mk", "--policy", "fixed")
+    ipctl(addr, "subnet", "create", "mk", "10.57.0.0/24")
+    for owner in ("team-x/app[/]", "team-y/[bold]b[/bold]", "team-z/\\[x]"):
+        assert ipctl(addr, "bind", "mk", owner)[0] == 0
+    code, out, err = ipctl(addr, "port", "list", "--pool", "mk")
+    assert code == 0, err
+    for owner in ("team-x/app[/]", "team-y/[bold]b[/bold]", "team-z/\\[x]"):
+        assert owner in out, out
+
+
+def test_port_list_pages_through_every_port(addr: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipcontroller.cli as cli_mod
+    monkeypatch.setattr(cli_mod, "PORT_PAGE", 2)
+    ipctl(addr, "pool", "create", "pg", "--policy", "fixed")
+    ipctl(addr, "subnet", "create", "pg", "10.58.0.0/24")
+    for i in range(5):
+        assert ipctl(addr, "bind", "pg", f"ns/o{i}")[0] == 0
+    code, out, _ = ipctl(addr, "-o", "json", "port", "list", "--pool", "pg")
+    assert code == 0 and sorted(p["owner"] for p in json.loads(out)) == [
+        f"ns/o{i}" for i in range(5)]
+    code, out, _ = ipctl(addr, "-o", "json", "port", "list", "--pool", "pg", "--limit", "3")
+    assert code == 0 and len(json.loads(out)) == 3

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
+from .engine import PgTimeouts
 from .outbox import SqlOutbox
 from .uow import SqlUnitOfWork
 
-__all__ = ["SqlStore"]
+__all__ = ["PgTimeouts", "SqlStore"]
 
 
 class SqlStore(SqlOutbox):
     """The IPAM's Store (and the sync's OutboxStore) on one database."""
 
-    def __init__(self, url: str, *, migrate: bool = True, pool_size: int = 8) -> None:
-        super().__init__(url, pool_size=pool_size)
+    def __init__(self, url: str, *, migrate: bool = True, pool_size: int = 8,
+                 timeouts: PgTimeouts | None = None) -> None:
+        super().__init__(url, pool_size=pool_size, timeouts=timeouts)
         if migrate:
             from ...migrate import upgrade
             upgrade(self.engine)

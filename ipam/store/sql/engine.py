@@ -9,36 +9,78 @@ connection pool. A lost race, a deadlock, a serialization failure or SQLite busy
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from ... import deadline
 from ...errors import Busy
 from .uow import SqlUnitOfWork, driver_connection
 
+log = logging.getLogger(__name__)
+
 
 def _pg_transient_errors() -> tuple[type[Exception], ...]:
-    """psycopg's classes for SQLSTATE 40001 (serialization), 40P01 (deadlock) and 55P03
-    (lock not available): worth a retry. Imported only for a PostgreSQL URL (an extra)."""
+    """psycopg's classes for SQLSTATE 40001 (serialization), 40P01 (deadlock), 55P03 (lock
+    not available) and 57014 (statement timeout): worth a retry. Imported only for a
+    PostgreSQL URL (an extra)."""
     from psycopg import errors as pg
-    return (pg.SerializationFailure, pg.DeadlockDetected, pg.LockNotAvailable)
+    return (pg.SerializationFailure, pg.DeadlockDetected, pg.LockNotAvailable,
+            pg.QueryCanceled)
+
+
+@dataclass(frozen=True)
+class PgTimeouts:
+    """How long a PostgreSQL session may wait, in seconds. Without them one stuck
+    transaction holding the configuration row blocks every worker (health checks and reads
+    too), and the allocations queued behind it commit long after their callers gave up."""
+
+    lock: float = 5.0            # a row lock: then 55P03, which is Busy (retried)
+    statement: float = 30.0      # any one statement
+    idle_in_transaction: float = 60.0   # a session that began and went quiet (a hung peer)
+    connect: int = 5
+    keepalive_idle: int = 30     # TCP keepalives: a database host gone silent is noticed
+    keepalive_interval: int = 10
+    keepalive_count: int = 3
+
+    def connect_args(self) -> dict[str, Any]:
+        """psycopg's connect() arguments: the timeouts as session settings (libpq options)."""
+        def ms(seconds: float) -> int:
+            return max(1, int(seconds * 1000))
+        options = (f"-c lock_timeout={ms(self.lock)} -c statement_timeout={ms(self.statement)}"
+                   f" -c idle_in_transaction_session_timeout={ms(self.idle_in_transaction)}")
+        return {"connect_timeout": self.connect, "options": options, "keepalives": 1,
+                "keepalives_idle": self.keepalive_idle,
+                "keepalives_interval": self.keepalive_interval,
+                "keepalives_count": self.keepalive_count}
+
+
+def _busy(what: str, exc: BaseException) -> Busy:
+    """`Busy` saying only `what`: the database's own text (a constraint's DETAIL names key
+    values) goes to the debug log, never to the caller."""
+    log.debug("%s: %s", what, exc)
+    return Busy(f"{what}; retry")
 
 
 class SqlEngine:
     """Owns the SQLAlchemy engine; `tx(write)` runs one transaction."""
 
-    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+    def __init__(self, url: str, *, pool_size: int = 8,
+                 timeouts: PgTimeouts | None = None) -> None:
         self.url = url
         self.postgres = url.startswith("postgresql")
         self.sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if self.postgres:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                          connect_args=(timeouts or PgTimeouts()).connect_args())
         self.engine: Engine = create_engine(url, **kwargs)
         self._dbapi: Any = self.engine.dialect.loaded_dbapi
         self._driver_error: type[Exception] = self._dbapi.Error
@@ -113,17 +155,18 @@ class SqlEngine:
         try:
             with conn.begin():
                 yield SqlUnitOfWork(conn, self.postgres)
+                deadline.check_before_commit()
         except DBAPIError as exc:
             if self._is_transient(exc):
-                raise Busy(f"database contention: {exc.orig}") from exc
+                raise _busy("database contention", exc) from exc
             raise
         except self._driver_error as exc:
             # Raised by the raw statements of the pod path, which Core never saw.
             if self.postgres and driver_connection(conn).broken:
                 conn.invalidate(exc)
-                raise Busy(f"database connection lost: {exc}") from exc
+                raise _busy("database connection lost", exc) from exc
             if self._is_transient_driver(exc):
-                raise Busy(f"database contention: {exc}") from exc
+                raise _busy("database contention", exc) from exc
             raise
 
     def _is_transient(self, exc: DBAPIError) -> bool:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ...onos.outbox import SYNC_LEASE, OutboxItem, OutboxRow, OutboxStats
 from .. import schema as t
-from .engine import SqlEngine
+from .engine import PgTimeouts, SqlEngine
 
 
 def _row(r: Any) -> OutboxRow:
@@ -27,8 +27,9 @@ def _row(r: Any) -> OutboxRow:
 class SqlOutbox(SqlEngine):
     """The engine, plus the outbox, lease and state the sync drains through it."""
 
-    def __init__(self, url: str, *, pool_size: int = 8, lease_name: str = SYNC_LEASE) -> None:
-        super().__init__(url, pool_size=pool_size)
+    def __init__(self, url: str, *, pool_size: int = 8, lease_name: str = SYNC_LEASE,
+                 timeouts: PgTimeouts | None = None) -> None:
+        super().__init__(url, pool_size=pool_size, timeouts=timeouts)
         self.lease_name = lease_name
 
     # ------------------------------------------------------------------ rows
@@ -54,6 +55,11 @@ class SqlOutbox(SqlEngine):
         with self.tx(False) as uow:
             rows = uow.c.execute(select(t.outbox).order_by(t.outbox.c.id)).all()
         return [_row(r) for r in rows]
+
+    def drop_rows(self, kind: str) -> int:
+        with self.tx(True) as uow:
+            res = uow.c.execute(delete(t.outbox).where(t.outbox.c.kind == kind))
+            return int(res.rowcount or 0)
 
     def complete(self, item_id: int) -> None:
         with self.tx(True) as uow:

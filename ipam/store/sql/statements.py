@@ -94,6 +94,7 @@ class Statements:
         self.add_outbox = q(
             "INSERT INTO outbox (kind, object_id, op, payload, created_at, attempts,"
             " next_attempt_at, last_error, failed) VALUES (?, ?, ?, ?, ?, 0, ?, '', false)")
+        self.supersede_outbox = q("DELETE FROM outbox WHERE kind = ? AND object_id = ?")
         self.active_endpoints = q(
             "SELECT p.id, p.mac, p.node, a.ip FROM ports p LEFT JOIN addresses a"
             " ON a.port_id = p.id WHERE p.state = 'active' ORDER BY p.id")

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
 
 from ... import addr
 from ...domain import (
@@ -30,6 +30,10 @@ from ...errors import Busy
 from .. import schema as t
 from ..base import PortFilter
 from .statements import STATEMENTS, port_from_rows, port_params
+
+# Reads of a free range that other takers keep changing before `take_specific` calls it Busy
+# (the caller retries the whole transaction).
+RANGE_REREADS = 4
 
 
 def driver_connection(conn: Connection) -> Any:
@@ -202,6 +206,20 @@ class SqlUnitOfWork:
 
     def take_specific(self, subnet_id: str, offset: int) -> bool:
         row = self._x(self.q.range_containing, (subnet_id, offset)).fetchone()
+        # PostgreSQL (READ COMMITTED): when the lock waited for another taker of the same
+        # range, the row is its new version, but the range that taker split off is not in
+        # this statement's snapshot. A new statement sees it: read again until two reads
+        # agree, so a free address is never called "not allocatable".
+        for _ in range(RANGE_REREADS if self.pg else 0):
+            if row is not None and row[2] >= offset:
+                break
+            again = self._x(self.q.range_containing, (subnet_id, offset)).fetchone()
+            if again == row:
+                break
+            row = again
+        else:
+            if self.pg and (row is None or row[2] < offset):
+                raise Busy("free range changed under us")
         if row is None or row[2] < offset:
             return False
         self._shrink(subnet_id, row[0], row[1], row[2], offset)
@@ -226,8 +244,10 @@ class SqlUnitOfWork:
         self._x(self.q.insert_address,
                 (subnet_id, offset, ip, state.value, port_id, generation, free_at, note))
 
-    def delete_address(self, subnet_id: str, offset: int) -> None:
-        self._x(self.q.delete_address, (subnet_id, offset))
+    def delete_address(self, subnet_id: str, offset: int) -> bool:
+        # On PostgreSQL a second deleter waits for the first one's row lock, then finds the
+        # row gone: rowcount 0 is how it learns the address is not its to give back.
+        return bool(self._x(self.q.delete_address, (subnet_id, offset)).rowcount == 1)
 
     def address_state(self, subnet_id: str, offset: int) -> tuple[AddressState, str | None] | None:
         row = self._x(self.q.address_state, (subnet_id, offset)).fetchone()
@@ -296,6 +316,10 @@ class SqlUnitOfWork:
             q = q.where(t.ports.c.node == flt.node)
         if flt.state is not None:
             q = q.where(t.ports.c.state == flt.state.value)
+        if flt.after is not None:
+            at, pid = flt.after
+            q = q.where(or_(t.ports.c.created_at > at,
+                            and_(t.ports.c.created_at == at, t.ports.c.id > pid)))
         return self._ports(self.c.execute(q).all())
 
     def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]:
@@ -312,6 +336,11 @@ class SqlUnitOfWork:
         self._x(self.q.add_outbox, (kind, object_id, op,
                                     json.dumps(payload) if payload is not None else None,
                                     now, now))
+
+    def supersede_outbox(self, kind: str, object_id: str) -> None:
+        # A row the worker is applying right now may go too: its call still lands, and the
+        # row added next (newer, later id) is sent after it.
+        self._x(self.q.supersede_outbox, (kind, object_id))
 
     def active_endpoints(self) -> list[tuple[str, str, str, str | None]]:
         return [tuple(r) for r in self._x(self.q.active_endpoints).fetchall()]  # type: ignore[misc]
