@@ -154,7 +154,8 @@ def grpc_alloc_rate(addr: str, clients: int) -> float:
 
 def outer(args: argparse.Namespace) -> None:
     from tests.lab.cluster import Lab
-    with tempfile.TemporaryDirectory(prefix="ecnet-bench-") as tmp, Lab(tmp) as lab:
+    # Plaintext on loopback: the load generator below dials the controller without TLS.
+    with tempfile.TemporaryDirectory(prefix="ecnet-bench-") as tmp, Lab(tmp, tls=False) as lab:
         lab.start_controller("--log-level", "warning")
         lab.ipctl("pool", "create", "bench", "--policy", "dynamic", "--quarantine", "0")
         lab.ipctl("subnet", "create", "bench", "10.70.0.0/16")
