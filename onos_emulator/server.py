@@ -232,13 +232,13 @@ class _Handler(BaseHTTPRequestHandler):
 
         # The answer is held until the call is counted: a test that reads the counts once
         # its call returned must see that call.
-        real, self.wfile = self.wfile, io.BytesIO()
+        held = io.BytesIO()
+        real, self.wfile = self.wfile, held
         try:
             status, obj = self._onos_inner(path, segs, coll, body, fault == "unauthorized")
         finally:
-            held, self.wfile = self.wfile, real
+            self.wfile = real
         st.count(method, coll_label, status, obj, user)
-        assert isinstance(held, io.BytesIO)
         self.wfile.write(held.getvalue())
 
     def _onos_inner(self, path: str, segs: list[str], coll: str, body: bytes,

@@ -279,11 +279,17 @@ class CniHandler(Generic[PendingT]):
         released (or kept, for bound policies). Deleting a veth pair costs the kernel ~16 ms
         of RCU grace periods, so concurrent DELs share one batched request (`Teardown`, a
         group commit); the controller's release runs while that request is in flight."""
-        self._detach(req.container_id, req.ifname, req.netns, req.args.pod_uid)
+        doomed = self._take_off_node(req.container_id, req.ifname, req.netns)
+        outcome = self._release(req.container_id, req.ifname, req.args.pod_uid)
+        if doomed:
+            self.teardown.wait_for(req.container_id)
+        log.debug("DEL container=%s ifname=%s outcome=%s", req.container_id[:12], req.ifname,
+                  outcome)
 
-    def _detach(self, container_id: str, ifname: str, netns: str, pod_uid: str,
-                release: bool = True) -> str:
-        """DEL's work for one attachment (also GC's); the controller's release outcome."""
+    def _take_off_node(self, container_id: str, ifname: str, netns: str) -> bool:
+        """Delete the attachment's OVS port and doom its veth pair; True when there is a
+        pair whose batched delete the caller must wait for (DEL's and reclaim's first step;
+        the reaper starts at once, so the caller's release overlaps it)."""
         doomed = False
         try:
             found = self.ovs.find_interfaces(**{"ecnet/container": container_id,
@@ -308,12 +314,7 @@ class CniHandler(Generic[PendingT]):
                                    str(exc)) from exc
         if not found:
             doomed |= self.teardown.start(container_id, [], netns or None, ifname)
-        outcome = self._release(container_id, ifname, pod_uid) if release else "released"
-        if doomed:
-            self.teardown.wait_for(container_id)
-        log.debug("DEL container=%s ifname=%s ovs_ports=%d outcome=%s", container_id[:12],
-                  ifname, len(found), outcome)
-        return outcome
+        return doomed
 
     def _release(self, container_id: str, ifname: str, pod_uid: str) -> str:
         resp = self.controller.release(pb.ReleaseRequest(
@@ -367,7 +368,8 @@ class CniHandler(Generic[PendingT]):
         attachment) stays for the next try."""
         with self.locks.hold(container_id):
             outcome = self._release(container_id, ifname, pod_uid)
-            self._detach(container_id, ifname, netns, "", release=False)
+            if self._take_off_node(container_id, ifname, netns):
+                self.teardown.wait_for(container_id)
         return outcome
 
     # ---------------------------------------------------------------- STATUS
