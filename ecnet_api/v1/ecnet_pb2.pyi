@@ -254,6 +254,42 @@ class ListNodePortsResponse(_message.Message):
     ports: _containers.RepeatedCompositeFieldContainer[Port]
     def __init__(self, ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ...) -> None: ...
 
+class WatchTopologyRequest(_message.Message):
+    __slots__ = ("node", "from_revision")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    from_revision: int
+    def __init__(self, node: _Optional[str] = ..., from_revision: _Optional[int] = ...) -> None: ...
+
+class TopologyChange(_message.Message):
+    __slots__ = ("port", "port_removed", "node", "node_removed", "subnet", "subnet_removed")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PORT_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    NODE_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    port: RemotePort
+    port_removed: str
+    node: NodeInfo
+    node_removed: str
+    subnet: Subnet
+    subnet_removed: str
+    def __init__(self, port: _Optional[_Union[RemotePort, _Mapping]] = ..., port_removed: _Optional[str] = ..., node: _Optional[_Union[NodeInfo, _Mapping]] = ..., node_removed: _Optional[str] = ..., subnet: _Optional[_Union[Subnet, _Mapping]] = ..., subnet_removed: _Optional[str] = ...) -> None: ...
+
+class WatchTopologyEvent(_message.Message):
+    __slots__ = ("revision", "reset", "complete", "changes")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    reset: bool
+    complete: bool
+    changes: _containers.RepeatedCompositeFieldContainer[TopologyChange]
+    def __init__(self, revision: _Optional[int] = ..., reset: _Optional[bool] = ..., complete: _Optional[bool] = ..., changes: _Optional[_Iterable[_Union[TopologyChange, _Mapping]]] = ...) -> None: ...
+
 class Pool(_message.Message):
     __slots__ = ("name", "policy", "quarantine_seconds", "retention_seconds", "mtu", "product_type", "group")
     NAME_FIELD_NUMBER: _ClassVar[int]

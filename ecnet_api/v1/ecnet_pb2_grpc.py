@@ -64,6 +64,11 @@ class IPControllerStub:
                 request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsRequest.SerializeToString,
                 response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsResponse.FromString,
                 _registered_method=True)
+        self.WatchTopology = channel.unary_stream(
+                '/ecnet.v1.IPController/WatchTopology',
+                request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.WatchTopologyRequest.SerializeToString,
+                response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.WatchTopologyEvent.FromString,
+                _registered_method=True)
 
 
 class IPControllerServicer:
@@ -108,6 +113,16 @@ class IPControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTopology(self, request, context):
+        """The topology as a stream of changes from a revision of the controller's change log: a
+        snapshot (in bounded chunks) only on first connect or when `from_revision` has been
+        compacted away, then deltas as they commit. Any replica serves it. An older controller
+        answers UNIMPLEMENTED; the agent then polls GetTopology as before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IPControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +155,11 @@ def add_IPControllerServicer_to_server(servicer, server):
                     servicer.ListNodePorts,
                     request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsRequest.FromString,
                     response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsResponse.SerializeToString,
+            ),
+            'WatchTopology': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTopology,
+                    request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.WatchTopologyRequest.FromString,
+                    response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.WatchTopologyEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +324,33 @@ class IPController:
             '/ecnet.v1.IPController/ListNodePorts',
             ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsRequest.SerializeToString,
             ecnet__api_dot_v1_dot_ecnet__pb2.ListNodePortsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ecnet.v1.IPController/WatchTopology',
+            ecnet__api_dot_v1_dot_ecnet__pb2.WatchTopologyRequest.SerializeToString,
+            ecnet__api_dot_v1_dot_ecnet__pb2.WatchTopologyEvent.FromString,
             options,
             channel_credentials,
             insecure,
