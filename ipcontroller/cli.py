@@ -391,6 +391,7 @@ def sync_status(s: IpctlSettings) -> None:
         ("oldest pending", f"{r.oldest_pending_seconds:.1f}s" if r.pending else ""),
         ("last error", r.last_error), ("last success", r.last_success),
         ("last resync", r.last_resync), ("holder", r.holder),
+        ("dead letters", r.dead_letters),
     ])
 
 
@@ -406,6 +407,45 @@ def sync_now(s: IpctlSettings) -> None:
     else:
         text = f"resync queued {r.queued} ONOS change(s)"
     emit_done(s, r, text)
+
+
+DEAD_LETTER_COLS: list[Column] = [
+    ("ID", lambda d: d.id), ("KIND", lambda d: d.kind), ("OBJECT", lambda d: d.object_id),
+    ("OP", lambda d: d.op), ("ATTEMPTS", lambda d: d.attempts),
+    ("DEAD SINCE", lambda d: d.dead_at), ("LAST ERROR", lambda d: d.last_error[:120]),
+]
+
+
+@sync.command("dead-letters")
+@pass_settings
+def sync_dead_letters(s: IpctlSettings) -> None:
+    """Outbox rows ONOS kept rejecting, set aside so they block nothing."""
+    emit(s, s.call("ListDeadLetters", pb.ListDeadLettersRequest()).dead_letters,
+         DEAD_LETTER_COLS)
+
+
+@sync.command("skip")
+@click.argument("dead_id", metavar="ID", type=click.IntRange(min=1))
+@pass_settings
+def sync_skip(s: IpctlSettings, dead_id: int) -> None:
+    """Drop a dead letter for good (ONOS never gets that change)."""
+    r = s.call("SkipDeadLetter", pb.SkipDeadLetterRequest(id=dead_id))
+    if not r.found:
+        raise IpctlError(f"no dead letter {dead_id}")
+    emit_done(s, r, f"dead letter {dead_id} skipped")
+
+
+@sync.command("retry")
+@click.argument("dead_ids", metavar="ID...", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all", "every", is_flag=True, help="every dead letter")
+@pass_settings
+def sync_retry(s: IpctlSettings, dead_ids: tuple[int, ...], every: bool) -> None:
+    """Put dead letters back at the end of the outbox (one whose object has a newer pending
+    row is dropped instead: that row wins)."""
+    if every == bool(dead_ids):
+        raise click.UsageError("give dead letter IDs or --all")
+    r = s.call("RetryDeadLetters", pb.RetryDeadLettersRequest(ids=list(dead_ids), all=every))
+    emit_done(s, r, f"{r.retried} dead letter(s) back in the outbox")
 
 
 @cli.group()

@@ -68,6 +68,7 @@ class DaemonSettings:
     leak_sweep_interval: float = 10.0
     onos_outbox_cap: int = 100_000
     max_concurrent_rpcs: int = 256
+    onos_dead_letter_after: int = 5
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonSettings:
@@ -95,6 +96,10 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     p.add_argument("--onos-outbox-cap", type=int, default=100_000,
                    help="outbox rows kept while ONOS is behind; beyond it the port rows are "
                         "dropped for a full resync (0 = no cap)")
+    p.add_argument("--onos-dead-letter-after", type=int, default=5,
+                   help="rejections after which an outbox row moves to the dead letters "
+                        "(`ipctl sync dead-letters`) and stops blocking its object "
+                        "(0 = never: retried every --onos-max-backoff)")
     p.add_argument("--heartbeat-seconds", type=int, default=10)
     p.add_argument("--sweep-interval", type=float, default=1.0)
     p.add_argument("--leak-grace-seconds", type=float, default=60.0,
@@ -160,8 +165,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
         p.error(f"--onos-password-file {a.onos_password_file}: no such file")
     if a.max_concurrent_rpcs < 1:
         p.error("--max-concurrent-rpcs must be >= 1")
-    if a.onos_outbox_cap < 0:
-        p.error("--onos-outbox-cap must be >= 0")
+    if a.onos_outbox_cap < 0 or a.onos_dead_letter_after < 0:
+        p.error("--onos-outbox-cap and --onos-dead-letter-after must be >= 0")
     if a.onos_timeout <= 0 or a.onos_max_backoff <= 0 or a.onos_resync_interval < 0:
         p.error("--onos-timeout and --onos-max-backoff must be > 0, "
                 "--onos-resync-interval >= 0")
@@ -181,7 +186,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                     node_gone_seconds=a.node_gone_seconds,
                     leak_sweep_interval=a.leak_sweep_interval,
                     onos_outbox_cap=a.onos_outbox_cap,
-                    max_concurrent_rpcs=a.max_concurrent_rpcs)
+                    max_concurrent_rpcs=a.max_concurrent_rpcs,
+                    onos_dead_letter_after=a.onos_dead_letter_after)
 
 
 class IpControllerDaemon:

@@ -16,3 +16,6 @@ SYNC_OUTBOX_CAP = Gauge("ecnet_onos_sync_outbox_cap",
 SYNC_OUTBOX_OVERFLOWS = Counter(
     "ecnet_onos_sync_outbox_overflows_total",
     "times the outbox reached its cap (alert on any increase: ONOS is far behind)")
+SYNC_DEAD_LETTERS = Gauge(
+    "ecnet_onos_sync_dead_letters",
+    "outbox rows ONOS kept rejecting, set aside (alert on > 0: ipctl sync dead-letters)")

@@ -386,11 +386,35 @@ class IPAdminServicer(pb_grpc.IPAdminServicer):
     @_handle
     def SyncNow(self, request: pb.SyncNowRequest, context: grpc.ServicerContext
                 ) -> pb.SyncNowResponse:
+        return self._sync_on().request_resync()
+
+    def _sync_on(self) -> Any:
         if self.sync is None:
             from ipam.errors import InvalidArgument
             raise InvalidArgument("ONOS sync is not enabled (start the controller with "
                                   "--onos-url)")
-        return self.sync.request_resync()
+        return self.sync
+
+    @_handle
+    def ListDeadLetters(self, request: pb.ListDeadLettersRequest,
+                        context: grpc.ServicerContext) -> pb.ListDeadLettersResponse:
+        if self.sync is None:
+            return pb.ListDeadLettersResponse()
+        return self.sync.dead_letters_pb()
+
+    @_handle
+    def SkipDeadLetter(self, request: pb.SkipDeadLetterRequest,
+                       context: grpc.ServicerContext) -> pb.SkipDeadLetterResponse:
+        return pb.SkipDeadLetterResponse(found=self._sync_on().skip_dead_letter(request.id))
+
+    @_handle
+    def RetryDeadLetters(self, request: pb.RetryDeadLettersRequest,
+                         context: grpc.ServicerContext) -> pb.RetryDeadLettersResponse:
+        if request.all == bool(request.ids):
+            from ipam.errors import InvalidArgument
+            raise InvalidArgument("give dead letter ids or all, not both or neither")
+        ids = None if request.all else list(request.ids)
+        return pb.RetryDeadLettersResponse(retried=self._sync_on().retry_dead_letters(ids))
 
     @_handle
     def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext

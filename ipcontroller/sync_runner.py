@@ -31,6 +31,7 @@ from ipam.service import IpamService
 from ipam.store import Store
 
 from .metrics import (
+    SYNC_DEAD_LETTERS,
     SYNC_FAILED,
     SYNC_OLDEST,
     SYNC_OUTBOX_CAP,
@@ -84,7 +85,7 @@ class SyncRunner:
             settle=2.0 * settings.onos_timeout,
             # Gather a burst's rows into one round (ONOS learns ~10 ms later; the pod path
             # competes with fewer sync rounds for the GIL and SQLite's single writer).
-            coalesce=0.01)
+            coalesce=0.01, dead_letter_after=settings.onos_dead_letter_after)
         self.resync_interval = settings.onos_resync_interval
         self.outbox_cap = settings.onos_outbox_cap
         SYNC_OUTBOX_CAP.set(self.outbox_cap)
@@ -146,6 +147,7 @@ class SyncRunner:
             SYNC_PENDING.set(st.pending)
             SYNC_FAILED.set(st.failed)
             SYNC_OLDEST.set(st.oldest_pending_seconds or 0)
+            SYNC_DEAD_LETTERS.set(st.dead_letters)
             if st.leader and not self._was_leader:
                 self._released_cutoff = None   # a new holder replays every kept delete
             self._was_leader = st.leader
@@ -196,7 +198,7 @@ class SyncRunner:
 
     def lease_holder(self) -> str:
         """Who drains right now (any replica can answer), or "" while nobody holds it."""
-        return self.store.lease_holder(time.time())
+        return self.store.lease_holder()
 
     def status_pb(self) -> pb.SyncStatusResponse:
         st = self.worker.status()
@@ -204,7 +206,31 @@ class SyncRunner:
             enabled=True, pending=st.pending, failed=st.failed,
             oldest_pending_seconds=st.oldest_pending_seconds or 0.0,
             last_error=st.last_error, last_success=_ts(st.last_success_at),
-            last_resync=_ts(self._last_resync_anywhere()), holder=self.lease_holder())
+            last_resync=_ts(self._last_resync_anywhere()), holder=self.lease_holder(),
+            dead_letters=st.dead_letters)
+
+    # ------------------------------------------------------------ dead letters
+    def dead_letters_pb(self) -> pb.ListDeadLettersResponse:
+        return pb.ListDeadLettersResponse(dead_letters=[
+            pb.DeadLetter(id=d.id, kind=d.kind, object_id=d.object_id, op=d.op,
+                          attempts=d.attempts, last_error=d.last_error,
+                          created_at=_ts(d.created_at), dead_at=_ts(d.dead_at))
+            for d in self.store.dead_letters()])
+
+    def skip_dead_letter(self, dead_id: int) -> bool:
+        found = self.store.skip_dead_letter(dead_id)
+        log.info("onos dead letter skipped id=%d found=%s", dead_id, found)
+        SYNC_DEAD_LETTERS.set(self.store.dead_letter_count())
+        return found
+
+    def retry_dead_letters(self, dead_ids: list[int] | None) -> int:
+        """Back into the outbox (at its end) and the drain woken for them."""
+        retried = self.store.retry_dead_letters(dead_ids, time.time())
+        log.info("onos dead letters retried asked=%s retried=%d",
+                 "all" if dead_ids is None else len(dead_ids), retried)
+        SYNC_DEAD_LETTERS.set(self.store.dead_letter_count())
+        self.worker.wake()
+        return retried
 
     def _last_resync_anywhere(self) -> float:
         """Whichever replica ran it: the holder records it in the database."""

@@ -529,7 +529,7 @@ class SyncStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SyncStatusResponse(_message.Message):
-    __slots__ = ("enabled", "pending", "failed", "oldest_pending_seconds", "last_error", "last_success", "last_resync", "holder")
+    __slots__ = ("enabled", "pending", "failed", "oldest_pending_seconds", "last_error", "last_success", "last_resync", "holder", "dead_letters")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
@@ -538,6 +538,7 @@ class SyncStatusResponse(_message.Message):
     LAST_SUCCESS_FIELD_NUMBER: _ClassVar[int]
     LAST_RESYNC_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     pending: int
     failed: int
@@ -546,7 +547,8 @@ class SyncStatusResponse(_message.Message):
     last_success: str
     last_resync: str
     holder: str
-    def __init__(self, enabled: _Optional[bool] = ..., pending: _Optional[int] = ..., failed: _Optional[int] = ..., oldest_pending_seconds: _Optional[float] = ..., last_error: _Optional[str] = ..., last_success: _Optional[str] = ..., last_resync: _Optional[str] = ..., holder: _Optional[str] = ...) -> None: ...
+    dead_letters: int
+    def __init__(self, enabled: _Optional[bool] = ..., pending: _Optional[int] = ..., failed: _Optional[int] = ..., oldest_pending_seconds: _Optional[float] = ..., last_error: _Optional[str] = ..., last_success: _Optional[str] = ..., last_resync: _Optional[str] = ..., holder: _Optional[str] = ..., dead_letters: _Optional[int] = ...) -> None: ...
 
 class SyncNowRequest(_message.Message):
     __slots__ = ()
@@ -617,3 +619,59 @@ class ReclaimPortResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: ReclaimedPort
     def __init__(self, released: _Optional[_Union[ReclaimedPort, _Mapping]] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("id", "kind", "object_id", "op", "attempts", "last_error", "created_at", "dead_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEAD_AT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    kind: str
+    object_id: str
+    op: str
+    attempts: int
+    last_error: str
+    created_at: str
+    dead_at: str
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., object_id: _Optional[str] = ..., op: _Optional[str] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., created_at: _Optional[str] = ..., dead_at: _Optional[str] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("dead_letters",)
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
+    def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ...) -> None: ...
+
+class SkipDeadLetterRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
+
+class SkipDeadLetterResponse(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class RetryDeadLettersRequest(_message.Message):
+    __slots__ = ("ids", "all")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    all: bool
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class RetryDeadLettersResponse(_message.Message):
+    __slots__ = ("retried",)
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
+    retried: int
+    def __init__(self, retried: _Optional[int] = ...) -> None: ...

@@ -461,6 +461,21 @@ class IPAdminStub:
                 request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsRequest.SerializeToString,
                 response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/ecnet.v1.IPAdmin/ListDeadLetters',
+                request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.SkipDeadLetter = channel.unary_unary(
+                '/ecnet.v1.IPAdmin/SkipDeadLetter',
+                request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.SkipDeadLetterRequest.SerializeToString,
+                response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.SkipDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.RetryDeadLetters = channel.unary_unary(
+                '/ecnet.v1.IPAdmin/RetryDeadLetters',
+                request_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.RetryDeadLettersRequest.SerializeToString,
+                response_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.RetryDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class IPAdminServicer:
@@ -576,6 +591,26 @@ class IPAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """`ipctl sync dead-letters|skip|retry`: outbox rows ONOS rejected --onos-dead-letter-after
+        times, taken out of the outbox so they stop blocking their object.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SkipDeadLetter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IPAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -668,6 +703,21 @@ def add_IPAdminServicer_to_server(servicer, server):
                     servicer.ReleaseNodePorts,
                     request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsRequest.FromString,
                     response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'SkipDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.SkipDeadLetter,
+                    request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.SkipDeadLetterRequest.FromString,
+                    response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.SkipDeadLetterResponse.SerializeToString,
+            ),
+            'RetryDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetters,
+                    request_deserializer=ecnet__api_dot_v1_dot_ecnet__pb2.RetryDeadLettersRequest.FromString,
+                    response_serializer=ecnet__api_dot_v1_dot_ecnet__pb2.RetryDeadLettersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1156,6 +1206,87 @@ class IPAdmin:
             '/ecnet.v1.IPAdmin/ReleaseNodePorts',
             ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsRequest.SerializeToString,
             ecnet__api_dot_v1_dot_ecnet__pb2.ReleaseNodePortsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecnet.v1.IPAdmin/ListDeadLetters',
+            ecnet__api_dot_v1_dot_ecnet__pb2.ListDeadLettersRequest.SerializeToString,
+            ecnet__api_dot_v1_dot_ecnet__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SkipDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecnet.v1.IPAdmin/SkipDeadLetter',
+            ecnet__api_dot_v1_dot_ecnet__pb2.SkipDeadLetterRequest.SerializeToString,
+            ecnet__api_dot_v1_dot_ecnet__pb2.SkipDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecnet.v1.IPAdmin/RetryDeadLetters',
+            ecnet__api_dot_v1_dot_ecnet__pb2.RetryDeadLettersRequest.SerializeToString,
+            ecnet__api_dot_v1_dot_ecnet__pb2.RetryDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

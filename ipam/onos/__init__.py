@@ -21,12 +21,19 @@ from .model import (
     subnet_body,
     to_payload,
 )
-from .outbox import SYNC_LEASE, OutboxItem, OutboxRow, OutboxStats, OutboxStore
+from .outbox import (
+    SYNC_LEASE,
+    DeadLetter,
+    OutboxItem,
+    OutboxRow,
+    OutboxStats,
+    OutboxStore,
+)
 from .sync import DesiredState, SyncStatus, SyncWorker
 
 __all__ = [
-    "SYNC_LEASE", "DesiredState", "OnosAuthError", "OnosClient", "OnosError", "OnosNetwork",
-    "OnosPort", "OnosRejected", "OnosSubnet", "OnosUnavailable", "OutboxItem", "OutboxRow",
-    "OutboxStats", "OutboxStore", "PayloadError", "SyncStatus", "SyncWorker", "from_payload",
-    "network_body", "port_body", "read_password", "subnet_body", "to_payload",
+    "SYNC_LEASE", "DeadLetter", "DesiredState", "OnosAuthError", "OnosClient", "OnosError",
+    "OnosNetwork", "OnosPort", "OnosRejected", "OnosSubnet", "OnosUnavailable", "OutboxItem",
+    "OutboxRow", "OutboxStats", "OutboxStore", "PayloadError", "SyncStatus", "SyncWorker",
+    "from_payload", "network_body", "port_body", "read_password", "subnet_body", "to_payload",
 ]

@@ -4,25 +4,30 @@ Used by the sync tests, by the memory store (which keeps its outbox here) and by
 embedding the worker without a database. The rules that matter for correctness are the ones
 the SQL store must share: only the oldest row of an object is claimable (strict order per
 object, even while it waits for a retry), rows are returned in id order, and one holder at a
-time owns the lease.
+time owns the lease (fenced by its token, timed by this object's own clock: the memory
+stand-in for the database's).
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .outbox import OutboxItem, OutboxRow, OutboxStats
+from .outbox import DeadLetter, OutboxItem, OutboxRow, OutboxStats
 
 
 class MemoryOutbox:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._rows: dict[int, OutboxRow] = {}  # insertion order == id order
+        self._dead: dict[int, DeadLetter] = {}
         self._seq = 0
         self._lease: tuple[str, float] | None = None
+        self._token = 0
         self._state: dict[str, str] = {}
+        self.lease_clock = clock
 
     def add(self, kind: str, object_id: str, op: str, payload: dict[str, Any] | None,
             now: float = 0.0) -> int:
@@ -54,18 +59,78 @@ class MemoryOutbox:
                         break
         return out
 
-    def complete(self, item_id: int) -> None:
+    def complete(self, item_id: int, token: int) -> bool:
         with self._lock:
+            if token != self._token:
+                return False
             self._rows.pop(item_id, None)
+            return True
 
     def retry_later(self, item_id: int, error: str, next_attempt_at: float,
-                    failed: bool) -> None:
+                    failed: bool, token: int, *, rejected: bool = False) -> bool:
         with self._lock:
+            if token != self._token:
+                return False
             row = self._rows.get(item_id)
             if row is not None:
                 self._rows[item_id] = replace(row, attempts=row.attempts + 1,
+                                              rejections=row.rejections + int(rejected),
                                               last_error=error[:2000],
                                               next_attempt_at=next_attempt_at, failed=failed)
+            return True
+
+    def drop_superseded(self, token: int) -> int:
+        with self._lock:
+            if token != self._token:
+                return 0
+            newest: dict[tuple[str, str], int] = {}
+            for r in self._rows.values():
+                newest[(r.kind, r.object_id)] = r.id
+            gone = [r.id for r in self._rows.values()
+                    if r.failed and newest[(r.kind, r.object_id)] != r.id]
+            for i in gone:
+                del self._rows[i]
+            return len(gone)
+
+    def dead_letter(self, item_id: int, error: str, now: float, token: int) -> bool:
+        with self._lock:
+            if token != self._token:
+                return False
+            row = self._rows.pop(item_id, None)
+            if row is not None:
+                self._dead[row.id] = DeadLetter(row.id, row.kind, row.object_id, now, row.op,
+                                                row.payload, row.attempts + 1, error[:2000],
+                                                row.created_at)
+            return True
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self._lock:
+            return sorted(self._dead.values(), key=lambda d: d.id)
+
+    def dead_letter_count(self) -> int:
+        with self._lock:
+            return len(self._dead)
+
+    def skip_dead_letter(self, dead_id: int) -> bool:
+        with self._lock:
+            return self._dead.pop(dead_id, None) is not None
+
+    def retry_dead_letters(self, dead_ids: Sequence[int] | None, now: float) -> int:
+        with self._lock:
+            wanted = sorted(self._dead) if dead_ids is None else \
+                sorted(i for i in set(dead_ids) if i in self._dead)
+            pending = {(r.kind, r.object_id) for r in self._rows.values()}
+            back = 0
+            for i in wanted:
+                d = self._dead.pop(i)
+                if (d.kind, d.object_id) in pending:
+                    continue   # superseded: a pending row carries a newer state
+                self._seq += 1
+                self._rows[self._seq] = OutboxRow(self._seq, d.kind, d.object_id, d.op,
+                                                  d.payload, 0, now, now)
+                pending.add((d.kind, d.object_id))
+                back += 1
+            return back
 
     def stats(self, now: float) -> OutboxStats:
         with self._lock:
@@ -92,15 +157,20 @@ class MemoryOutbox:
                 del self._rows[i]
             return len(gone)
 
-    def acquire_lease(self, holder: str, ttl: float, now: float) -> bool:
+    def acquire_lease(self, holder: str, ttl: float) -> int:
         with self._lock:
-            if self._lease is None or self._lease[0] == holder or self._lease[1] < now:
-                self._lease = (holder, now + ttl)
-                return True
-            return False
+            now = self.lease_clock()
+            live = self._lease is not None and self._lease[1] >= now
+            if live and self._lease is not None and self._lease[0] != holder:
+                return 0
+            if not (live and self._lease is not None and self._lease[0] == holder):
+                self._token += 1   # a takeover (or a lapsed lease taken again): fence off
+            self._lease = (holder, now + ttl)
+            return self._token
 
-    def lease_holder(self, now: float) -> str:
+    def lease_holder(self) -> str:
         with self._lock:
+            now = self.lease_clock()
             return self._lease[0] if self._lease and self._lease[1] >= now else ""
 
     def get_state(self, key: str) -> str | None:

@@ -16,13 +16,21 @@ Why this shape:
 * A call that timed out may still be applied by ONOS later. Nothing else is sent for that
   object until `settle` seconds have passed, so the late call cannot overtake a newer one
   (a POST landing after the port's DELETE would leave a port nobody can delete: no GET).
+* A rejected row must not block its object forever: a newer row of the object supersedes it
+  (`drop_superseded`), and one rejected `dead_letter_after` times moves to the dead letters
+  (an admin skips or retries it). Its first rejection is logged at ERROR, later ones at
+  DEBUG with a WARNING summary at most every `_REJECT_LOG_EVERY` seconds.
+* Every retirement of a row is fenced by the lease's token: a worker that lost the lease
+  mid-batch (a takeover while it waited on ONOS) stops at its next write instead of retiring
+  a row the new holder has claimed.
 * Backoffs stored on rows are this holder's pacing, not facts: a holder that just got the
   lease (a restart with fixed credentials, a takeover from a dead replica) probes at once
   instead of waiting out delays its predecessor chose.
 
-Times (`now`, `next_attempt_at`, lease expiry) are wall-clock seconds by default because they
-are stored in a database shared by replicas and compared with `created_at` written by the IPAM
-service (time.time); a per-process monotonic clock would not be comparable across replicas.
+Times (`now`, `next_attempt_at`) are wall-clock seconds by default because they are stored in
+a database shared by replicas and compared with `created_at` written by the IPAM service
+(time.time); a per-process monotonic clock would not be comparable across replicas. The lease's
+expiry is the store's business, on its own clock (the database's), never this process's.
 """
 from __future__ import annotations
 
@@ -83,6 +91,7 @@ class SyncStatus:
     holder: str
     leader: bool
     paused_until: float | None
+    dead_letters: int = 0
 
 
 # on_result(outcome, item, error): outcome is one of OUTCOMES; item is None during resync.
@@ -91,6 +100,10 @@ OUTCOMES = ("ok", "unavailable", "auth", "rejected", "in_use", "payload", "inter
 
 # A new holder's first claim ignores next_attempt_at (far enough ahead to cover any backoff).
 _PROBE_HORIZON = 10 * 365 * 86400.0
+# Repeated rejections are summarised at WARNING at most this often (the first is an ERROR).
+_REJECT_LOG_EVERY = 60.0
+# While failed rows may exist, look for superseded ones at most this often (a write).
+_SUPERSEDE_EVERY = 1.0
 
 
 class SyncWorker:
@@ -101,7 +114,7 @@ class SyncWorker:
                  sleep: Callable[[float], None] = time.sleep,
                  rng: random.Random | None = None,
                  on_result: ResultHook | None = None, settle: float = 0.0,
-                 coalesce: float = 0.0) -> None:
+                 coalesce: float = 0.0, dead_letter_after: int = 5) -> None:
         self.store = store
         self.client = client
         self.holder = holder
@@ -116,6 +129,12 @@ class SyncWorker:
         self.on_result = on_result
         self.settle = settle
         self.coalesce = coalesce
+        self.dead_letter_after = dead_letter_after   # 0: never
+        self._token = 0   # the lease's token while this worker holds it
+        self._failed_maybe = True   # failed rows may exist: look for superseded ones
+        self._supersede_at = float("-inf")
+        self._rejected_quiet = 0    # rejections logged at DEBUG since the last summary
+        self._reject_summary_at = clock()
         self._wake = threading.Event()
         self._lock = threading.Lock()  # run_once and resync never interleave
         self._leader = False
@@ -153,6 +172,7 @@ class SyncWorker:
             self._pause_until = None
             while self._due and self._due[0] <= now:
                 heapq.heappop(self._due)
+            self._drop_superseded(now)
             horizon = now + _PROBE_HORIZON if self._probe else now
             self._probe = False
             items = self.store.claim(self.holder, self.batch, horizon)
@@ -237,7 +257,7 @@ class SyncWorker:
             oldest_pending_seconds=st.oldest_pending_seconds,
             last_error=self._last_error or st.last_error, last_error_at=self._last_error_at,
             last_success_at=self._last_success_at, holder=self.holder, leader=self._leader,
-            paused_until=self._pause_until)
+            paused_until=self._pause_until, dead_letters=self.store.dead_letter_count())
 
     # ------------------------------------------------------------------ resync
     def resync(self, source: Callable[[], DesiredState | tuple[Any, ...]],
@@ -329,14 +349,39 @@ class SyncWorker:
         """Renew the lease at most every ttl/3 inside a batch; always at a round's start."""
         if not force and self._leader and now - self._lease_at < self.lease_ttl / 3:
             return True
-        ok = self.store.acquire_lease(self.holder, self.lease_ttl, now)
-        if ok != self._leader:
-            log.info("onos sync lease holder=%s leader=%s", self.holder, ok)
+        token = self.store.acquire_lease(self.holder, self.lease_ttl)
+        ok = token > 0
+        if ok != self._leader or (ok and token != self._token):
+            log.info("onos sync lease holder=%s leader=%s token=%d", self.holder, ok, token)
             self._probe = ok
+            self._failed_maybe = self._failed_maybe or ok
         self._leader = ok
+        self._token = token
         if ok:
             self._lease_at = now
         return ok
+
+    def _lost_lease(self, what: str) -> str:
+        """A fenced write was refused: another holder took the lease. Stop at once; what
+        this worker had claimed is the new holder's now."""
+        log.warning("onos sync lost the lease holder=%s token=%d during=%s", self.holder,
+                    self._token, what)
+        self._leader = False
+        self._token = 0
+        return "stop"
+
+    def _drop_superseded(self, now: float) -> None:
+        """Drop rejected rows a newer row of their object replaces (fenced: a worker that
+        lost the lease drops nothing, and its next retirement stops it)."""
+        if not self._failed_maybe or now - self._supersede_at < _SUPERSEDE_EVERY:
+            return
+        self._supersede_at = now
+        dropped = self.store.drop_superseded(self._token)
+        if dropped:
+            log.info("onos sync dropped superseded rejected rows count=%d", dropped)
+            self._note_due(now)
+        elif self.store.stats(now).failed == 0:
+            self._failed_maybe = False
 
     def _backoff(self, attempts: int) -> float:
         """Exponential backoff with full jitter (AWS style): spreads retries of many rows."""
@@ -384,7 +429,8 @@ class SyncWorker:
                 self._mark_unsettled((item.kind, item.object_id), now)
                 delay = max(delay, self.settle)
                 pause = pause if item.kind == "port" else delay
-            self._retry(item.id, f"unavailable: {e}", now + delay, False)
+            if not self._retry(item.id, f"unavailable: {e}", now + delay, False):
+                return self._lost_lease("retry_later")
             self._pause_until = now + pause
             self._note_error(f"unavailable: {ctx}: {e}")
             log.warning("onos unavailable item=%d %s attempts=%d error=%s", item.id, ctx,
@@ -393,7 +439,9 @@ class SyncWorker:
             return "stop"
         except OnosAuthError as e:
             now = self.clock()
-            self._retry(item.id, f"{_auth_text(e)}: {e}", now + self.auth_backoff, True)
+            if not self._retry(item.id, f"{_auth_text(e)}: {e}", now + self.auth_backoff,
+                               True):
+                return self._lost_lease("retry_later")
             self._pause_until = now + self.auth_backoff
             self._note_error(f"{_auth_text(e)} ({ctx}): {e}")
             log.error("onos auth failure item=%d %s error=%s retry_in=%.0fs", item.id, ctx, e,
@@ -404,41 +452,73 @@ class SyncWorker:
             now = self.clock()
             if e.in_use and item.kind == "network" and item.op == "delete":
                 # Its ports are still in ONOS (their deletes are queued or retrying): not yet.
-                self._retry(item.id, f"in use: {e}",
-                                       now + self._backoff(item.attempts), False)
+                if not self._retry(item.id, f"in use: {e}",
+                                   now + self._backoff(item.attempts), False):
+                    return self._lost_lease("retry_later")
                 log.info("onos network still in use item=%d %s", item.id, ctx)
                 self._hook("in_use", item, e)
                 return "blocked"
-            self._retry(item.id, f"rejected: {e}", now + self.max_backoff, True)
-            self._note_error(f"rejected: {ctx}: {e}")
-            log.error("onos rejected item=%d %s attempts=%d error=%s", item.id, ctx,
-                      item.attempts + 1, e)
             self._hook("rejected", item, e)
-            return "blocked"
+            return self._rejected(item, "rejected", str(e), ctx)
         except PayloadError as e:
-            self._retry(item.id, f"payload: {e}", self.clock() + self.max_backoff,
-                                   True)
-            self._note_error(f"payload: {ctx}: {e}")
-            log.error("onos bad outbox payload item=%d %s error=%s", item.id, ctx, e)
             self._hook("payload", item, None)
-            return "blocked"
+            return self._rejected(item, "payload", str(e), ctx)
         except Exception as e:  # a bug in one item must not stall the rest
-            self._retry(item.id, f"internal: {type(e).__name__}: {e}",
-                                   self.clock() + self.max_backoff, True)
-            self._note_error(f"internal: {ctx}: {type(e).__name__}: {e}")
-            log.exception("onos sync internal error item=%d %s", item.id, ctx)
+            log.log(logging.ERROR if item.rejections == 0 else logging.DEBUG,
+                    "onos sync internal error item=%d %s", item.id, ctx, exc_info=True)
             self._hook("internal", item, None)
-            return "blocked"
-        self.store.complete(item.id)
+            return self._rejected(item, "internal", f"{type(e).__name__}: {e}", ctx)
+        if not self.store.complete(item.id, self._token):
+            return self._lost_lease("complete")
         self._streak = 0
         self._last_success_at = self.clock()
         log.debug("onos synced item=%d %s", item.id, ctx)
         self._hook("ok", item, None)
         return "ok"
 
-    def _retry(self, item_id: int, error: str, at: float, failed: bool) -> None:
-        self.store.retry_later(item_id, error, at, failed)
+    def _rejected(self, item: OutboxItem, what: str, detail: str, ctx: str) -> str:
+        """ONOS refused this row as it is (or it cannot be applied at all): retry it slowly
+        until a newer row supersedes it, or move it to the dead letters after
+        `dead_letter_after` rejections, so it never blocks its object for good. Logged at
+        ERROR the first time, then quietly (a WARNING summary now and then)."""
+        now = self.clock()
+        error = f"{what}: {detail}"
+        self._note_error(f"{what}: {ctx}: {detail}")
+        self._failed_maybe = True
+        rejections = item.rejections + 1
+        if self.dead_letter_after and rejections >= self.dead_letter_after:
+            if not self.store.dead_letter(item.id, error, now, self._token):
+                return self._lost_lease("dead_letter")
+            log.error("onos sync dead-lettered item=%d %s rejections=%d error=%s "
+                      "(ipctl sync dead-letters)", item.id, ctx, rejections, error)
+            self._note_due(now)   # the object's next row, if any, is claimable now
+            return "blocked"
+        if not self._retry(item.id, error, now + self.max_backoff, True, rejected=True):
+            return self._lost_lease("retry_later")
+        if item.rejections == 0:
+            log.error("onos %s item=%d %s error=%s (retried every %.0fs until a newer row "
+                      "supersedes it or it is dead-lettered)", what, item.id, ctx, detail,
+                      self.max_backoff)
+        else:
+            self._rejected_quiet += 1
+            log.debug("onos %s again item=%d %s rejections=%d error=%s", what, item.id,
+                      ctx, rejections, detail)
+            if now - self._reject_summary_at >= _REJECT_LOG_EVERY:
+                log.warning("onos sync rows still rejected count=%d in_last=%.0fs "
+                            "(ipctl sync status)", self._rejected_quiet,
+                            now - self._reject_summary_at)
+                self._reject_summary_at = now
+                self._rejected_quiet = 0
+        self._supersede_at = float("-inf")   # a newer row may be waiting behind it already
+        return "blocked"
+
+    def _retry(self, item_id: int, error: str, at: float, failed: bool, *,
+               rejected: bool = False) -> bool:
+        if not self.store.retry_later(item_id, error, at, failed, self._token,
+                                      rejected=rejected):
+            return False
         self._note_due(at)
+        return True
 
     def _note_due(self, at: float) -> None:
         if len(self._due) < 10_000:  # beyond that, idle_wait polling is good enough

@@ -132,15 +132,35 @@ outbox = Table(
     Column("next_attempt_at", Float, nullable=False),
     Column("last_error", Text, nullable=False, server_default=text("''")),
     Column("failed", Boolean, nullable=False, server_default=text("false")),
+    # How many of the attempts ONOS rejected: past --onos-dead-letter-after, a dead letter.
+    Column("rejections", Integer, nullable=False, server_default=text("0")),
     Index("ix_outbox_object", "kind", "object_id", "id"),
     Index("ix_outbox_due", "next_attempt_at"),
 )
 
+# Rows ONOS kept rejecting, out of the outbox so they block nothing; an admin skips or
+# retries them (`ipctl sync dead-letters`). The id is the outbox row's.
+dead_letters = Table(
+    "dead_letters", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(16), nullable=False),
+    Column("object_id", String(36), nullable=False),
+    Column("op", String(16), nullable=False),
+    Column("payload", Text),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("dead_at", Float, nullable=False),
+)
+
+# expires_at is on the database's clock (epoch seconds); token is bumped by each takeover and
+# fences the holder's completions.
 leases = Table(
     "leases", metadata,
     Column("name", String(63), primary_key=True),
     Column("holder", String(253), nullable=False),
     Column("expires_at", Float, nullable=False),
+    Column("token", BigInteger, nullable=False, server_default=text("0")),
 )
 
 nodes = Table(

@@ -75,7 +75,8 @@ def live_ports(state: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("outage", ["never-started", "stopped"])
 def test_outage_backlog_drains_exactly_once(emu: EmulatorServer, client: OnosClient,
                                             outage: str) -> None:
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     w = worker(ob, client, clock)
     upsert(ob, NET, clock())
     upsert(ob, SUB, clock())
@@ -126,7 +127,8 @@ def test_random_500_and_resets_converge_to_desired_state(emu: EmulatorServer,
                                                          client: OnosClient) -> None:
     emu.start()
     emu.set_faults(["error500", "reset"], rate=0.3, seed=11)
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     w = worker(ob, client, clock)
     rnd = random.Random(5)
     desired: dict[str, OnosPort] = {}
@@ -167,7 +169,8 @@ def test_auth_failure_is_visible_and_retried_not_dropped(emu: EmulatorServer,
                                                          client: OnosClient) -> None:
     emu.start()
     emu.set_faults("unauthorized")
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     seen: list[tuple[str, OutboxItem | None]] = []
     w = worker(ob, client, clock, auth_backoff=60.0,
                on_result=lambda outcome, item, err: seen.append((outcome, item)))
@@ -199,7 +202,8 @@ def test_upsert_then_delete_of_one_port_keeps_order_through_failures(
         emu: EmulatorServer, client: OnosClient) -> None:
     emu.start()
     emu.set_faults("error500")
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     w = worker(ob, client, clock)
     p = make_port(9)
     upsert(ob, p, clock())
@@ -271,11 +275,13 @@ def test_later_items_of_a_failed_object_wait_in_the_batch() -> None:
     w.drain(timeout=100)
     assert fc.log == [("upsert", a.id), ("upsert", b.id), ("delete", a.id)]
     st = w.status()
-    assert st.pending == 1 and st.failed == 1 and "payload" in st.last_error
+    # rejected every max_backoff until --onos-dead-letter-after (5): set aside, not pending
+    assert st.pending == 0 and st.dead_letters == 1 and "payload" in st.last_error
 
 
 def test_transient_failure_keeps_network_before_its_ports() -> None:
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     upsert(ob, NET, clock())
     upsert(ob, SUB, clock())
     upsert(ob, make_port(1), clock())
@@ -295,7 +301,8 @@ def test_network_delete_still_in_use_is_retried_not_failed(emu: EmulatorServer,
     client.upsert_network(NET)
     client.upsert_subnet(SUB)
     client.upsert_port(make_port(1))  # a port ONOS still has (its delete comes later)
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     outcomes: list[str] = []
     w = worker(ob, client, clock, on_result=lambda o, i, e: outcomes.append(o))
     ob.add("network", "net-1", "delete", None, clock())
@@ -311,7 +318,8 @@ def test_network_delete_still_in_use_is_retried_not_failed(emu: EmulatorServer,
 
 def test_only_the_lease_holder_drains(emu: EmulatorServer) -> None:
     emu.start()
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     with OnosClient(emu.url, "onos", "rocks") as c1, OnosClient(emu.url, "onos", "rocks") as c2:
         w1 = worker(ob, c1, clock, holder="replica-1", lease_ttl=10.0)
         w2 = worker(ob, c2, clock, holder="replica-2", lease_ttl=10.0)
@@ -368,7 +376,8 @@ def test_run_forever_wakes_at_once_and_stops(emu: EmulatorServer, client: OnosCl
 def test_resync_replays_desired_state_after_onos_lost_it(emu: EmulatorServer,
                                                          client: OnosClient) -> None:
     emu.start()
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     w = worker(ob, client, clock)
     ports = [make_port(i) for i in range(20)]
     for obj in (NET, SUB, *ports):
@@ -467,7 +476,8 @@ def test_a_chunked_resync_sends_each_chunk_as_the_store_has_it_then(
     chunks): a port released or changed after the snapshot goes as it is now (or not at
     all), never as the stale snapshot had it."""
     emu.start()
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     w = worker(ob, client, clock)
     ports = [make_port(i) for i in range(5)]
     live = {p.id: p for p in ports}

@@ -56,7 +56,8 @@ def test_a_timed_out_post_that_lands_late_cannot_overtake_the_delete(
 def test_a_new_lease_holder_ignores_backoffs_its_predecessor_set(emu: EmulatorServer) -> None:
     """A 401 puts the row 60 s out. The same replica keeps that pace; a restarted one (fixed
     password) or one that took over the lease probes at once."""
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     ob.add("port", PORT.id, "upsert", to_payload(PORT), clock())
     opts: dict[str, Any] = {"clock": clock, "sleep": clock.sleep, "auth_backoff": 60.0,
                             "lease_ttl": 10.0}
@@ -110,7 +111,8 @@ class _SlowApi:
 def test_a_resync_stops_when_its_lease_runs_out() -> None:
     """A replay longer than the lease must renew it, and stop once another replica holds it:
     that replica drains (deletes included) while this one would replay an old snapshot."""
-    clock, ob = FakeClock(), MemoryOutbox()
+    clock = FakeClock()
+    ob = MemoryOutbox(clock)
     rival = SyncWorker(ob, _SlowApi(clock, None), "b", clock=clock,  # type: ignore[arg-type]
                        lease_ttl=10.0)
     api = _SlowApi(clock, rival)

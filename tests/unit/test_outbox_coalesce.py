@@ -42,7 +42,8 @@ def test_a_newer_row_supersedes_a_rejected_one(store: Any, clock: FakeClock) -> 
     svc = _svc(store, clock)
     port = svc.allocate(_req(1)).port
     (row,) = [r for r in store.outbox_rows() if r.object_id == port.id]
-    store.retry_later(row.id, "ONOS said 400", clock() + 3600, failed=True)
+    token = store.acquire_lease("h", 60.0)
+    store.retry_later(row.id, "ONOS said 400", clock() + 3600, failed=True, token=token)
     svc.release("c1", "eth0")
     mine = [r for r in store.outbox_rows() if r.object_id == port.id]
     assert [(r.op, r.failed, r.attempts) for r in mine] == [("delete", False, 0)]
