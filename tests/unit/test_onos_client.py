@@ -213,3 +213,60 @@ def test_read_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert read_password(None) == "rocks"
     with pytest.raises(OSError):
         read_password(str(f) + ".missing")
+
+
+class _DrippingServer:
+    """A real HTTP server on loopback that answers one byte at a time, `interval` apart: in
+    its status line and headers ("headers") or in its body ("body"). Each byte arrives well
+    within any per-read timeout; only a deadline on the whole call ends it. `finished` tells
+    whether it got to send the whole answer before the client hung up."""
+
+    ANSWER_HEAD = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+
+    def __init__(self, where: str, interval: float = 0.2) -> None:
+        import socket
+        import threading
+        self.where, self.interval = where, interval
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.finished: bool | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)                     # the request (small: one recv)
+            body = b'{"id":"x"}' + b" " * 40
+            head = self.ANSWER_HEAD + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            drip, rest = (head + body, b"") if self.where == "headers" else (body, head)
+            try:
+                if rest:
+                    conn.sendall(rest)
+                for i in range(len(drip)):
+                    conn.sendall(drip[i:i + 1])
+                    time.sleep(self.interval)     # the server's pace, not a test wait
+                self.finished = True
+            except OSError:                       # the client hung up
+                self.finished = False
+
+    def close(self) -> None:
+        self.thread.join(60)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_dripping_server_cannot_outlive_the_call_timeout(where: str) -> None:
+    """~60 bytes at 0.2 s each is ~12 s of answer against a 1 s timeout. httpx bounds each
+    read only, so the call used to wait for all of it (and succeed); the total deadline ends
+    it, and the server sees the client hang up before its answer is complete."""
+    server = _DrippingServer(where)
+    try:
+        with OnosClient(server.url, "onos", "rocks", timeout=1.0) as c:
+            with pytest.raises(OnosUnavailable) as e:
+                c.upsert_port(PORT)
+        assert e.value.ambiguous           # the request was sent: it may still land
+        assert "timeout" in str(e.value)
+    finally:
+        server.close()
+    assert server.finished is False
