@@ -50,8 +50,9 @@ LAST_RESYNC = "last-resync"
 # margin (clock steps, a slow previous run); a requested one, or the first one after taking
 # the lease, replays everything the `released` table keeps.
 RELEASED_MARGIN_SECONDS = 300.0
-# Ports a resync sends per hold of the drain lock: between chunks the outbox drains, so new
-# pods reach ONOS during a long replay (500 calls: about a second against ONOS here).
+# Ports (or deletes) a resync sends per hold of the drain lock: between chunks the outbox
+# drains, so new pods reach ONOS during a long replay (500 calls: about a second against ONOS
+# here).
 RESYNC_CHUNK = 500
 # After a failed resync (ONOS down or refusing us) try again this soon, not a whole interval
 # later: the state ONOS lost stays lost until a resync succeeds.
@@ -103,7 +104,8 @@ class SyncRunner:
         started = time.time()
         since = None if full else self._released_cutoff
         calls = self.worker.resync(lambda: self.desired.desired(since),
-                                   self.desired.fresh_ports, chunk=RESYNC_CHUNK)
+                                   self.desired.fresh_ports, chunk=RESYNC_CHUNK,
+                                   fresh_deleted=self.desired.fresh_deleted)
         if self.worker.status().leader:
             self.last_resync = time.time()
             self.store.set_state(LAST_RESYNC, repr(self.last_resync))

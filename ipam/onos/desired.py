@@ -185,6 +185,21 @@ class DesiredStateReader:
         pending = self.store.pending_ids("port", ids)
         return [port_of(pools[p.pool_id], p) for p in ports if p.id not in pending]
 
+    def fresh_deleted(self, kind: str, object_ids: Iterable[str]) -> list[str]:
+        """Which of these released objects a chunked resync may still delete: not live
+        again, and without pending rows (those carry the object's newest state)."""
+        ids = list(object_ids)
+        with self.store.read() as uow:
+            if kind == "port":
+                live = {i for i in ids if uow.get_port(i) is not None}
+            elif kind == "subnet":
+                live = {s.id for s in uow.list_subnets()}
+            else:
+                with_subnets = {s.pool_id for s in uow.list_subnets()}
+                live = {p.network_id for p in uow.list_pools() if p.id in with_subnets}
+        pending = self.store.pending_ids(kind, ids)
+        return [i for i in ids if i not in live and i not in pending]
+
     def released(self, since: float | None = None) -> dict[str, list[str]]:
         """What the store released (since `since`, else all it keeps), by kind, minus
         anything live again: a resync deletes these from ONOS once more."""

@@ -262,7 +262,8 @@ class SyncWorker:
     # ------------------------------------------------------------------ resync
     def resync(self, source: Callable[[], DesiredState | tuple[Any, ...]],
                fresh_ports: Callable[[list[str]], list[OnosPort]] | None = None,
-               chunk: int = 500) -> int:
+               chunk: int = 500,
+               fresh_deleted: Callable[[str, list[str]], list[str]] | None = None) -> int:
         """Replay the desired state to ONOS and return how many operations were sent.
 
         Needs the lease, and runs under the drain lock: `source` must return one consistent
@@ -273,44 +274,78 @@ class SyncWorker:
         the drain runs between them, so a long replay does not hold up the outbox. Each
         chunk re-reads its ports under the lock (`fresh_ports(ids)` returns the ones still
         live and without pending rows, as they are now): the drain can no longer have
-        applied anything newer than what the chunk sends.
+        applied anything newer than what the chunk sends. With `fresh_deleted`, the deletes
+        (a week of them: thousands) go the same way, ports, then subnets, then networks,
+        each chunk re-checked (`fresh_deleted(kind, ids)`: still gone, no pending row).
         Stops (raises) on OnosUnavailable/OnosAuthError; a rejected object is logged, skipped.
         """
         c = self.client
+        deleters: dict[str, Callable[[str], None]] = {
+            "port": c.delete_port, "subnet": c.delete_subnet, "network": c.delete_network}
         with self._lock:
             if not self._renew(self.clock(), force=True):
                 log.info("onos resync skipped holder=%s reason=not-leader", self.holder)
                 return 0
             want = DesiredState(*source())
+            deleted = {"port": list(want.deleted_ports), "subnet": list(want.deleted_subnets),
+                       "network": list(want.deleted_networks)}
             ops: list[tuple[str, str, Callable[[], object]]] = []
             ops += [("network", n.id, partial(c.upsert_network, n)) for n in want.networks]
             ops += [("subnet", s.id, partial(c.upsert_subnet, s)) for s in want.subnets]
             if fresh_ports is None:
                 ops += [("port", p.id, partial(c.upsert_port, p)) for p in want.ports]
-            ops += [("port", i, partial(c.delete_port, i)) for i in want.deleted_ports]
-            ops += [("subnet", i, partial(c.delete_subnet, i)) for i in want.deleted_subnets]
-            ops += [("network", i, partial(c.delete_network, i))
-                    for i in want.deleted_networks]
+            if fresh_deleted is None:
+                ops += [(k, i, partial(deleters[k], i)) for k in deleters for i in deleted[k]]
             sent, ok = self._replay(ops, 0)
-        if ok and fresh_ports is not None:
+        chunks: list[Callable[[], list[tuple[str, str, Callable[[], object]]]]] = []
+        if fresh_ports is not None:
             ids = [p.id for p in want.ports]
-            for start in range(0, len(ids), max(1, chunk)):
-                with self._lock:
-                    if not self._renew(self.clock(), force=True):
-                        self._note_error(f"resync aborted after {sent} calls: lost the lease")
-                        log.warning("onos resync aborted holder=%s reason=lost-lease "
-                                    "sent=%d", self.holder, sent)
-                        return sent
-                    ports = fresh_ports(ids[start:start + chunk])
-                    sent, ok = self._replay(
-                        [("port", p.id, partial(c.upsert_port, p)) for p in ports], sent)
-                if not ok:
+            chunks += [partial(self._port_chunk, fresh_ports, c.upsert_port, ids[i:i + chunk])
+                       for i in range(0, len(ids), max(1, chunk))]
+        if fresh_deleted is not None:
+            chunks += [partial(self._delete_chunk, fresh_deleted, deleters[k], k,
+                               deleted[k][i:i + chunk])
+                       for k in deleters for i in range(0, len(deleted[k]), max(1, chunk))]
+        for make_ops in chunks:
+            if not ok:
+                return sent
+            self._drain_between_chunks()
+            with self._lock:
+                if not self._renew(self.clock(), force=True):
+                    self._note_error(f"resync aborted after {sent} calls: lost the lease")
+                    log.warning("onos resync aborted holder=%s reason=lost-lease "
+                                "sent=%d", self.holder, sent)
                     return sent
+                sent, ok = self._replay(make_ops(), sent)
+        if not ok:
+            return sent
         log.info("onos resync done holder=%s ops=%d networks=%d subnets=%d ports=%d "
                  "deleted=%d", self.holder, sent, len(want.networks), len(want.subnets),
-                 len(want.ports), len(want.deleted_ports) + len(want.deleted_subnets)
-                 + len(want.deleted_networks))
+                 len(want.ports), sum(len(v) for v in deleted.values()))
         return sent
+
+    @staticmethod
+    def _port_chunk(fresh_ports: Callable[[list[str]], list[OnosPort]],
+                    upsert: Callable[[OnosPort], str], ids: list[str]
+                    ) -> list[tuple[str, str, Callable[[], object]]]:
+        """The chunk's ports as they are now (read under the lock)."""
+        return [("port", p.id, partial(upsert, p)) for p in fresh_ports(ids)]
+
+    @staticmethod
+    def _delete_chunk(fresh_deleted: Callable[[str, list[str]], list[str]],
+                      delete: Callable[[str], None], kind: str, ids: list[str]
+                      ) -> list[tuple[str, str, Callable[[], object]]]:
+        """The chunk's deletes still due now (read under the lock): an object live again,
+        or with a pending row (which carries its newest state), is left alone."""
+        return [(kind, i, partial(delete, i)) for i in fresh_deleted(kind, ids)]
+
+    def _drain_between_chunks(self) -> None:
+        """Let the outbox through between two chunks of a replay: new pods reach ONOS while
+        a long resync runs. Done here rather than left to the drain thread, which a lock
+        released and at once retaken by this thread would rarely let in."""
+        for _ in range(16):   # a few batches; a backlog larger than that waits a chunk
+            if self.run_once() == 0:
+                return
 
     def _replay(self, ops: list[tuple[str, str, Callable[[], object]]],
                 sent: int) -> tuple[int, bool]:
