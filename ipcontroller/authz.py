@@ -129,10 +129,13 @@ class AuthzInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
+        method: str = details.method  # type: ignore[attr-defined]
+        if handler is None or handler.unary_unary is None or \
+                method.startswith(HEALTH_SERVICE):
+            # Health is open to every caller (`check`), and left as it is registered: it
+            # runs on its own executor, which a wrapped behaviour would lose.
             return handler
         inner = handler.unary_unary
-        method: str = details.method  # type: ignore[attr-defined]
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             who = identity_of(context, self.plaintext_tcp_admin)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from sqlalchemy.exc import SQLAlchemyError
 
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
@@ -27,7 +27,14 @@ from ipam.store import open_store
 
 from . import logconfig
 from .authz import AuthzInterceptor
-from .listeners import TlsFiles, add_listener, is_loopback, is_unix, plaintext_refusal
+from .listeners import (
+    TlsFiles,
+    add_health,
+    add_listener,
+    is_loopback,
+    is_unix,
+    plaintext_refusal,
+)
 from .secrets import redact_url, warn_if_exposed
 from .servicer import IPAdminServicer, IPControllerServicer
 
@@ -220,14 +227,18 @@ class IpControllerDaemon:
             IPControllerServicer(self.ipam, settings.heartbeat_seconds, on_change), self.server)
         pb_grpc.add_IPAdminServicer_to_server(
             IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        # The same answers on a server of their own: its threads never wait on the database.
+        # Health checks run on threads of their own, on the main listeners too: they answer
+        # while every worker waits on the database (a held lock, a slow disk).
+        self._health_pool = futures.ThreadPoolExecutor(max_workers=2,
+                                                       thread_name_prefix="health")
+        self.health = health.HealthServicer(experimental_thread_pool=self._health_pool)
+        add_health(self.server, self.health, self._health_pool)
+        # The same answers on a plaintext server of their own (kubelet's probe has no TLS).
         self.health_server: grpc.Server | None = None
         self.health_port = 0
         if settings.health_listen:
             self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            add_health(self.health_server, self.health, self._health_pool)
             for address in filter(None, settings.health_listen.split(",")):
                 bound = self.health_server.add_insecure_port(address)
                 if bound == 0:
@@ -293,6 +304,7 @@ class IpControllerDaemon:
         self.server.stop(grace).wait()
         if self.health_server is not None:
             self.health_server.stop(0).wait()
+        self._health_pool.shutdown(wait=False, cancel_futures=True)
         for t in self._threads:
             t.join(timeout=5)
         self.store.close()

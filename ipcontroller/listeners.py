@@ -5,6 +5,9 @@ Unix socket: created 0660, owned by the daemon's user and `--socket-group` (else
 primary group), in directories created 0750; whoever can open it is trusted as admin
 (`ipcontroller.authz`), exactly like the containerd socket. Give the agents' group, not
 everyone, access to it.
+
+Health checks on every listener run on an executor of their own (`add_health`): the probe
+must answer while every worker waits on the database.
 """
 from __future__ import annotations
 
@@ -12,10 +15,14 @@ import ipaddress
 import logging
 import os
 import shutil
+from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2
 
 from .secrets import warn_if_exposed
 
@@ -109,3 +116,34 @@ def add_listener(server: grpc.Server, address: str, tls: TlsFiles | None,
         shutil.chown(sock, group=socket_group)
     os.chmod(sock, SOCKET_MODE)
     return 0
+
+
+class OnPool:
+    """A gRPC behaviour that runs on an executor of its own: grpc's server reads
+    `experimental_thread_pool` off the behaviour of each call (grpc/_server.py,
+    `_select_thread_pool_for_behavior`); grpc_health sets it the same way on Watch."""
+
+    def __init__(self, behaviour: Callable[[Any, grpc.ServicerContext], Any],
+                 pool: futures.ThreadPoolExecutor) -> None:
+        self.behaviour = behaviour
+        self.experimental_thread_pool = pool
+
+    def __call__(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.behaviour(request, context)
+
+
+def add_health(server: grpc.Server, servicer: health.HealthServicer,
+               pool: futures.ThreadPoolExecutor) -> None:
+    """Serve `servicer` on `server` with Check on `pool`, not the server's workers (a
+    servicer made with `experimental_thread_pool=pool` runs Watch there too)."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health", {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                OnPool(servicer.Check, pool),
+                request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                servicer.Watch,
+                request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
+        }),))
