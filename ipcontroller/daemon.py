@@ -142,9 +142,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                    help="allow plaintext, unauthenticated gRPC on a non-loopback TCP address")
     p.add_argument("--health-listen", default="",
                    help="plaintext HOST:PORT[,...] for probes (kubelet's gRPC probe has no TLS): "
-                        "a server of its own that serves the health service alone, on its "
-                        "own threads, so it answers even while every worker waits on the "
-                        "database")
+                        "a server of its own that serves the health service alone (health "
+                        "runs on threads of its own on every listener, so it answers even "
+                        "while every worker waits on the database)")
     p.add_argument("--socket-group", default="",
                    help="group of the unix sockets in --listen (mode 0660; its members are "
                         "trusted as admin)")
