@@ -113,6 +113,7 @@ class LabNode:
         self.underlay_ip = ""       # set for multi-host nodes (Lab.add_host)
         self.agent_args: tuple[str, ...] = ()
         self.controller_tcp = False  # dial the controller over TCP + mTLS (Lab.add_tcp_node)
+        self.controller = ""         # another controller (a second replica) to dial instead
 
     @property
     def binary(self) -> str:
@@ -147,7 +148,7 @@ class LabNode:
         agent_args = agent_args or self.agent_args
         self.agent_args = agent_args
         log = open(self.dir / "agent.log", "ab")
-        controller = [self.lab.controller_sock]
+        controller = [self.controller or self.lab.controller_sock]
         if self.controller_tcp:
             assert self.lab.pki is not None, "an agent over TCP needs the lab's TLS"
             self.lab.pki = make_pki(self.lab.pki.dir, self.name,   # node-<name>.pem
