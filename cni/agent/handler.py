@@ -23,7 +23,7 @@ from ovs_driver.errors import OvsConnectionError, OvsError, OvsTimeout
 from .. import errors as ce
 from ..netconf import SUPPORTED_VERSIONS, CniRequest, valid_attachments
 from ..result import PortInfo, PortIP, build_result, default_routes, host_ifname, version_result
-from .netlink.plan import PodInterfaceSpec
+from .netlink.plan import PodInterfaceSpec, network_alias
 from .seams import ControllerClient, OvsClient, OvsInterface, PendingT, PodNetlinkClient
 from .teardown import Teardown
 
@@ -158,7 +158,8 @@ class CniHandler(Generic[PendingT]):
             netns=req.netns, ifname=req.ifname, host_ifname=host_if, mac=port.mac,
             addresses=[_split(ip.address) for ip in port.ips],
             gateways={ip.version: ip.gateway for ip in port.ips if ip.gateway},
-            routes=[], mtu=mtu, tx_checksum_off=self.cfg.tx_checksum_off)
+            routes=[], mtu=mtu, tx_checksum_off=self.cfg.tx_checksum_off,
+            alias=network_alias(req.conf.name))
         built = False  # the careful path made a new pair (a retried ADD's stays for DEL)
         try:
             if pend is None:

@@ -193,7 +193,8 @@ class Agent:
         self.reconciler = Reconciler(
             node=s.node, bridge=s.bridge, ovs=self.ovs, controller=self.controller,
             host_veths=lambda: self.netlink.host_veths(("tap",)),
-            reclaim=self.handler.reclaim, grace=s.reconcile_grace_seconds,
+            reclaim=self.handler.reclaim, network_of=self.netlink.pod_network,
+            grace=s.reconcile_grace_seconds,
             interval=s.reconcile_interval)
         # Re-plugging first: a tap pair the controller knows (its OVS port lost) is not an
         # orphan; whatever is still unattached after it is.

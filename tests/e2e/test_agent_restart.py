@@ -19,7 +19,7 @@ from tests.lab.helpers import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs]
 AGENT = ("--reconcile-interval", "0.5", "--reconcile-grace-seconds", "1",
-         "--ovsdb-timeout", "2")
+         "--ovsdb-timeout", "2", "--gc-grace-seconds", "0")
 
 
 @pytest.fixture
@@ -70,6 +70,15 @@ def test_restart_removes_half_built_replugs_lost_ports_and_keeps_live_pods(lab: 
     assert ping(lost_port, a.ip)
     # a new pod still works after all this
     assert ping(node.add_pod("later"), a.ip)
+    # the re-plugged port is back in its network, so CNI GC sees it: once the runtime no
+    # longer lists it, GC frees it
+    network = node.vsctl("get", "Interface", lost_port.host_if, "external_ids:ecnet/network")
+    assert network.strip().strip('"') == "ecnet-lab"
+    listed = [{"containerID": c, "ifname": "eth0"} for c in active(lab)
+              if c != lost_port.container_id]
+    assert node.cni("GC", a, node.netconf(**{"cni.dev/valid-attachments": listed})).ok
+    assert set(active(lab)) == {c["containerID"] for c in listed}
+    assert lost_port.host_if not in node.pod_ports()
 
 
 def test_node_reboot_converges_nothing_left_allocated_or_on_br_int(lab: Lab) -> None:
