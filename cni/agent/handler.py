@@ -209,9 +209,11 @@ class CniHandler(Generic[PendingT]):
 
     def _undo(self, pend: PendingT | None, attach: Future[None] | None, host_if: str) -> None:
         """Compensate a partly built interface: OVS port first, then the veth pair. An attach
-        that failed because OVSDB is away is not undone in OVSDB (that would only wait out
-        the timeout once more): it committed nothing, or its port's veth is gone after this
-        and the reconcile removes such a half-built port."""
+        that failed because Open vSwitch is away is not undone in OVSDB (that would only wait
+        out the timeout once more): it committed nothing (ovsdb-server away), or ovs_driver
+        rolled back its own port (ovs-vswitchd took no ofport), or the connection dropped
+        mid-commit and the port, whose veth is gone after this, is what the reconcile
+        removes as half-built."""
         if attach is not None and not isinstance(_quietly(attach.exception),
                                                  ce.OvsUnavailable):
             _quietly(lambda: self.ovs.delete_port(self.cfg.bridge, host_if))

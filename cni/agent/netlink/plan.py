@@ -336,4 +336,3 @@ __all__ = [
     "normalize_netns_path", "parse_address", "parse_route", "plan_interface",
     "pod_link_changes", "route_request", "validate_ifname",
 ]
-
