@@ -62,6 +62,14 @@ class TryAgainLater(CniError):
     default_msg = "try again later"
 
 
+class OvsUnavailable(TryAgainLater):
+    """ovsdb-server did not answer, or ovs-vswitchd did not take the port, within the agent's
+    OVSDB timeout: a restart or an outage that passes, so the runtime retries (11), unlike a
+    port OVS refused (120)."""
+
+    default_msg = "Open vSwitch unavailable, try again later"
+
+
 class PluginNotAvailable(CniError):
     code = 50
     default_msg = "plugin not available"

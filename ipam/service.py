@@ -58,6 +58,12 @@ class IpamService:
         self._desired = DesiredStateReader(store)
         self._leaks = LeakReclaimer(self._alloc, clock)
 
+    def check_store(self) -> None:
+        """One primary-key read: raises (Busy when the database cannot be reached) unless
+        the store answers. The controller's readiness rests on it."""
+        with self.store.read() as uow:
+            uow.config_generation()
+
     # ------------------------------------------------------------------ pools
     def create_pool(self, name: str, policy: str, *, quarantine_seconds: int | None = None,
                     retention_seconds: int = 0, mtu: int = 0, product_type: str = "",

@@ -269,17 +269,40 @@ def port() -> None:
 @pass_settings
 def port_list(s: IpctlSettings, pool_name: str, node: str, state: str, limit: int) -> None:
     """Ports, optionally filtered (fetched page by page: any number of them)."""
+    emit(s, list_ports(s, pool=pool_name, node=node, state=state, limit=limit), PORT_COLS)
+
+
+def list_ports(s: IpctlSettings, *, pool: str = "", node: str = "", state: str = "",
+               limit: int = 0) -> list[pb.Port]:
     ports: list[pb.Port] = []
     token = ""
     while True:
         want = min(limit - len(ports), PORT_PAGE) if limit else PORT_PAGE
-        r = s.call("ListPorts", pb.ListPortsRequest(pool=pool_name, node=node, state=state,
+        r = s.call("ListPorts", pb.ListPortsRequest(pool=pool, node=node, state=state,
                                                     limit=want, page_token=token))
         ports += r.ports
         token = r.next_page_token
         if not token or (limit and len(ports) >= limit):
             break
-    emit(s, ports, PORT_COLS)
+    return ports
+
+
+def resolve_port_id(s: IpctlSettings, prefix: str) -> str:
+    """The full id of the one port whose id starts with `prefix` (the tables show 11
+    characters, the host interface's tap<id[:11]> as many). Two or more: refused, naming them,
+    since releasing the wrong pod's address is what this command must never do. None: the
+    prefix as given, for the controller to say it does not exist."""
+    found = [p for p in list_ports(s) if p.id.startswith(prefix)]
+    if any(p.id == prefix for p in found) or not found:
+        return prefix
+    if len(found) == 1:
+        return found[0].id
+    shown = "; ".join(f"{p.id} (pool {p.pool}, {','.join(i.address for i in p.ips)}"
+                      + (f", pod {p.pod.namespace}/{p.pod.name}" if p.pod.name else "") + ")"
+                      for p in found[:10])
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    raise IpctlError(f"port prefix {prefix!r} is ambiguous: {len(found)} ports match: "
+                     f"{shown}{more}; give more of the id")
 
 
 @port.command("release")
@@ -288,8 +311,10 @@ def port_list(s: IpctlSettings, pool_name: str, node: str, state: str, limit: in
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 @pass_settings
 def port_release(s: IpctlSettings, port_id: str, dry_run: bool, yes: bool) -> None:
-    """Release PORT (its full id, `port list -o json`) whose DEL never came, by its pool's
-    policy: a dynamic port is freed, a bound one keeps its binding but leaves its pod."""
+    """Release PORT (its id, or a prefix of it that names one port, e.g. the 11 characters
+    `port list` shows) whose DEL never came, by its pool's policy: a dynamic port is freed, a
+    bound one keeps its binding but leaves its pod."""
+    port_id = resolve_port_id(s, port_id)
     confirm_and_apply(
         s, f"port {port_id}",
         lambda dry: [s.call("ReclaimPort", pb.ReclaimPortRequest(

@@ -76,6 +76,7 @@ class DaemonSettings:
     onos_outbox_cap: int = 100_000
     max_concurrent_rpcs: int = 256
     onos_dead_letter_after: int = 5
+    db_check_interval: float = 2.0
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonSettings:
@@ -145,6 +146,10 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                         "a server of its own that serves the health service alone (health "
                         "runs on threads of its own on every listener, so it answers even "
                         "while every worker waits on the database)")
+    p.add_argument("--db-check-interval", type=float, default=2.0,
+                   help="seconds between the database checks behind the health service "
+                        "ecnet.v1.IPController (NOT_SERVING while the database does not "
+                        "answer: the readiness probe); \"\" (liveness) stays SERVING")
     p.add_argument("--socket-group", default="",
                    help="group of the unix sockets in --listen (mode 0660; its members are "
                         "trusted as admin)")
@@ -172,6 +177,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
         p.error(f"--onos-password-file {a.onos_password_file}: no such file")
     if a.max_concurrent_rpcs < 1:
         p.error("--max-concurrent-rpcs must be >= 1")
+    if not 0.1 <= a.db_check_interval <= 300:
+        p.error("--db-check-interval must be in 0.1..300")
     if a.onos_outbox_cap < 0 or a.onos_dead_letter_after < 0:
         p.error("--onos-outbox-cap and --onos-dead-letter-after must be >= 0")
     if a.onos_timeout <= 0 or a.onos_max_backoff <= 0 or a.onos_resync_interval < 0:
@@ -194,7 +201,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                     leak_sweep_interval=a.leak_sweep_interval,
                     onos_outbox_cap=a.onos_outbox_cap,
                     max_concurrent_rpcs=a.max_concurrent_rpcs,
-                    onos_dead_letter_after=a.onos_dead_letter_after)
+                    onos_dead_letter_after=a.onos_dead_letter_after,
+                    db_check_interval=a.db_check_interval)
 
 
 class IpControllerDaemon:
@@ -262,9 +270,10 @@ class IpControllerDaemon:
             self.health_server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING)
-        t = threading.Thread(target=self._sweeper, name="sweeper", daemon=True)
-        t.start()
-        self._threads.append(t)
+        for target, name in ((self._sweeper, "sweeper"), (self._db_watch, "db-watch")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
         if self.sync is not None:
             self._threads.append(self.sync.start(self.stop_event))
         if self.settings.metrics_listen:
@@ -297,6 +306,27 @@ class IpControllerDaemon:
                 log.warning("sweep failed: %s", exc)
             except Exception:  # noqa: BLE001 - keep the sweeper alive, log once per failure
                 log.exception("sweep crashed")
+
+    def _db_watch(self) -> None:
+        """Readiness follows the database: while it does not answer, every pod request would
+        fail anyway, so the IPController service says NOT_SERVING (kubelet takes the replica
+        out of the Service; nobody restarts it). "" is liveness: the process answers."""
+        serving = True
+        while not self.stop_event.wait(self.settings.db_check_interval):
+            try:
+                self.ipam.check_store()
+                ok, why = True, ""
+            except (IpamError, SQLAlchemyError) as exc:
+                ok, why = False, str(exc)
+            if ok == serving:
+                continue
+            serving = ok
+            self.health.set("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING
+                            if ok else health_pb2.HealthCheckResponse.NOT_SERVING)
+            if ok:
+                log.info("database answers again: serving")
+            else:
+                log.warning("database unreachable, not serving until it answers: %s", why)
 
     def stop(self, grace: float = 2.0) -> None:
         self.stop_event.set()

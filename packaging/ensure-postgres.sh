@@ -2,12 +2,19 @@
 # Make sure a PostgreSQL answers on 127.0.0.1:5432 with trust auth and a database "test"
 # (what the tests use). Uses the running one when there is one; otherwise installs
 # Debian's postgresql and starts a cluster configured for local trust.
+# The database-crash test (tests/e2e/test_controller_restart.py) runs a private server of its
+# own with Debian's initdb and pg_ctl: the server binaries are installed even when the shared
+# server answers from elsewhere (a CI service container).
 set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  echo "==> installing PostgreSQL (server binaries for the private test server)"
+  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+fi
 ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 if command -v pg_isready >/dev/null && ready; then
   echo "==> PostgreSQL already running on 127.0.0.1:5432"; exit 0
 fi
-export DEBIAN_FRONTEND=noninteractive
 if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
   echo "==> installing PostgreSQL"
   apt-get update -qq && apt-get install -y -qq postgresql >/dev/null

@@ -90,6 +90,20 @@ def pg_url() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def private_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A PostgreSQL server of this test's own (tests/lab/postgres.py), for tests that crash
+    or restart the database: never the shared one. Stopped by its pid afterwards."""
+    from tests.lab.postgres import PrivatePostgres, available
+    why = available() if os.geteuid() == 0 else "needs root (runs initdb as postgres)"
+    _need(not why, why)
+    pg = PrivatePostgres(tmp_path_factory.mktemp("pg"))
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
+
+
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[object]:
     """Every store implementation; the conformance suite runs against each."""

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ecnet_api.v1 import ecnet_pb2 as pb
-from ovs_driver.errors import OvsError
+from ovs_driver.errors import OvsConnectionError, OvsError, OvsTimeout
 
 from .. import errors as ce
 from ..netconf import SUPPORTED_VERSIONS, CniRequest, valid_attachments
 from ..result import PortInfo, PortIP, build_result, default_routes, host_ifname, version_result
-from .netlink.plan import PodInterfaceSpec
+from .netlink.plan import PodInterfaceSpec, network_alias
 from .seams import ControllerClient, OvsClient, OvsInterface, PendingT, PodNetlinkClient
 from .teardown import Teardown
 
@@ -158,7 +158,8 @@ class CniHandler(Generic[PendingT]):
             netns=req.netns, ifname=req.ifname, host_ifname=host_if, mac=port.mac,
             addresses=[_split(ip.address) for ip in port.ips],
             gateways={ip.version: ip.gateway for ip in port.ips if ip.gateway},
-            routes=[], mtu=mtu, tx_checksum_off=self.cfg.tx_checksum_off)
+            routes=[], mtu=mtu, tx_checksum_off=self.cfg.tx_checksum_off,
+            alias=network_alias(req.conf.name))
         built = False  # the careful path made a new pair (a retried ADD's stays for DEL)
         try:
             if pend is None:
@@ -187,10 +188,11 @@ class CniHandler(Generic[PendingT]):
                 iface = self._read_back(host_if)
                 host_mac = (iface.mac_in_use if iface is not None and iface.mac_in_use
                             else self.netlink.host_mac(pend))
-        except BaseException:
+        except BaseException as exc:
             self._undo(pend, attach, host_if)
             if built:
-                _quietly(lambda: self.ovs.delete_port(self.cfg.bridge, host_if))
+                if not isinstance(exc, ce.OvsUnavailable):
+                    _quietly(lambda: self.ovs.delete_port(self.cfg.bridge, host_if))
                 _quietly(lambda: self.netlink.delete_pod_interface(host_if))
             if not resp.existing:
                 self._release_quietly(req)
@@ -206,9 +208,14 @@ class CniHandler(Generic[PendingT]):
                             req.netns)
 
     def _undo(self, pend: PendingT | None, attach: Future[None] | None, host_if: str) -> None:
-        """Compensate a partly built interface: OVS port first, then the veth pair."""
-        if attach is not None:
-            _quietly(attach.result)
+        """Compensate a partly built interface: OVS port first, then the veth pair. An attach
+        that failed because Open vSwitch is away is not undone in OVSDB (that would only wait
+        out the timeout once more): it committed nothing (ovsdb-server away), or ovs_driver
+        rolled back its own port (ovs-vswitchd took no ofport), or the connection dropped
+        mid-commit and the port, whose veth is gone after this, is what the reconcile
+        removes as half-built."""
+        if attach is not None and not isinstance(_quietly(attach.exception),
+                                                 ce.OvsUnavailable):
             _quietly(lambda: self.ovs.delete_port(self.cfg.bridge, host_if))
         if pend is not None:
             doomed = pend
@@ -234,16 +241,14 @@ class CniHandler(Generic[PendingT]):
             self.ovs.add_port(self.cfg.bridge, host_if, self._external_ids(req, port, port_id),
                               wait_ofport=self.cfg.ofport_timeout if wait else None)
         except OvsError as exc:  # a bug is no OVS failure: it reaches the edge as one (999)
-            raise ce.OvsAttachError(f"attaching {host_if} to {self.cfg.bridge} failed",
-                                    str(exc)) from exc
+            raise _ovs_failure(exc, f"attaching {host_if} to {self.cfg.bridge} failed") from exc
 
     def _read_back(self, host_if: str) -> OvsInterface | None:
         """The attached interface as OVSDB has it (its MAC in use, for the result)."""
         try:
             return self.ovs.get_interface(host_if)
         except OvsError as exc:
-            raise ce.OvsAttachError(f"reading back {host_if} from OVSDB failed",
-                                    str(exc)) from exc
+            raise _ovs_failure(exc, f"reading back {host_if} from OVSDB failed") from exc
 
     def _external_ids(self, req: CniRequest, port: PortInfo | None,
                       port_id: str) -> dict[str, str]:
@@ -424,6 +429,14 @@ class CniHandler(Generic[PendingT]):
             if have and have != want:
                 raise ce.CheckFailed(f"prevResult addresses {sorted(have)} differ from the "
                                      f"allocated {sorted(want)}")
+
+
+def _ovs_failure(exc: OvsError, msg: str) -> ce.CniError:
+    """OVSDB or ovs-vswitchd away (no answer in time, connection lost) passes: try again
+    later (11); anything else OVS said is a failed attach (120)."""
+    if isinstance(exc, OvsConnectionError | OvsTimeout):
+        return ce.OvsUnavailable(f"{msg}: Open vSwitch unavailable, try again later", str(exc))
+    return ce.OvsAttachError(msg, str(exc))
 
 
 def _quietly(fn: Callable[[], T]) -> T | None:

@@ -58,6 +58,7 @@ class AgentSettings:
     ovs_rundir: str = ""
     gc_grace_seconds: float = 60.0
     controller_timeout: float = 10.0
+    ovsdb_timeout: float = 5.0
     tls: AgentTls | None = None
     reconcile_interval: float = 30.0
     reconcile_grace_seconds: float = 60.0
@@ -104,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
     p.add_argument("--controller-timeout", type=float, default=10.0,
                    help="seconds a controller call may take before the runtime gets "
                         "\"try again later\" (code 11); well below the runtime's own timeout")
+    p.add_argument("--ovsdb-timeout", type=float, default=5.0,
+                   help="seconds an OVSDB request may wait for ovsdb-server (or ovs-vswitchd "
+                        "to take a port) before the runtime gets \"try again later\" (11)")
     p.add_argument("--gc-grace-seconds", type=float, default=60.0,
                    help="CNI GC leaves attachments younger than this alone (an ADD may be "
                         "in flight while the runtime lists what it has)")
@@ -138,6 +142,8 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
         p.error("--mtu must be in 576..9000")
     if not 0.1 <= a.controller_timeout <= 120:
         p.error("--controller-timeout must be in 0.1..120 (runtimes give up after ~240 s)")
+    if not 0.1 <= a.ovsdb_timeout <= 120:
+        p.error("--ovsdb-timeout must be in 0.1..120")
     if not 0.05 <= a.topology_interval <= 60:
         p.error("--topology-interval must be in 0.05..60")
     for cidr in a.gateway_cidr:
@@ -161,6 +167,7 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                          ovs_rundir=a.ovs_rundir or default_rundir(a.ovsdb),
                          gc_grace_seconds=a.gc_grace_seconds,
                          controller_timeout=a.controller_timeout,
+                         ovsdb_timeout=a.ovsdb_timeout,
                          reconcile_interval=a.reconcile_interval,
                          reconcile_grace_seconds=a.reconcile_grace_seconds,
                          tls=AgentTls(a.tls_cert, a.tls_key, a.tls_ca, a.tls_server_name)
@@ -173,7 +180,7 @@ class Agent:
     def __init__(self, s: AgentSettings) -> None:
         self.settings = s
         self.stop_event = threading.Event()
-        self.ovs = OvsdbClient(s.ovsdb)
+        self.ovs = OvsdbClient(s.ovsdb, timeout=s.ovsdb_timeout)
         if not self.ovs.bridge_exists(s.bridge):
             self.ovs.ensure_bridge(s.bridge, datapath_type=s.datapath_type)
         userspace = self.ovs.datapath_type(s.bridge) == "netdev"
@@ -186,7 +193,8 @@ class Agent:
         self.reconciler = Reconciler(
             node=s.node, bridge=s.bridge, ovs=self.ovs, controller=self.controller,
             host_veths=lambda: self.netlink.host_veths(("tap",)),
-            reclaim=self.handler.reclaim, grace=s.reconcile_grace_seconds,
+            reclaim=self.handler.reclaim, network_of=self.netlink.pod_network,
+            grace=s.reconcile_grace_seconds,
             interval=s.reconcile_interval)
         # Re-plugging first: a tap pair the controller knows (its OVS port lost) is not an
         # orphan; whatever is still unattached after it is.

@@ -20,7 +20,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -162,11 +162,14 @@ class Reconciler:
 
     def __init__(self, *, node: str, bridge: str, ovs: OvsClient, controller: NodePorts,
                  host_veths: Callable[[], list[str]], reclaim: Reclaim,
+                 network_of: Callable[[str, str], str],
                  grace: float, interval: float,
                  clock: Callable[[], float] = time.monotonic,
                  is_gone: Callable[[str], bool] = netns_gone) -> None:
+        """`network_of(netns, ifname)`: the CNI network ADD recorded on the pod's interface
+        ("" if none), which a re-plugged port needs for GC and the controller cannot say."""
         self.node, self.bridge, self.ovs, self.controller = node, bridge, ovs, controller
-        self.host_veths, self.reclaim = host_veths, reclaim
+        self.host_veths, self.reclaim, self.network_of = host_veths, reclaim, network_of
         self.interval, self.clock, self.is_gone = interval, clock, is_gone
         self.confirmations = Confirmations(grace)
         self.released = 0
@@ -237,9 +240,18 @@ class Reconciler:
         name = host_if_for(a.port_id)
         log.warning("re-plugging %s (container=%s): OVSDB had lost its port", name,
                     a.container_id[:12])
-        ids: Mapping[str, str] = {
+        ids: dict[str, str] = {
             "iface-id": a.port_id, "iface-status": "active", "attached-mac": a.mac,
             "ecnet/container": a.container_id, "ecnet/ifname": a.ifname,
             "ecnet/netns": a.netns, "ecnet/ips": a.ips,
             "ecnet/created": str(int(time.time()))}
+        # what ADD wrote and GC needs: the network (from the pod's interface), the pod's uid
+        network = self.network_of(a.netns, a.ifname)
+        if network:
+            ids["ecnet/network"] = network
+        else:
+            log.warning("re-plugged %s without its network (no record on the pod's "
+                        "interface): CNI GC will not see it", name)
+        if a.pod_uid:
+            ids["ecnet/pod-uid"] = a.pod_uid
         self.ovs.add_port(self.bridge, name, ids, wait_ofport=None)

@@ -83,6 +83,21 @@ class Pod:
              ) -> subprocess.CompletedProcess[bytes]:
         return sh("ip", "netns", "exec", self.netns, *argv, timeout=timeout, check=check)
 
+    @property
+    def host_if(self) -> str:
+        """The host end ADD named (tap<port id[:11]>)."""
+        assert self.result, "pod has no ADD result"
+        return str(self.result["interfaces"][0]["name"])
+
+    def links(self) -> list[str]:
+        """Interfaces inside the pod's netns other than loopback (none: nothing plugged)."""
+        return [n for n in _link_names(self.exec("ip", "-o", "link", "show")) if n != "lo"]
+
+
+def _link_names(out: subprocess.CompletedProcess[bytes]) -> list[str]:
+    return [line.split(":")[1].strip().split("@")[0]
+            for line in out.stdout.decode().splitlines()]
+
 
 class LabNode:
     def __init__(self, lab: Lab, name: str) -> None:
@@ -98,6 +113,7 @@ class LabNode:
         self.underlay_ip = ""       # set for multi-host nodes (Lab.add_host)
         self.agent_args: tuple[str, ...] = ()
         self.controller_tcp = False  # dial the controller over TCP + mTLS (Lab.add_tcp_node)
+        self.controller = ""         # another controller (a second replica) to dial instead
 
     @property
     def binary(self) -> str:
@@ -124,11 +140,15 @@ class LabNode:
     def link_exists(self, name: str) -> bool:
         return self.ip("link", "show", name, check=False).returncode == 0
 
+    def taps(self) -> set[str]:
+        """Host veth ends of pods (tap*) in this node's namespace, plugged or not."""
+        return {n for n in _link_names(self.ip("-o", "link", "show")) if n.startswith("tap")}
+
     def start_agent(self, *agent_args: str) -> None:
         agent_args = agent_args or self.agent_args
         self.agent_args = agent_args
         log = open(self.dir / "agent.log", "ab")
-        controller = [self.lab.controller_sock]
+        controller = [self.controller or self.lab.controller_sock]
         if self.controller_tcp:
             assert self.lab.pki is not None, "an agent over TCP needs the lab's TLS"
             self.lab.pki = make_pki(self.lab.pki.dir, self.name,   # node-<name>.pem

@@ -1,11 +1,12 @@
-"""The small helpers many tests share, defined once: a free loopback port, waiting on state,
-and fake time.
+"""The small helpers many tests share, defined once: a free loopback port, whether a pid
+lives, waiting on state, and fake time.
 
 Plain functions and one class, stdlib only, so a bench script or a lab process can import
 them as cheaply as a test. The pytest fixtures built on them are in tests/conftest.py.
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -17,6 +18,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and has not exited. A detached daemon is reparented; until its new
+    parent reaps it, it is a zombie that kill(0) still finds: that counts as exited."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def wait_until(pred: Callable[[], object], timeout: float = 10.0, poll: float = 0.05) -> bool:

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.lab.helpers import pid_alive
+
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 
@@ -78,30 +80,13 @@ def del_netns(name: str) -> None:
     subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A detached daemon is reparented; until its new parent reaps it, it is a zombie
-    # that kill(0) still finds. A zombie has exited: that is all we wait for.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _kill_and_wait(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + timeout

@@ -57,17 +57,21 @@ def alloc_req(cid: str, pool: str = "p", node: str = "node-a") -> pb.AllocateReq
 class ControllerProcess:
     """`python -m ipcontroller.daemon` as a child process; its log goes to a file."""
 
-    def __init__(self, db: str, onos_url: str, log_path: Path, *extra: str) -> None:
+    def __init__(self, db: str, onos_url: str, log_path: Path, *extra: str,
+                 unix: str = "") -> None:
+        """`unix`: a unix socket to listen on as well (agents in a node's netns dial it)."""
         self.db = db
         self.onos_url = onos_url
         self.log_path = log_path
         self.extra = extra
+        self.unix = unix
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "ipcontroller.daemon", "--listen", f"127.0.0.1:{self.port}",
+        listen = f"127.0.0.1:{self.port}" + (f",unix:{self.unix}" if self.unix else "")
+        cmd = [sys.executable, "-m", "ipcontroller.daemon", "--listen", listen,
                "--db", self.db, "--onos-url", self.onos_url, "--sweep-interval", "0.5",
                *self.extra]
         with open(self.log_path, "ab") as log:

@@ -17,7 +17,7 @@ from cni import errors as ce
 from cni.agent.handler import AgentConfig, CniHandler
 from cni.agent.server import serve_one
 from cni.agent.wire import encode_request
-from ovs_driver.errors import OvsConnectionError, OvsTransactionError
+from ovs_driver.errors import OvsConnectionError, OvsTimeout, OvsTransactionError
 from tests.fakes.agent_ovs import FakeAgentOvs
 from tests.fakes.controller import FakeController
 from tests.fakes.faults import Faults
@@ -103,7 +103,10 @@ STEPS = {
     "entering the pod": ("nl", "enter_pod", ce.PlumbingError("setns failed"), 110),
     "pod-side config": ("nl", "finish_pod_end", ce.PlumbingError("ENETUNREACH"), 110),
     "OVS attach": ("ovs", "add_port", OvsTransactionError("vswitchd said no"), 120),
-    "result": ("ovs", "get_interface", OvsConnectionError("ovsdb-server went away"), 120),
+    # OVSDB away or ovs-vswitchd not taking the port in time: it passes, so try again (11)
+    "OVS attach, ovsdb-server away": ("ovs", "add_port", OvsConnectionError("no view"), 11),
+    "OVS attach, no ofport in time": ("ovs", "add_port", OvsTimeout("no ofport"), 11),
+    "result": ("ovs", "get_interface", OvsConnectionError("ovsdb-server went away"), 11),
 }
 
 

@@ -156,6 +156,31 @@ def test_ipctl_port_release_dry_run_confirm_and_yes(addr: str, tmp_path: Any) ->
     assert json.loads(out) == []
 
 
+def test_ipctl_port_release_takes_a_unique_prefix_and_refuses_an_ambiguous_one(
+        addr: str) -> None:
+    ids = {"c1": "aaaaaaaa-1111-4111-8111-111111111111",
+           "c2": "aaaaaaaa-2222-4222-8222-222222222222",
+           "c3": "bbbbbbbb-3333-4333-8333-333333333333"}
+    with grpc.insecure_channel(addr) as ch:
+        stub = pb_grpc.IPControllerStub(ch)
+        for cid, port_id in ids.items():
+            stub.AllocatePort(pb.AllocateRequest(container_id=cid, ifname="eth0", node="n1",
+                                                 pool="dyn", port_id=port_id), timeout=10)
+    assert {p["container_id"]: p["id"] for p in active(addr)} == ids
+    code, _, err = ipctl(addr, "port", "release", "aaaaaaaa-", "--yes")
+    assert code == 1 and "ambiguous" in err and ids["c1"] in err and ids["c2"] in err
+    assert len(active(addr)) == 3                    # nothing released on a guess
+    code, out, _ = ipctl(addr, "port", "release", ids["c2"][:11], "--dry-run")
+    assert code == 0 and "would release 1 port" in out and len(active(addr)) == 3
+    code, out, _ = ipctl(addr, "port", "release", "aaaaaaaa-2", "--yes")   # unique
+    assert code == 0 and "released 1 port" in out
+    code, out, _ = ipctl(addr, "port", "release", "bbbb", "--yes")
+    assert code == 0 and "released 1 port" in out
+    assert [p["container_id"] for p in active(addr)] == ["c1"]
+    code, _, err = ipctl(addr, "port", "release", "cccc", "--yes")         # no such port
+    assert code == 1 and "does not exist" in err
+
+
 def test_ipctl_node_delete_release_ports_repairs_a_node_already_deleted(addr: str) -> None:
     with grpc.insecure_channel(addr) as ch:
         pb_grpc.IPControllerStub(ch).AllocatePort(pb.AllocateRequest(

@@ -1,18 +1,30 @@
 """The agent's reconcile rules, pure: what `plan` decides from three views of a node, the
-two-observation rule, and when a netns counts as gone (never on a guess)."""
+two-observation rule, and when a netns counts as gone (never on a guess); and what a
+re-plugged port carries (on the stateful OVS fake)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from cni.agent.netlink.plan import (
+    IFF_UP,
+    PodInterfaceSpec,
+    network_alias,
+    network_from_alias,
+    plan_interface,
+    pod_link_changes,
+)
 from cni.agent.reconcile import (
     Attachment,
     Confirmations,
     NodeView,
+    Reconciler,
     host_if_for,
     netns_gone,
     plan,
 )
+from ecnet_api.v1 import ecnet_pb2 as pb
+from tests.fakes.agent_ovs import FakeAgentOvs
 
 PID = "0123456789ab-cdef-4000-8000-000000000000"
 
@@ -61,3 +73,45 @@ def test_netns_gone_only_when_we_can_tell(tmp_path: Path) -> None:
     assert not netns_gone("")
     assert not netns_gone(f"/proc/{os.getpid()}/ns/net")
     assert netns_gone("/proc/999999999/ns/net")
+
+
+def test_a_replugged_port_gets_back_the_network_and_uid_gc_needs() -> None:
+    """OVSDB lost the port; the controller knows the attachment, the pod's interface knows
+    its network (the alias ADD wrote): the port comes back with both, so GC sees it."""
+    ovs = FakeAgentOvs()
+    port = pb.Port(id=PID, mac="02:00:00:00:00:01", container_id="c1", ifname="eth0",
+                   netns="/run/netns/a", state="active", pod=pb.PodRef(uid="uid-c1"),
+                   ips=[pb.IPConfig(address="10.0.0.5/24")])
+    asked: list[tuple[str, str]] = []
+
+    class Ports:
+        def list_node_ports(self, node: str) -> list[pb.Port]:
+            return [port]
+
+    def network_of(netns: str, ifname: str) -> str:
+        asked.append((netns, ifname))
+        return "ecnet-k8s"
+
+    r = Reconciler(node="n1", bridge="br-int", ovs=ovs, controller=Ports(),
+                   host_veths=lambda: [host_if_for(PID)], reclaim=lambda *a: "released",
+                   network_of=network_of, grace=1, interval=1, is_gone=lambda p: False)
+    assert [a.container_id for a in r.start_up().replug] == ["c1"]
+    ids = ovs.ports()[host_if_for(PID)]
+    assert asked == [("/run/netns/a", "eth0")]
+    assert (ids["ecnet/network"], ids["ecnet/pod-uid"], ids["iface-id"],
+            ids["ecnet/ips"]) == ("ecnet-k8s", "uid-c1", PID, "10.0.0.5")
+    assert ovs.find_interfaces(**{"ecnet/network": "ecnet-k8s"})   # what CNI GC looks up
+
+
+def test_the_network_rides_on_the_pod_interface_alias() -> None:
+    spec = PodInterfaceSpec(netns="/run/netns/a", ifname="eth0", host_ifname="tap0",
+                            mac="02:00:00:00:00:01", addresses=[("10.0.0.5", 24)],
+                            alias=network_alias("ecnet-k8s"))
+    p = plan_interface(spec)
+    up = IFF_UP
+    assert pod_link_changes(p, "02:00:00:00:00:01", 1500, up, "") == {
+        "ifalias": "ecnet:network=ecnet-k8s"}
+    assert pod_link_changes(p, "02:00:00:00:00:01", 1500, up, p.alias) == {}  # a retry
+    assert network_from_alias(p.alias) == "ecnet-k8s"
+    assert network_from_alias("someone else's alias") == ""
+    assert network_alias("") == ""

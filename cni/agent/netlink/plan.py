@@ -21,6 +21,7 @@ from ...errors import PlumbingError
 IFNAMSIZ = 16  # kernel limit including the NUL: names are at most 15 characters
 NETNS_RUN_DIR = "/var/run/netns"
 MIN_MTU = 68
+MAX_IFALIAS = 255   # IFALIASZ - 1: the kernel refuses a longer IFLA_IFALIAS
 MIN_MTU_IPV6 = 1280  # below this the kernel disables IPv6 on the link (RFC 8200 section 5)
 MAX_MTU = 65535
 IFF_UP = 0x1
@@ -58,6 +59,7 @@ class PodInterfaceSpec:
     routes: list[tuple[str, str | None]] = field(default_factory=list)  # (dst cidr, gw|None)
     mtu: int = 1500                              # both ends
     tx_checksum_off: bool = False                # userspace OVS datapath needs it for TCP
+    alias: str = ""   # the pod end's ifalias: what the agent must know again if OVSDB is lost
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class InterfacePlan:
     addresses: tuple[AddressPlan, ...]
     routes: tuple[RoutePlan, ...]
     tx_checksum_off: bool
+    alias: str = ""
 
 
 # ----------------------------------------------------------------------------- pure core
@@ -260,11 +263,13 @@ def plan_interface(spec: PodInterfaceSpec) -> InterfacePlan:
     if 6 in versions and spec.mtu < MIN_MTU_IPV6:
         raise InvalidInterfaceSpec(f"MTU {spec.mtu} is below {MIN_MTU_IPV6}, the minimum "
                                    "for an interface with IPv6 addresses")
+    if len(spec.alias.encode()) > MAX_IFALIAS:
+        raise InvalidInterfaceSpec(f"interface alias longer than {MAX_IFALIAS} bytes")
     return InterfacePlan(
         netns=normalize_netns_path(spec.netns), ifname=ifname, host_ifname=host,
         mac=normalize_mac(spec.mac), mtu=spec.mtu, addresses=tuple(addrs),
         routes=build_routes(spec.gateways, spec.routes, versions),
-        tx_checksum_off=spec.tx_checksum_off)
+        tx_checksum_off=spec.tx_checksum_off, alias=spec.alias)
 
 
 def errno_text(code: int) -> str:
@@ -274,10 +279,13 @@ def errno_text(code: int) -> str:
 
 
 # ------------------------------------------------------------ the pod-side requests
-def pod_link_changes(plan: InterfacePlan, mac: str, mtu: int, flags: int) -> dict[str, Any]:
+def pod_link_changes(plan: InterfacePlan, mac: str, mtu: int, flags: int,
+                     alias: str = "") -> dict[str, Any]:
     """The attributes of the pod's link that differ from the plan, for one RTM_NEWLINK
     (empty when it is already as planned: a retried ADD changes nothing)."""
     changes: dict[str, Any] = {}
+    if plan.alias and alias != plan.alias:
+        changes["ifalias"] = plan.alias
     if mac.lower() != plan.mac:
         changes["address"] = plan.mac
     if mtu != plan.mtu:
@@ -306,9 +314,25 @@ def route_request(r: RoutePlan, oif: int) -> dict[str, Any]:
     return kw
 
 
+# The pod end's ifalias carries the CNI network's name. The OVS port's external_ids say it
+# too, but a port OVSDB lost is re-plugged from the controller's view, which does not know
+# networks; the pod's own interface outlives that loss (it is why the port can be re-plugged).
+_NETWORK_ALIAS = "ecnet:network="
+
+
+def network_alias(network: str) -> str:
+    return _NETWORK_ALIAS + network if network else ""
+
+
+def network_from_alias(alias: str) -> str:
+    """The network an alias written by `network_alias` names; "" for any other alias."""
+    return alias[len(_NETWORK_ALIAS):] if alias.startswith(_NETWORK_ALIAS) else ""
+
+
 __all__ = [
     "DOOMED_GROUP", "AddressPlan", "InterfaceConflict", "InterfacePlan", "InvalidInterfaceSpec",
     "PodInterfaceResult", "PodInterfaceSpec", "RoutePlan", "address_request", "build_routes",
-    "errno_text", "family_version", "normalize_mac", "normalize_netns_path", "parse_address",
-    "parse_route", "plan_interface", "pod_link_changes", "route_request", "validate_ifname",
+    "errno_text", "family_version", "network_alias", "network_from_alias", "normalize_mac",
+    "normalize_netns_path", "parse_address", "parse_route", "plan_interface",
+    "pod_link_changes", "route_request", "validate_ifname",
 ]

@@ -57,6 +57,7 @@ from .plan import (
     PodInterfaceResult,
     PodInterfaceSpec,
     address_request,
+    network_from_alias,
     plan_interface,
     pod_link_changes,
     route_request,
@@ -65,7 +66,8 @@ from .plan import (
 
 log = logging.getLogger(__name__)
 
-_LINK_ATTR = {"address": "MAC", "mtu": "MTU", "state": "state"}  # for error messages
+_LINK_ATTR = {"address": "MAC", "mtu": "MTU", "state": "state",   # for error messages
+              "ifalias": "alias"}
 
 
 @dataclass
@@ -140,7 +142,8 @@ class PodNetlink:
                 raise StepFailed(f"looking up {plan.ifname} {where}", enodev())
         idx = int(pod_link["index"])
         changes = pod_link_changes(plan, str(attr(pod_link, "IFLA_ADDRESS")),
-                                   attr(pod_link, "IFLA_MTU"), pod_link["flags"])
+                                   attr(pod_link, "IFLA_MTU"), pod_link["flags"],
+                                   str(attr(pod_link, "IFLA_IFALIAS") or ""))
         if changes:
             what = ", ".join(f"{_LINK_ATTR[k]} {v}" for k, v in changes.items())
             step(f"setting {what} on {plan.ifname} {where}",
@@ -458,6 +461,17 @@ class PodNetlink:
         return plumbing(lambda: self._host.run(job), what.format(host_ifname))
 
     # -------------------------------------------------------------------------- CHECK
+    def pod_network(self, netns: str, ifname: str) -> str:
+        """The CNI network ADD recorded on the pod's interface (its ifalias); "" when the
+        netns or interface is gone, or ADD recorded none (an older agent)."""
+        try:
+            with self._ns.inside(netns) as pod:
+                link = get_link(pod.ipr, ifname)
+        except (PlumbingError, NetlinkError, OSError) as exc:
+            log.debug("no network alias netns=%s ifname=%s: %s", netns, ifname, exc)
+            return ""
+        return network_from_alias(str(attr(link, "IFLA_IFALIAS") or "")) if link else ""
+
     def check_pod_interface(self, netns: str, ifname: str, mac: str,
                             addresses: list[tuple[str, int]], mtu: int = 0,
                             gateways: dict[int, str] | None = None) -> None:

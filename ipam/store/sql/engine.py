@@ -143,7 +143,15 @@ class SqlEngine:
                         self._writer = None
                     raise
             return
-        with self.engine.connect() as conn:
+        try:
+            conn_cm = self.engine.connect()
+        except OperationalError as exc:
+            # The server is down or restarting (PostgreSQL crashed, failed over): no
+            # transaction began, so the caller may retry at once, and a pod gets "try again
+            # later" instead of an internal error. pool_pre_ping drops the pool's dead
+            # connections once it is back.
+            raise _busy("database unreachable", exc) from exc
+        with conn_cm as conn:
             if self.sqlite:
                 conn.info["ecnet_begin"] = "DEFERRED"
             with self._in_tx(conn) as uow:
