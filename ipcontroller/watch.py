@@ -268,7 +268,8 @@ class Tailer:
     def stop(self) -> None:
         self._stop.set()
         self.signal.close()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
 
 
 def _has_gap(after: int, rows: list[LogRow]) -> bool:
