@@ -67,6 +67,7 @@ class WatchSettings:
     batch_rows: int = 5_000           # rows per read of the log
     idle_progress_seconds: float = 5.0   # an empty event so an idle watcher's revision moves
     wait_seconds: float = 1.0         # a stream checks its caller is still there this often
+    snapshot_reuse_seconds: float = 2.0   # one snapshot serves the streams of this window
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -311,13 +312,18 @@ class Stream:
         self.revision = revision
 
     def snapshot(self, reason: str) -> Iterator[pb.WatchTopologyEvent]:
-        snap = self.svc.ipam.topology.snapshot()
+        """A whole view (reset), then the rows from its revision to the live feed's start:
+        the snapshot may be a shared one a little older than the log's head."""
+        revision, items = self.svc.snapshots.get()
+        position = self.svc.tailer.position   # the mailbox has every row after it
         WATCH_SNAPSHOTS.labels(reason).inc()
         rel = self.relevance = Relevance(self.relevance.node)
-        rel.seed(c for c in snap.changes if c.kind == ch.PORT and c.node == rel.node)
+        rel.seed(c for c, _ in items if c.kind == ch.PORT and c.node == rel.node)
         self.catching_up = False
-        out = [change_pb(c) for c in snap.changes if rel.admit(c)]
-        yield from self.events(snap.revision, out, reset=True, snapshot=True)
+        out = [p for c, p in items if rel.admit(c)]
+        yield from self.events(revision, out, reset=True, snapshot=True)
+        if self.revision < position:
+            yield from self.catch_up(position)
 
     def deltas(self, rows: list[LogRow]) -> Iterator[pb.WatchTopologyEvent]:
         """Rows after the caller's revision, filtered, each subnet the node gains refreshed."""
@@ -371,6 +377,30 @@ def _own_rows(ipam: IpamService, node: str
     return out
 
 
+class SharedSnapshot:
+    """One snapshot (read and converted to messages once) for every stream that needs one
+    within `reuse_seconds`: after a controller restart a thousand agents reconnect at once,
+    and each reading 100k ports would cost the database and this process a thousand times
+    over. A stream that takes an older copy catches up from its revision through the log."""
+
+    def __init__(self, ipam: IpamService, reuse_seconds: float) -> None:
+        self.ipam = ipam
+        self.reuse_seconds = reuse_seconds
+        self._lock = threading.Lock()
+        self._value: tuple[int, list[tuple[Change, pb.TopologyChange]]] | None = None
+        self._built = 0.0
+
+    def get(self) -> tuple[int, list[tuple[Change, pb.TopologyChange]]]:
+        with self._lock:   # concurrent askers wait for one build
+            floor, _ = self.ipam.topology.bounds()
+            if (self._value is None or self._value[0] < floor
+                    or time.monotonic() - self._built > self.reuse_seconds):
+                snap = self.ipam.topology.snapshot()
+                self._value = (snap.revision, [(c, change_pb(c)) for c in snap.changes])
+                self._built = time.monotonic()
+            return self._value
+
+
 class WatchService:
     """The replica's watch: the tailer and the streams it feeds."""
 
@@ -378,6 +408,7 @@ class WatchService:
         self.ipam = ipam
         self.settings = settings or WatchSettings()
         self.tailer = Tailer(ipam, ipam.store.change_signal(), self.settings.batch_rows)
+        self.snapshots = SharedSnapshot(ipam, self.settings.snapshot_reuse_seconds)
         self._slots = threading.BoundedSemaphore(self.settings.max_watchers)
 
     def start(self) -> None:
