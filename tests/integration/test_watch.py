@@ -10,15 +10,11 @@
 """
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -29,9 +25,9 @@ from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 from ipam.service import IpamService
 from ipam.store.sql import SqlStore
 from ipcontroller.watch import WatchSettings
+from tests.lab.controller import replica_process
 from tests.lab.watch import Follower, WatchView, db_view
 
-ROOT = Path(__file__).resolve().parents[2]
 MESSAGE_LIMIT = WatchSettings().max_message_bytes
 
 
@@ -43,24 +39,6 @@ def _setup(url: str) -> None:
     svc.create_pool("b", "dynamic", quarantine_seconds=0)
     svc.create_subnet("b", "10.82.0.0/16")
     store.close()
-
-
-@contextmanager
-def _replica(db: str, sock: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ipcontroller.daemon", "--listen",
-                                 f"unix:{sock}", "--db", db, "--log-level", "warning",
-                                 "--sweep-interval", "0.2"],
-                                cwd=ROOT, stdout=out, stderr=out,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        with grpc.insecure_channel(f"unix:{sock}") as ch:
-            grpc.channel_ready_future(ch).result(timeout=60)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(20)
 
 
 def _req(cid: str, pool: str, node: str) -> pb.AllocateRequest:
@@ -132,8 +110,10 @@ def test_watchers_resume_on_another_replica_after_a_sigkill(pg_url: str,
                                                             tmp_path: Path) -> None:
     _setup(pg_url)
     with ExitStack() as stack:
-        procs = [stack.enter_context(_replica(pg_url, tmp_path / f"r{i}.sock",
-                                              tmp_path / f"r{i}.log")) for i in range(2)]
+        procs = [stack.enter_context(replica_process(pg_url, tmp_path / f"r{i}.sock",
+                                                     tmp_path / f"r{i}.log",
+                                                     "--sweep-interval", "0.2"))
+                 for i in range(2)]
         targets = [f"unix:{tmp_path}/r{i}.sock" for i in range(2)]
         with grpc.insecure_channel(targets[0]) as chan:
             stub = pb_grpc.IPControllerStub(chan)

@@ -132,6 +132,33 @@ def test_resume_from_a_kept_revision_sends_the_rows_after_it_and_no_snapshot(
         watch.stop()
 
 
+def test_resume_from_ahead_of_this_replicas_tailer_is_no_snapshot(svc: IpamService) -> None:
+    """An agent coming from a replica a little ahead: its revision is in the log, though
+    this replica's tailer has not read that far yet."""
+    _alloc(svc, "own", node="n1")
+    watch = _service(svc, start=False, idle_progress_seconds=0.1)
+    try:
+        watch.tailer.subscribe(Mailbox(100))           # another stream: the tailer is busy
+        first = Client(watch, "n1")
+        first.read_until(_head(svc))
+        for i in range(3):
+            _alloc(svc, f"c{i}")                       # the tailer has not read these
+        assert watch.tailer.position < _head(svc)
+        again_from = _head(svc)
+        again = Client(watch, "n1", frm=again_from)
+        again.ports = _expected(svc, "a")              # its view at that revision
+        first_event = next(again.stream)               # the stream starts: no snapshot
+        assert not first_event.reset and first_event.revision == again_from
+        _alloc(svc, "after")
+        watch.tailer.poll_once()
+        again.read_until(_head(svc))
+        assert again.resets == 0 and again.ports == _expected(svc, "a")
+        again.close()
+        first.close()
+    finally:
+        watch.stop()
+
+
 def test_resume_from_a_compacted_or_unknown_revision_gets_a_snapshot(
         svc: IpamService) -> None:
     _alloc(svc, "own", node="n1")
