@@ -417,6 +417,12 @@ class SharedSnapshot:
                 self._built = time.monotonic()
             return self._value
 
+    def expire(self) -> None:
+        """Drop a copy past its window (at 100k ports it holds tens of MB)."""
+        with self._lock:
+            if time.monotonic() - self._built > self.reuse_seconds:
+                self._value = None
+
 
 class WatchService:
     """The replica's watch: the tailer and the streams it feeds."""
