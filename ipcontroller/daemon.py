@@ -26,6 +26,7 @@ from ipam.service import IpamService
 from ipam.store import open_store
 
 from . import logconfig
+from .admission import AdmissionInterceptor
 from .authz import AuthzInterceptor
 from .listeners import TlsFiles, add_listener, is_loopback, is_unix, plaintext_refusal
 from .secrets import redact_url, warn_if_exposed
@@ -217,23 +218,22 @@ class IpControllerDaemon:
             from .sync_runner import SyncRunner
             self.sync = SyncRunner(self.store, settings, self.ipam)
         # A watch stream holds a thread for its life, mostly asleep on its mailbox: the pool
-        # has one per watcher on top of the workers, and unary calls still run on at most
-        # `workers` threads at once (the servicers' shared slots), as measured best above.
+        # has one per watcher on top of the workers; unary calls still run on at most
+        # `workers` threads and queue up to --max-concurrent-rpcs (ipcontroller.admission).
         self.watch = WatchService(self.ipam, WatchSettings(max_watchers=settings.max_watchers))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers + settings.max_watchers),
             options=[("grpc.so_reuseport", 0)],
-            interceptors=[AuthzInterceptor(_PortNodes(self.ipam),
+            interceptors=[AdmissionInterceptor(settings.workers, settings.max_concurrent_rpcs),
+                          AuthzInterceptor(_PortNodes(self.ipam),
                                            plaintext_tcp_admin=settings.tls is None)],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs + settings.max_watchers)
         on_change = self.sync.wake if self.sync is not None else None
-        slots = threading.BoundedSemaphore(settings.workers)
         pb_grpc.add_IPControllerServicer_to_server(
             IPControllerServicer(self.ipam, settings.heartbeat_seconds, on_change,
-                                 watch=self.watch, slots=slots), self.server)
+                                 watch=self.watch), self.server)
         pb_grpc.add_IPAdminServicer_to_server(
-            IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds, slots=slots),
-            self.server)
+            IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         # The same answers on a server of their own: its threads never wait on the database.

@@ -6,7 +6,6 @@ reason (an ErrorCode) in its details.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -16,7 +15,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import grpc
@@ -50,7 +48,7 @@ def _handle(method: F) -> F:
         try:
             # The store rolls back instead of committing once the caller's deadline passed
             # (ipam.deadline), and a retry for a caller that gave up is wasted work.
-            with deadline.caller_deadline(context.time_remaining()), self.slots:
+            with deadline.caller_deadline(context.time_remaining()):
                 for attempt in range(BUSY_RETRIES):
                     try:
                         return method(self, request, context)
@@ -193,11 +191,8 @@ class IPControllerServicer(pb_grpc.IPControllerServicer):
 
     def __init__(self, ipam: IpamService, heartbeat_seconds: int = 10,
                  on_change: Callable[[], None] | None = None,
-                 watch: WatchService | None = None,
-                 slots: AbstractContextManager[Any] | None = None) -> None:
+                 watch: WatchService | None = None) -> None:
         self.ipam = ipam
-        # Unary calls running at once, shared with the admin servicer (daemon.py: why few).
-        self.slots = slots or contextlib.nullcontext()
         self.heartbeat_seconds = heartbeat_seconds
         self.on_change = on_change or (lambda: None)
         self.activity = ActivitySummary()
@@ -295,10 +290,8 @@ class IPControllerServicer(pb_grpc.IPControllerServicer):
 class IPAdminServicer(pb_grpc.IPAdminServicer):
     """What ipctl drives: pools, subnets, bindings, reservations, nodes, sync."""
 
-    def __init__(self, ipam: IpamService, sync: Any = None, heartbeat_seconds: int = 10,
-                 slots: AbstractContextManager[Any] | None = None) -> None:
+    def __init__(self, ipam: IpamService, sync: Any = None, heartbeat_seconds: int = 10) -> None:
         self.ipam = ipam
-        self.slots = slots or contextlib.nullcontext()
         self.sync = sync
         self.heartbeat_seconds = heartbeat_seconds
 
