@@ -14,7 +14,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -30,6 +30,7 @@ from ipam.service import IpamService
 from .activity import ActivitySummary
 from .errors import refusal_for
 from .metrics import REQUEST_SECONDS, REQUESTS
+from .watch import WatchService
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +190,21 @@ class IPControllerServicer(pb_grpc.IPControllerServicer):
     """The pod path: agents allocate and release ports here."""
 
     def __init__(self, ipam: IpamService, heartbeat_seconds: int = 10,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 watch: WatchService | None = None) -> None:
         self.ipam = ipam
         self.heartbeat_seconds = heartbeat_seconds
         self.on_change = on_change or (lambda: None)
         self.activity = ActivitySummary()
+        self.watch = watch
+
+    def WatchTopology(self, request: pb.WatchTopologyRequest, context: grpc.ServicerContext
+                      ) -> Iterator[pb.WatchTopologyEvent]:
+        """The topology as a stream of change-log deltas (ipcontroller.watch)."""
+        if self.watch is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller serves no watch")
+        assert self.watch is not None
+        return self.watch.serve(request, context)
 
     @_handle
     def AllocatePort(self, request: pb.AllocateRequest, context: grpc.ServicerContext
