@@ -230,26 +230,29 @@ class StandaloneDatapath:
         # differs, so a resync that finds nothing wrong disturbs nothing.
         resync = self.flows.book is None or time.monotonic() >= self._next_resync
         book = self.flows.book
-        if resync or owners is None or book is None:
+        if owners is None or book is None:
             book = FlowBook.build(all_owners(sorted(view.ports), ctx), view.ports, ctx)
             want = book.desired()
             if want.conflicts:
                 log.warning("datapath conflicts (first claim wins): %s",
                             ", ".join(want.conflicts))
-            if resync:
-                self.flows.replace(book)
-                self._next_resync = time.monotonic() + self.s.resync_seconds
-                mods: int | str = "replace"
-            else:
-                mods = self.flows.switch_to(book)
             planned = len(view.ports)
         else:
+            # The book is right but for the owners this change touched.
             assert ports is not None
             owners |= {(OWNER_PORT, p) for p in ports}
             for o in sorted(owners):
                 book.set(o, owner_flows(o, view.ports, ctx))
-            mods = self.flows.apply_pending()
             planned = len(owners)
+        mods: int | str
+        if resync:
+            self.flows.replace(book)
+            self._next_resync = time.monotonic() + self.s.resync_seconds
+            mods = "replace"
+        elif book is not self.flows.book:
+            mods = self.flows.switch_to(book)
+        else:
+            mods = self.flows.apply_pending()
         self._ctx = ctx
         for name in plan.remove:
             self.bridges.remove_tunnel(name)
