@@ -140,6 +140,8 @@ class StandaloneDatapath:
                 try:
                     if self.mode == "watch":
                         self.watch_step(events, self.s.interval)
+                        if self.watcher is not None:
+                            self.watcher.cancel_if_silent(self.s.watch_silence)
                     else:
                         self.sync_once()
                     if failing_since is not None:

@@ -66,6 +66,7 @@ class TopologyWatcher:
         self.backoff_cap = backoff_cap
         self.resume_from = from_revision
         self.connects = 0                     # streams opened (first one included)
+        self.last_heard = time.monotonic()    # the last event, or the last stream opened
         self._lock = threading.Lock()
         self._call: EventStream | None = None
         self._closed = False
@@ -86,6 +87,21 @@ class TopologyWatcher:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
+    def cancel_if_silent(self, limit: float) -> bool:
+        """End a stream that has said nothing for ``limit`` seconds (the controller sends
+        an empty progress event every few seconds): a controller host that vanished
+        without a reset leaves a TCP stream that would otherwise wait for hours. The
+        receiver reconnects and resumes. True when it cancelled one."""
+        with self._lock:
+            call = self._call
+            silent = time.monotonic() - self.last_heard
+        if call is None or silent < limit:
+            return False
+        log.warning("topology watch silent for %.0fs, reconnecting controller=%s", silent,
+                    self.target or "-")
+        call.cancel()
+        return True
+
     def _stopping(self) -> bool:
         return self._closed or self.stop_event.is_set()
 
@@ -101,9 +117,11 @@ class TopologyWatcher:
                     call = self.source.WatchTopology(
                         pb.WatchTopologyRequest(node=self.node, from_revision=self.resume_from))
                     self._call = call
+                    self.last_heard = time.monotonic()
                 self.connects += 1
                 for ev in call:
                     attempt = 0
+                    self.last_heard = time.monotonic()
                     if not self._put(ev):
                         return
                     if ev.complete:
@@ -117,6 +135,8 @@ class TopologyWatcher:
                 if self._stopping():
                     return
                 reason = f"{code.name if code else 'error'} {detail or ''}".rstrip()
+                if code == grpc.StatusCode.CANCELLED:
+                    reason = "silent, cancelled"
             finally:
                 with self._lock:
                     self._call = None

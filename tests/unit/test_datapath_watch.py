@@ -255,17 +255,18 @@ def servers() -> Iterator[list[TopologyServer]]:
 
 
 @pytest.fixture
-def agents() -> Iterator[Callable[[str], Agent]]:
+def agents() -> Iterator[Callable[..., Agent]]:
     made: list[tuple[Agent, grpc.Channel]] = []
 
-    def start(target: str) -> Agent:
+    def start(target: str, **settings: float) -> Agent:
         ovs = FakeOvsdb()
         ovs.ensure_bridge("br-int")
         br_int, br_tun = FakeFlowTable("br-int"), FakeFlowTable("br-tun")
         channel = grpc.insecure_channel(target)
         stop = threading.Event()
         dp = StandaloneDatapath(
-            DatapathSettings(node="h1", interval=0.1, backoff_base=0.05, backoff_cap=0.5,
+            DatapathSettings(node="h1", **{"interval": 0.1, "backoff_base": 0.05,
+                                           "backoff_cap": 0.5, **settings},
                              controller=target),
             ovs, pb_grpc.IPControllerStub(channel), stop, flows=(br_int, br_tun),
             host=FakeHost())
@@ -371,3 +372,18 @@ def test_an_older_controller_without_the_watch_is_polled(
     wait_for(lambda: "10.70.0.8" in a.arp(), "a change, by polling")
     said = [r for r in caplog.records if "has no WatchTopology" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.WARNING
+
+
+def test_a_silent_stream_is_presumed_dead_and_resumed(
+        state: TopologyState, servers: list[TopologyServer],
+        agents: Callable[..., Agent]) -> None:
+    """The fake sends nothing while nothing changes (no progress events): with a short
+    silence limit the agent reconnects, from its revision, and still follows changes."""
+    servers.append(TopologyServer(state))
+    a = agents(servers[0].target, watch_silence=0.3)
+    wait_for(lambda: a.arp() == EXPECTED, "the snapshot")
+    wait_for(lambda: len(state.requests) >= 3, "reconnects after silences")
+    assert all(r.from_revision == 2 for r in state.requests[1:])
+    assert state.snapshots == 1
+    state.commit(port("h", "h2", "10.70.0.9"))
+    wait_for(lambda: "10.70.0.9" in a.arp(), "a change after them")
