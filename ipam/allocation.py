@@ -14,7 +14,7 @@ import uuid
 from dataclasses import replace
 from itertools import groupby
 
-from . import addr, limits, paging
+from . import addr, changes, limits, paging
 from .config import Clock, ConfigCache, PoolView, pool_named
 from .domain import (
     AddressState,
@@ -120,6 +120,7 @@ class Allocator:
                 # ONOS keeps the port (the owner comes back to it) but must stop binding it
                 # to the departed pod and its host.
                 self.outbox.port(uow, pool, idle)
+                uow.record_change(changes.port_change(idle))
                 return ReleaseResult(True, port.id, "kept")
             outcome = self.drop_port(uow, pool, port, now)
             return ReleaseResult(True, port.id, outcome)
@@ -219,6 +220,8 @@ class Allocator:
             uow.insert_address(a.subnet_id, a.offset, a.ip, AddressState.ALLOCATED, port.id,
                                port.generation)
         self.outbox.port(uow, pool, port)
+        if state is PortState.ACTIVE:   # a binding made ahead of its pod is no endpoint yet
+            uow.record_change(changes.port_change(port))
         return port
 
     def _attach_bound(self, uow: UnitOfWork, view: PoolView, bound: Port,
@@ -272,6 +275,7 @@ class Allocator:
             port = replace(port, addresses=tuple(sorted(
                 (*port.addresses, *added), key=lambda a: (":" in a.ip, a.ip))))
         self.outbox.port(uow, pool, port)
+        uow.record_change(changes.port_change(port))
         return port
 
     def drop_port(self, uow: UnitOfWork, pool: Pool, port: Port, now: float) -> str:
@@ -288,6 +292,8 @@ class Allocator:
         if not uow.delete_port(port.id, port.generation):
             raise PolicyConflict(f"port {port.id} changed concurrently; retry")
         self.outbox.deleted(uow, "port", port.id)
+        if port.state is PortState.ACTIVE:   # an idle port left the topology already
+            uow.record_change(changes.port_removed(port))
         return outcome
 
 

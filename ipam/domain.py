@@ -144,3 +144,6 @@ class Node:
     datapath: str = "standalone"
     last_seen: float = 0.0
     gateway_cidrs: tuple[str, ...] = ()
+    # False once the node missed its heartbeats (set by the stale sweep, once, so the change
+    # log says it once); a heartbeat makes it True again.
+    ready: bool = True

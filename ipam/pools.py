@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 
-from . import addr
+from . import addr, changes
 from .config import pool_named
 from .domain import Pool, Subnet, Usage
 from .errors import AlreadyExists, InUse, InvalidArgument, NotFound
@@ -119,6 +119,7 @@ class PoolAdmin:
                     raise AlreadyExists(f"{net} overlaps subnet {other.cidr}")
             subnet = replace(subnet, pool_id=pool.id)
             uow.insert_subnet(subnet, free)
+            uow.record_change(changes.subnet_change(subnet, pool.name))
             self.outbox.network(uow, pool, uow.list_subnets(pool.id))
             self.outbox.subnet(uow, pool, subnet, free)
         log.info("subnet created pool=%s cidr=%s free=%d", pool_name, net, addr.span_size(free))
@@ -141,6 +142,7 @@ class PoolAdmin:
                 raise InUse(f"subnet {subnet.cidr} still has ports; release them first")
             pool = uow.get_pool_by_id(subnet.pool_id)
             uow.delete_subnet(subnet.id)
+            uow.record_change(changes.subnet_removed(subnet.id))
             self.outbox.deleted(uow, "subnet", subnet.id)
             if pool is not None:
                 # The network loses the subnet, or goes when it was the last one.

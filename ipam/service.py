@@ -38,6 +38,7 @@ from .onos.desired import DesiredStateReader, OutboxWriter
 from .pools import PoolAdmin
 from .store.base import Store
 from .sweeps import Sweeper
+from .topology import TopologyLog
 
 
 class IpamService:
@@ -57,6 +58,7 @@ class IpamService:
         self._nodes = NodeRegistry(store, clock)
         self._desired = DesiredStateReader(store)
         self._leaks = LeakReclaimer(self._alloc, clock)
+        self.topology = TopologyLog(store)
 
     # ------------------------------------------------------------------ pools
     def create_pool(self, name: str, policy: str, *, quarantine_seconds: int | None = None,
@@ -156,6 +158,10 @@ class IpamService:
 
     def delete_node(self, name: str) -> bool:
         return self._nodes.delete_node(name)
+
+    def mark_stale_nodes(self, stale_after: float) -> list[Node]:
+        """Nodes silent for `stale_after` seconds turn stale, each once (a log row)."""
+        return self._nodes.mark_stale(stale_after)
 
     # ----------------------------------------------------------------- leaks
     def reclaim_port(self, port_id: str, dry_run: bool = False) -> Reclaim:

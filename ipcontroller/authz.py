@@ -85,8 +85,8 @@ def _node_names(method: str, request: Any, ports: PortNodes) -> list[str]:
     """The node(s) an agent RPC acts for: each must be the caller's own."""
     if method == "RegisterNode":
         return [request.node.name]
-    if method == "ListNodePorts":
-        return [request.node]     # a node lists only its own ports
+    if method in ("ListNodePorts", "WatchTopology"):
+        return [request.node]     # a node lists (and watches for) only itself
     if method in ("AllocatePort", "ReleasePort", "GetPort"):
         # A retried ADD answers with the existing port: it must be the caller's too.
         held = ports.node_of_port(request.container_id, request.ifname)
@@ -120,7 +120,7 @@ def _refuse(context: grpc.ServicerContext, method: str, who: Identity,
 
 
 class AuthzInterceptor(grpc.ServerInterceptor):
-    """Runs `check` before every unary handler (the controller has no streaming RPCs)."""
+    """Runs `check` before every handler: unary ones and the server-streaming watch."""
 
     def __init__(self, ports: PortNodes, plaintext_tcp_admin: bool) -> None:
         self.ports = ports
@@ -129,17 +129,33 @@ class AuthzInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        inner = handler.unary_unary
         method: str = details.method  # type: ignore[attr-defined]
 
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        def admit(request: Any, context: grpc.ServicerContext) -> None:
             who = identity_of(context, self.plaintext_tcp_admin)
             try:
                 check(who, method, request, self.ports)
             except PermissionDenied as exc:
                 _refuse(context, method, who, exc)
+
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            def guarded_stream(request: Any, context: grpc.ServicerContext) -> Any:
+                admit(request, context)
+                yield from stream(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                guarded_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            admit(request, context)
             return inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(

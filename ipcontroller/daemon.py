@@ -30,6 +30,7 @@ from .authz import AuthzInterceptor
 from .listeners import TlsFiles, add_listener, is_loopback, is_unix, plaintext_refusal
 from .secrets import redact_url, warn_if_exposed
 from .servicer import IPAdminServicer, IPControllerServicer
+from .watch import WatchService, WatchSettings
 
 log = logging.getLogger("ipcontroller")
 
@@ -68,6 +69,8 @@ class DaemonSettings:
     leak_sweep_interval: float = 10.0
     onos_outbox_cap: int = 100_000
     max_concurrent_rpcs: int = 256
+    max_watchers: int = 1024
+    change_log_keep: int = 100_000
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonSettings:
@@ -115,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     p.add_argument("--max-concurrent-rpcs", type=int, default=256,
                    help="requests running or queued for a worker; beyond it a caller gets "
                         "RESOURCE_EXHAUSTED at once instead of an unbounded queue")
+    p.add_argument("--max-watchers", type=int, default=1024,
+                   help="WatchTopology streams this replica serves at once (each holds a "
+                        "thread, mostly asleep); beyond it an agent is refused with "
+                        "UNAVAILABLE and retries, on this replica or another")
+    p.add_argument("--change-log-keep", type=int, default=100_000,
+                   help="newest topology change-log rows kept; an agent whose revision is "
+                        "older gets a snapshot when it reconnects")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--holder", default=f"{os.uname().nodename}:{os.getpid()}",
@@ -160,6 +170,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
         p.error(f"--onos-password-file {a.onos_password_file}: no such file")
     if a.max_concurrent_rpcs < 1:
         p.error("--max-concurrent-rpcs must be >= 1")
+    if a.max_watchers < 1 or a.change_log_keep < 1:
+        p.error("--max-watchers and --change-log-keep must be >= 1")
     if a.onos_outbox_cap < 0:
         p.error("--onos-outbox-cap must be >= 0")
     if a.onos_timeout <= 0 or a.onos_max_backoff <= 0 or a.onos_resync_interval < 0:
@@ -181,7 +193,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                     node_gone_seconds=a.node_gone_seconds,
                     leak_sweep_interval=a.leak_sweep_interval,
                     onos_outbox_cap=a.onos_outbox_cap,
-                    max_concurrent_rpcs=a.max_concurrent_rpcs)
+                    max_concurrent_rpcs=a.max_concurrent_rpcs,
+                    max_watchers=a.max_watchers, change_log_keep=a.change_log_keep)
 
 
 class IpControllerDaemon:
@@ -203,17 +216,24 @@ class IpControllerDaemon:
         if settings.onos_url:
             from .sync_runner import SyncRunner
             self.sync = SyncRunner(self.store, settings, self.ipam)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers),
-                                  options=[("grpc.so_reuseport", 0)],
-                                  interceptors=[AuthzInterceptor(
-                                      _PortNodes(self.ipam),
-                                      plaintext_tcp_admin=settings.tls is None)],
-                                  maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+        # A watch stream holds a thread for its life, mostly asleep on its mailbox: the pool
+        # has one per watcher on top of the workers, and unary calls still run on at most
+        # `workers` threads at once (the servicers' shared slots), as measured best above.
+        self.watch = WatchService(self.ipam, WatchSettings(max_watchers=settings.max_watchers))
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.workers + settings.max_watchers),
+            options=[("grpc.so_reuseport", 0)],
+            interceptors=[AuthzInterceptor(_PortNodes(self.ipam),
+                                           plaintext_tcp_admin=settings.tls is None)],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs + settings.max_watchers)
         on_change = self.sync.wake if self.sync is not None else None
+        slots = threading.BoundedSemaphore(settings.workers)
         pb_grpc.add_IPControllerServicer_to_server(
-            IPControllerServicer(self.ipam, settings.heartbeat_seconds, on_change), self.server)
+            IPControllerServicer(self.ipam, settings.heartbeat_seconds, on_change,
+                                 watch=self.watch, slots=slots), self.server)
         pb_grpc.add_IPAdminServicer_to_server(
-            IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), self.server)
+            IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds, slots=slots),
+            self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         # The same answers on a server of their own: its threads never wait on the database.
@@ -240,6 +260,7 @@ class IpControllerDaemon:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        self.watch.start()
         self.server.start()
         if self.health_server is not None:
             self.health_server.start()
@@ -271,6 +292,9 @@ class IpControllerDaemon:
                 freed, expired = self.ipam.sweep()
                 if freed or expired:
                     log.info("sweep freed=%d expired_sticky=%d", freed, expired)
+                for node in self.ipam.mark_stale_nodes(3.0 * self.settings.heartbeat_seconds):
+                    log.info("node stale node=%s", node.name)
+                self.ipam.topology.compact(self.settings.change_log_keep)
                 if time.monotonic() >= next_leak_look:
                     next_leak_look = time.monotonic() + self.settings.leak_sweep_interval
                     reclaimed = leaks.sweep()
@@ -285,6 +309,7 @@ class IpControllerDaemon:
         self.stop_event.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.watch.stop()
         if self.health_server is not None:
             self.health_server.stop(0).wait()
         for t in self._threads:

@@ -16,3 +16,16 @@ SYNC_OUTBOX_CAP = Gauge("ecnet_onos_sync_outbox_cap",
 SYNC_OUTBOX_OVERFLOWS = Counter(
     "ecnet_onos_sync_outbox_overflows_total",
     "times the outbox reached its cap (alert on any increase: ONOS is far behind)")
+
+WATCHERS = Gauge("ecnet_watch_streams", "WatchTopology streams open on this replica")
+WATCH_EVENTS = Counter("ecnet_watch_events_total", "WatchTopology messages sent")
+WATCH_BYTES = Counter("ecnet_watch_bytes_total", "WatchTopology message bytes sent")
+WATCH_SNAPSHOTS = Counter(
+    "ecnet_watch_snapshots_total",
+    "snapshots sent, by why: first (from revision 0), resync (a revision compacted away or "
+    "unknown here), behind (a watcher too slow for its bounded backlog)", ["reason"])
+WATCH_COALESCED = Counter("ecnet_watch_coalesced_rows_total",
+                          "log rows a slow watcher was spared (an older state of an object "
+                          "whose newer state it got)")
+WATCH_OVERFLOWS = Counter("ecnet_watch_overflows_total",
+                          "backlogs dropped for a fresh snapshot (a watcher far behind)")

@@ -6,6 +6,7 @@ reason (an ErrorCode) in its details.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -14,7 +15,8 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import grpc
@@ -30,6 +32,7 @@ from ipam.service import IpamService
 from .activity import ActivitySummary
 from .errors import refusal_for
 from .metrics import REQUEST_SECONDS, REQUESTS
+from .watch import WatchService
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ def _handle(method: F) -> F:
         try:
             # The store rolls back instead of committing once the caller's deadline passed
             # (ipam.deadline), and a retry for a caller that gave up is wasted work.
-            with deadline.caller_deadline(context.time_remaining()):
+            with deadline.caller_deadline(context.time_remaining()), self.slots:
                 for attempt in range(BUSY_RETRIES):
                     try:
                         return method(self, request, context)
@@ -189,11 +192,24 @@ class IPControllerServicer(pb_grpc.IPControllerServicer):
     """The pod path: agents allocate and release ports here."""
 
     def __init__(self, ipam: IpamService, heartbeat_seconds: int = 10,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 watch: WatchService | None = None,
+                 slots: AbstractContextManager[Any] | None = None) -> None:
         self.ipam = ipam
+        # Unary calls running at once, shared with the admin servicer (daemon.py: why few).
+        self.slots = slots or contextlib.nullcontext()
         self.heartbeat_seconds = heartbeat_seconds
         self.on_change = on_change or (lambda: None)
         self.activity = ActivitySummary()
+        self.watch = watch
+
+    def WatchTopology(self, request: pb.WatchTopologyRequest, context: grpc.ServicerContext
+                      ) -> Iterator[pb.WatchTopologyEvent]:
+        """The topology as a stream of change-log deltas (ipcontroller.watch)."""
+        if self.watch is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller serves no watch")
+        assert self.watch is not None
+        return self.watch.serve(request, context)
 
     @_handle
     def AllocatePort(self, request: pb.AllocateRequest, context: grpc.ServicerContext
@@ -279,8 +295,10 @@ class IPControllerServicer(pb_grpc.IPControllerServicer):
 class IPAdminServicer(pb_grpc.IPAdminServicer):
     """What ipctl drives: pools, subnets, bindings, reservations, nodes, sync."""
 
-    def __init__(self, ipam: IpamService, sync: Any = None, heartbeat_seconds: int = 10) -> None:
+    def __init__(self, ipam: IpamService, sync: Any = None, heartbeat_seconds: int = 10,
+                 slots: AbstractContextManager[Any] | None = None) -> None:
         self.ipam = ipam
+        self.slots = slots or contextlib.nullcontext()
         self.sync = sync
         self.heartbeat_seconds = heartbeat_seconds
 

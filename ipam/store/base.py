@@ -13,8 +13,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..changes import Change, LogRow
 from ..domain import AddressState, Node, Pool, Port, PortState, Subnet, Usage
 from ..onos.outbox import OutboxStore
+from .signal import ChangeSignal
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,29 @@ class UnitOfWork(Protocol):
     # nodes -----------------------------------------------------------------
     def upsert_node(self, node: Node) -> None: ...
     def list_nodes(self) -> list[Node]: ...
+    def get_node(self, name: str) -> Node | None: ...
     def delete_node(self, name: str) -> bool: ...
+    def mark_stale_nodes(self, cutoff: float) -> list[Node]:
+        """Set ready=False on every ready node last seen before `cutoff` and return them:
+        a conditional update, so each transition is reported once across replicas."""
+
+    # topology change log (ipam.changes) -------------------------------------
+    def record_change(self, change: Change) -> None:
+        """Append a row to the change log, committed with this transaction (its revision
+        is assigned by the store, in commit order)."""
+    def changes_after(self, revision: int, limit: int, settle: bool = False) -> list[LogRow]:
+        """Up to `limit` rows after `revision`, in order. A gap in the revisions is a
+        transaction that rolled back or (PostgreSQL) one still committing; with `settle` the
+        read first waits for those to finish, so a gap below the rows it returns is final."""
+    def change_log_bounds(self) -> tuple[int, int]:
+        """(floor, head): rows after `floor` are all kept; `head` is the newest revision."""
+    def compact_changes(self, keep: int, limit: int) -> int:
+        """Delete rows older than the newest `keep` (at most `limit` revisions' worth per
+        call) and raise the floor past them; the number of rows deleted."""
+    def watch_endpoints(self, subnet_id: str | None = None
+                        ) -> list[tuple[str, str, str, str | None, str | None]]:
+        """(port id, MAC, node, address, subnet id) of every active port (of the ports with
+        an address in `subnet_id`), one row per address, by port id."""
 
 
 class Store(OutboxStore, Protocol):
@@ -121,4 +145,10 @@ class Store(OutboxStore, Protocol):
         """One atomic unit: everything inside commits together or not at all."""
     def read(self) -> AbstractContextManager[UnitOfWork]:
         """A read-only view (may be served without taking the write lock)."""
+    def consistent_read(self) -> AbstractContextManager[UnitOfWork]:
+        """A read-only view in which every read sees the same committed state: a snapshot
+        together with the change-log head it is at."""
+    def change_signal(self) -> ChangeSignal:
+        """What wakes a change-log tailer: one per replica (a database connection on
+        PostgreSQL); the caller closes it."""
     def close(self) -> None: ...

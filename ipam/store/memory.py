@@ -10,15 +10,16 @@ import bisect
 import copy
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .. import addr, deadline
+from .. import addr, changes, deadline
 from ..domain import AddressState, Node, Pool, Port, PortAddress, PortState, Subnet, Usage
 from ..errors import AlreadyExists
 from ..onos.memory_outbox import MemoryOutbox
 from .base import PortFilter
+from .signal import EventSignal
 
 
 @dataclass
@@ -44,9 +45,21 @@ class _State:
     config_generation: int = 1
 
 
+class _ChangeLog:
+    """The change log, outside the copied state (a copy per transaction would cost O(log));
+    rows join it at commit, compaction trims it in place."""
+
+    def __init__(self) -> None:
+        self.rows: list[changes.LogRow] = []
+        self.next_revision = 1
+        self.floor = 0
+
+
 class _MemoryUow:
-    def __init__(self, st: _State) -> None:
+    def __init__(self, st: _State, log: _ChangeLog) -> None:
         self.st = st
+        self.log = log
+        self.pending: list[changes.Change] = []
         # (kind, object_id, op, payload, now) in order, added to the outbox on commit
         self.outbox: list[tuple[str, str, str, dict[str, Any] | None, float]] = []
         # objects whose pending rows go on commit, before this transaction's rows are added
@@ -303,6 +316,50 @@ class _MemoryUow:
     def delete_node(self, name: str) -> bool:
         return self.st.nodes.pop(name, None) is not None
 
+    def get_node(self, name: str) -> Node | None:
+        return self.st.nodes.get(name)
+
+    def mark_stale_nodes(self, cutoff: float) -> list[Node]:
+        stale = [n for n in self.list_nodes() if n.ready and n.last_seen < cutoff]
+        for n in stale:
+            self.st.nodes[n.name] = replace(n, ready=False)
+        return [replace(n, ready=False) for n in stale]
+
+    # change log
+    def record_change(self, change: changes.Change) -> None:
+        self.pending.append(change)
+
+    def changes_after(self, revision: int, limit: int,
+                      settle: bool = False) -> list[changes.LogRow]:
+        rows = self.log.rows
+        i = bisect.bisect_right(rows, revision, key=lambda r: r.revision)
+        return rows[i:i + limit]
+
+    def change_log_bounds(self) -> tuple[int, int]:
+        return self.log.floor, max(self.log.floor, self.log.next_revision - 1)
+
+    def compact_changes(self, keep: int, limit: int) -> int:
+        floor, head = self.change_log_bounds()
+        cut = min(head - keep, floor + limit)
+        if cut <= floor:
+            return 0
+        i = bisect.bisect_right(self.log.rows, cut, key=lambda r: r.revision)
+        del self.log.rows[:i]
+        self.log.floor = cut
+        return i
+
+    def watch_endpoints(self, subnet_id: str | None = None
+                        ) -> list[tuple[str, str, str, str | None, str | None]]:
+        out: list[tuple[str, str, str, str | None, str | None]] = []
+        for p in sorted(self.st.ports.values(), key=lambda p: p.id):
+            if p.state is not PortState.ACTIVE:
+                continue
+            if subnet_id is not None and all(a.subnet_id != subnet_id for a in p.addresses):
+                continue
+            out += [(p.id, p.mac, p.node, a.ip, a.subnet_id) for a in p.addresses] or \
+                [(p.id, p.mac, p.node, None, None)]
+        return out
+
 
 class MemoryStore(MemoryOutbox):
     """The IPAM's state in memory; its outbox, lease and sync state are the MemoryOutbox's."""
@@ -311,14 +368,22 @@ class MemoryStore(MemoryOutbox):
         super().__init__()
         self._tx_lock = threading.RLock()
         self._data = _State()
+        self._log = _ChangeLog()
+        self._signals: list[EventSignal] = []
 
     @contextmanager
     def transaction(self) -> Iterator[_MemoryUow]:
         with self._tx_lock:
-            uow = _MemoryUow(copy.deepcopy(self._data))
+            uow = _MemoryUow(copy.deepcopy(self._data), self._log)
             yield uow
             deadline.check_before_commit()
             self._data = uow.st
+            for ch in uow.pending:
+                self._log.rows.append(changes.LogRow(self._log.next_revision, ch))
+                self._log.next_revision += 1
+            if uow.pending:
+                for sig in self._signals:
+                    sig.fire()
             for kind, object_id in uow.superseded:
                 self.supersede(kind, object_id)
             for row in uow.outbox:
@@ -327,7 +392,15 @@ class MemoryStore(MemoryOutbox):
     @contextmanager
     def read(self) -> Iterator[_MemoryUow]:
         with self._tx_lock:
-            yield _MemoryUow(copy.deepcopy(self._data))
+            yield _MemoryUow(copy.deepcopy(self._data), self._log)
+
+    def consistent_read(self) -> AbstractContextManager[_MemoryUow]:
+        return self.read()   # one lock serialises everything already
+
+    def change_signal(self) -> EventSignal:
+        sig = EventSignal()
+        self._signals.append(sig)
+        return sig
 
     def close(self) -> None:
         pass

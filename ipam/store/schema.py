@@ -151,6 +151,33 @@ nodes = Table(
     Column("datapath", String(16), nullable=False),
     Column("gateway_cidrs", Text, nullable=False),
     Column("last_seen", Float, nullable=False),
+    # Ready until the stale sweep says otherwise (migration 0004): a stored state, so the
+    # ready -> stale transition is written to the change log once, by a guarded UPDATE.
+    Column("ready", Boolean, nullable=False, server_default=text("true")),
+)
+
+# The topology change log (migration 0004): one row per object a transaction changed, in the
+# same transaction, ordered by a revision the database assigns. Agents watch it from their
+# last revision (ipam.changes says what the rows hold); the sweep compacts it to the newest
+# rows and raises `change_log_floor` to the highest revision deleted.
+change_log = Table(
+    "change_log", metadata,
+    Column("revision", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("kind", String(8), nullable=False),
+    Column("key", String(253), nullable=False),
+    Column("op", String(4), nullable=False),
+    Column("node", String(253), nullable=False),
+    Column("subnets", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+change_log_floor = Table(
+    "change_log_floor", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("floor", BigInteger, nullable=False),
 )
 
 # One row (id 1): bumped by every change to pools, subnets or namespace defaults, so a replica

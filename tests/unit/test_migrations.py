@@ -17,7 +17,7 @@ def _diff(url: str) -> list[object]:
     engine = create_engine(url)
     try:
         upgrade(engine)
-        assert current(engine) == "0003"
+        assert current(engine) == "0004"
         with engine.connect() as conn:
             return list(compare_metadata(MigrationContext.configure(conn), schema.metadata))
     finally:

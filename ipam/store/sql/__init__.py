@@ -13,11 +13,16 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
+from ..signal import ChangeSignal, PollSignal
 from .engine import PgTimeouts
 from .outbox import SqlOutbox
 from .uow import SqlUnitOfWork
 
 __all__ = ["PgTimeouts", "SqlStore"]
+
+# Seconds between reads of a SQLite change log: other processes on the file cannot signal,
+# and the read is one indexed lookup of the newest rows.
+SQLITE_LOG_POLL = 0.05
 
 
 class SqlStore(SqlOutbox):
@@ -35,3 +40,12 @@ class SqlStore(SqlOutbox):
 
     def read(self) -> AbstractContextManager[SqlUnitOfWork]:
         return self.tx(False)
+
+    def consistent_read(self) -> AbstractContextManager[SqlUnitOfWork]:
+        return self.tx(False, consistent=True)
+
+    def change_signal(self) -> ChangeSignal:
+        if self.postgres:
+            from .listen import PgListener
+            return PgListener(self.url)
+        return PollSignal(SQLITE_LOG_POLL)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,7 +129,9 @@ class SqlEngine:
         return w
 
     @contextmanager
-    def tx(self, write: bool) -> Iterator[SqlUnitOfWork]:
+    def tx(self, write: bool, consistent: bool = False) -> Iterator[SqlUnitOfWork]:
+        """One transaction. `consistent` (reads): every statement sees the same snapshot
+        (REPEATABLE READ on PostgreSQL; a SQLite read transaction always does)."""
         if write and self._write_lock is not None:
             with self._write_lock:
                 writer = self._sqlite_writer()
@@ -146,6 +149,8 @@ class SqlEngine:
         with self.engine.connect() as conn:
             if self.sqlite:
                 conn.info["ecnet_begin"] = "DEFERRED"
+            if consistent and self.postgres:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with self._in_tx(conn) as uow:
                 yield uow
 
@@ -154,8 +159,10 @@ class SqlEngine:
         """One transaction on `conn`; contention of any kind becomes `Busy`."""
         try:
             with conn.begin():
-                yield SqlUnitOfWork(conn, self.postgres)
+                uow = SqlUnitOfWork(conn, self.postgres)
+                yield uow
                 deadline.check_before_commit()
+                uow.flush_changes(time.time())
         except DBAPIError as exc:
             if self._is_transient(exc):
                 raise _busy("database contention", exc) from exc

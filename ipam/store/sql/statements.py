@@ -13,6 +13,11 @@ from typing import Any
 
 from ...domain import Port, PortAddress, PortState
 
+# The advisory lock that orders change-log writers on PostgreSQL, and the NOTIFY channel that
+# wakes the replicas' tailers.
+CHANGE_LOG_LOCK = 0x65636E6574   # "ecnet"
+CHANGE_LOG_CHANNEL = "ecnet_topology"
+
 _PORT_COLS = ("id", "pool_id", "mac", "state", "generation", "owner", "container_id", "ifname",
               "pod_uid", "pod_namespace", "pod_name", "node", "netns", "hostname",
               "created_at", "updated_at")
@@ -102,6 +107,34 @@ class Statements:
             "INSERT INTO released (kind, object_id, released_at) VALUES (?, ?, ?)"
             " ON CONFLICT (kind, object_id) DO UPDATE SET released_at = excluded.released_at")
         self.forget_released = q("DELETE FROM released WHERE kind = ? AND object_id = ?")
+        # The topology change log (ipam.changes). On PostgreSQL the rows of a transaction
+        # are written under one exclusive advisory lock held to commit, so revisions commit
+        # in order and a reader that takes the lock shared knows every gap below what it
+        # sees is a rolled-back transaction, never one still to land (SqlUnitOfWork).
+        self.log_lock = "SELECT pg_advisory_xact_lock(%d)" % CHANGE_LOG_LOCK
+        self.log_settle = "SELECT pg_advisory_xact_lock_shared(%d)" % CHANGE_LOG_LOCK
+        self.log_notify = "SELECT pg_notify('%s', '')" % CHANGE_LOG_CHANNEL
+        self.log_insert = q(
+            "INSERT INTO change_log (kind, key, op, node, subnets, payload, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)")
+        self.log_after = q(
+            "SELECT revision, kind, key, op, node, subnets, payload FROM change_log"
+            " WHERE revision > ? ORDER BY revision LIMIT ?")
+        self.log_head = "SELECT COALESCE(MAX(revision), 0) FROM change_log"
+        self.log_floor = "SELECT floor FROM change_log_floor WHERE id = 1"
+        self.log_delete = q("DELETE FROM change_log WHERE revision <= ?")
+        self.log_raise_floor = q(
+            "UPDATE change_log_floor SET floor = ? WHERE id = 1 AND floor < ?")
+        # Endpoints with the subnet of each address: a watch snapshot, or one subnet's
+        # ports for a node that just gained its first port there.
+        self.watch_endpoints = (
+            "SELECT p.id, p.mac, p.node, a.ip, a.subnet_id FROM ports p LEFT JOIN addresses a"
+            " ON a.port_id = p.id WHERE p.state = 'active' ORDER BY p.id")
+        self.watch_subnet_endpoints = q(
+            "SELECT p.id, p.mac, p.node, a.ip, a.subnet_id FROM ports p JOIN addresses a"
+            " ON a.port_id = p.id WHERE p.state = 'active' AND p.id IN"
+            " (SELECT port_id FROM addresses WHERE subnet_id = ? AND port_id IS NOT NULL)"
+            " ORDER BY p.id")
 
 
 STATEMENTS = {False: Statements(False), True: Statements(True)}

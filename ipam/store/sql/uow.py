@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
 
-from ... import addr
+from ... import addr, changes
 from ...domain import (
     AddressState,
     Node,
@@ -50,6 +50,8 @@ class SqlUnitOfWork:
         self.q = STATEMENTS[postgres]
         # The DBAPI connection under `conn`: the same transaction, without Core's overhead.
         self.raw = driver_connection(conn)
+        # Change-log rows of this transaction, written by `flush_changes` just before commit.
+        self.changes: list[changes.Change] = []
 
     def _x(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.raw.execute(sql, params)
@@ -367,16 +369,83 @@ class SqlUnitOfWork:
     def upsert_node(self, node: Node) -> None:
         values = dict(underlay_ip=node.underlay_ip, gateway=node.gateway,
                       datapath=node.datapath, gateway_cidrs=json.dumps(list(node.gateway_cidrs)),
-                      last_seen=node.last_seen)
+                      last_seen=node.last_seen, ready=node.ready)
         res = self.c.execute(update(t.nodes).where(t.nodes.c.name == node.name).values(**values))
         if res.rowcount == 0:
             self.c.execute(insert(t.nodes).values(name=node.name, **values))
 
+    @staticmethod
+    def _node(r: Any) -> Node:
+        return Node(name=r.name, underlay_ip=r.underlay_ip, gateway=bool(r.gateway),
+                    datapath=r.datapath, last_seen=r.last_seen,
+                    gateway_cidrs=tuple(json.loads(r.gateway_cidrs)), ready=bool(r.ready))
+
     def list_nodes(self) -> list[Node]:
-        return [Node(name=r.name, underlay_ip=r.underlay_ip, gateway=bool(r.gateway),
-                     datapath=r.datapath, last_seen=r.last_seen,
-                     gateway_cidrs=tuple(json.loads(r.gateway_cidrs)))
-                for r in self.c.execute(select(t.nodes).order_by(t.nodes.c.name))]
+        return [self._node(r) for r in self.c.execute(select(t.nodes).order_by(t.nodes.c.name))]
+
+    def get_node(self, name: str) -> Node | None:
+        row = self.c.execute(select(t.nodes).where(t.nodes.c.name == name)).first()
+        return self._node(row) if row else None
+
+    def mark_stale_nodes(self, cutoff: float) -> list[Node]:
+        # Guarded by `ready`: of several replicas sweeping, one flips a node and writes it.
+        rows = self.c.execute(update(t.nodes).where(and_(t.nodes.c.ready.is_(True),
+                                                         t.nodes.c.last_seen < cutoff))
+                              .values(ready=False).returning(*t.nodes.c)).all()
+        return sorted((self._node(r) for r in rows), key=lambda n: n.name)
+
+    # ------------------------------------------------------------ change log
+    def record_change(self, change: changes.Change) -> None:
+        self.changes.append(change)
+
+    def flush_changes(self, now: float) -> None:
+        """Write this transaction's change-log rows; the last statements before commit."""
+        if not self.changes:
+            return
+        if self.pg:
+            self._x(self.q.log_lock)
+        rows = [(*changes.encode(ch), now) for ch in self.changes]
+        if len(rows) == 1:
+            self._x(self.q.log_insert, rows[0])
+        else:
+            cur = self.raw.cursor()
+            cur.executemany(self.q.log_insert, rows)
+            cur.close()
+        if self.pg:
+            self._x(self.q.log_notify)   # delivered at commit, with the rows
+        self.changes = []
+
+    def changes_after(self, revision: int, limit: int,
+                      settle: bool = False) -> list[changes.LogRow]:
+        if settle and self.pg:
+            # No writer holds the exclusive lock while we hold it shared: every revision
+            # below the newest we see has committed or rolled back.
+            self._x(self.q.log_settle)
+        return [changes.decode(*r)
+                for r in self._x(self.q.log_after, (revision, limit)).fetchall()]
+
+    def change_log_bounds(self) -> tuple[int, int]:
+        floor_row = self._x(self.q.log_floor).fetchone()
+        floor = int(floor_row[0]) if floor_row else 0
+        head = int(self._x(self.q.log_head).fetchone()[0])
+        return floor, max(floor, head)
+
+    def compact_changes(self, keep: int, limit: int) -> int:
+        floor, head = self.change_log_bounds()
+        cut = min(head - keep, floor + limit)
+        if cut <= floor:
+            return 0
+        deleted = int(self._x(self.q.log_delete, (cut,)).rowcount or 0)
+        self._x(self.q.log_raise_floor, (cut, cut))
+        return deleted
+
+    def watch_endpoints(self, subnet_id: str | None = None
+                        ) -> list[tuple[str, str, str, str | None, str | None]]:
+        if subnet_id is None:
+            rows = self._x(self.q.watch_endpoints).fetchall()
+        else:
+            rows = self._x(self.q.watch_subnet_endpoints, (subnet_id,)).fetchall()
+        return [tuple(r) for r in rows]  # type: ignore[misc]
 
     def delete_node(self, name: str) -> bool:
         return self.c.execute(delete(t.nodes).where(t.nodes.c.name == name)).rowcount == 1

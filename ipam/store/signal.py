@@ -1,0 +1,49 @@
+"""How a replica learns that the change log grew: `ChangeSignal`s the stores hand out.
+
+A tailer waits on one between reads of the log. PostgreSQL pushes (LISTEN/NOTIFY, the
+NOTIFY sent in the writing transaction, so it arrives after the commit), with a fallback
+poll for a lost notification or connection; a SQLite file is shared with other processes
+that cannot signal us, so it is polled often (a read of the log's newest rows is one
+indexed lookup); the memory store signals on commit.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+
+class ChangeSignal(Protocol):
+    def wait(self, timeout: float) -> None:
+        """Return when the log may have new rows, or after `timeout` seconds at most."""
+    def close(self) -> None: ...
+
+
+class PollSignal:
+    """No push: 'maybe' every `interval` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._closed = threading.Event()
+
+    def wait(self, timeout: float) -> None:
+        self._closed.wait(min(timeout, self.interval))
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class EventSignal:
+    """Pushed by whoever commits (`fire`); readers wake at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> None:
+        if self._event.wait(timeout):
+            self._event.clear()
+
+    def close(self) -> None:
+        self._event.set()

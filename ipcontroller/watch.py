@@ -1,0 +1,439 @@
+"""WatchTopology: agents follow the change log as a stream instead of polling snapshots.
+
+Pieces, one direction each:
+
+- `Tailer` (one per replica, shared by every watcher): reads the log after the last
+  revision it delivered whenever the store's `ChangeSignal` fires (NOTIFY on PostgreSQL, a
+  50 ms poll on SQLite) and appends the rows to every watcher's `Mailbox`. A gap in the
+  revisions is re-read "settled" (ipam: it waits for writers still committing), so no row
+  is passed over and none is delivered twice.
+- `Mailbox` (one per stream): bounded. A watcher that falls behind has its backlog
+  coalesced (the latest row per object: rows carry whole objects); if even that is over the
+  bound, the backlog is dropped and the stream sends a fresh snapshot. The controller never
+  holds more than `queue_rows` rows for any watcher.
+- `Relevance` (one per stream) decides what a node is sent. It gets every node and every
+  subnet (tunnels, gateways) and every port removal (an id: an agent ignores one it does not
+  know; filtering removals would need the agent's whole view here), but a port upsert only
+  when the port has an address in a subnet the node has a port of its own in: the remote
+  MACs it can ever forward to (pods on other subnets are reached through the gateway). When
+  the node gains its first port in a subnet the stream sends that subnet's current ports.
+  A subnet the node leaves stays relevant for the stream's life (the agent keeps entries it
+  already has up to date; dropping them would need removals of every port there).
+- `WatchService.serve`: the RPC. From revision 0, from below the compaction floor, or from a
+  revision this log never had (a database restored or replaced), a snapshot in messages of
+  at most `max_message_bytes` (reset on the first, complete on the last), then deltas.
+  From a kept revision: the rows after it (read from the log, then live), no snapshot.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from ecnet_api.v1 import ecnet_pb2 as pb
+from ipam import changes as ch
+from ipam.changes import Change, LogRow
+from ipam.errors import Busy
+from ipam.service import IpamService
+from ipam.store.signal import ChangeSignal
+
+from .errors import refusal_for
+from .metrics import (
+    WATCH_BYTES,
+    WATCH_COALESCED,
+    WATCH_EVENTS,
+    WATCH_OVERFLOWS,
+    WATCH_SNAPSHOTS,
+    WATCHERS,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """Bounds of the watch (daemon flags)."""
+
+    max_watchers: int = 1024
+    # One message's size and count: well under gRPC's 4 MiB default, so a snapshot of any
+    # size goes out as many small messages an agent applies one by one.
+    max_message_bytes: int = 512 * 1024
+    max_message_changes: int = 4096
+    queue_rows: int = 20_000          # a watcher's backlog, after coalescing
+    batch_rows: int = 5_000           # rows per read of the log
+    idle_progress_seconds: float = 5.0   # an empty event so an idle watcher's revision moves
+    wait_seconds: float = 1.0         # a stream checks its caller is still there this often
+
+
+# ------------------------------------------------------------------ pure pieces
+
+def change_pb(c: Change) -> pb.TopologyChange:
+    """A log row as the wire's TopologyChange."""
+    d = c.data
+    if c.kind == ch.PORT:
+        if c.op == ch.DEL:
+            return pb.TopologyChange(port_removed=c.key)
+        return pb.TopologyChange(port=pb.RemotePort(port_id=c.key, mac=d["mac"], ips=d["ips"],
+                                                    node=c.node))
+    if c.kind == ch.NODE:
+        if c.op == ch.DEL:
+            return pb.TopologyChange(node_removed=c.key)
+        return pb.TopologyChange(node=pb.NodeInfo(
+            name=c.key, underlay_ip=d["underlay_ip"], gateway=d["gateway"],
+            datapath=d["datapath"], state="ready" if d["ready"] else "stale",
+            last_seen=_ts(d["last_seen"]), gateway_cidrs=d["gateway_cidrs"]))
+    if c.op == ch.DEL:
+        return pb.TopologyChange(subnet_removed=c.key)
+    return pb.TopologyChange(subnet=pb.Subnet(id=c.key, pool=d["pool"], cidr=d["cidr"],
+                                              gateway=d["gateway"]))
+
+
+def _ts(epoch: float) -> str:
+    import datetime as dt
+    if not epoch:
+        return ""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+
+
+def chunk(items: Iterable[pb.TopologyChange], max_bytes: int, max_count: int
+          ) -> Iterator[list[pb.TopologyChange]]:
+    """Consecutive runs of changes, each at most `max_count` long and at most `max_bytes`
+    on the wire (a change's size plus its field tag and length; one change alone larger than
+    `max_bytes` cannot happen: a change is one port, node or subnet of bounded fields)."""
+    run: list[pb.TopologyChange] = []
+    size = 0
+    for item in items:
+        n = item.ByteSize()
+        n += 1 + (n.bit_length() + 6) // 7      # tag + varint length
+        if run and (size + n > max_bytes or len(run) >= max_count):
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += n
+    if run:
+        yield run
+
+
+@dataclass
+class Relevance:
+    """What one node is sent (the module docstring says what and why). `node` empty (an
+    admin watching) means everything."""
+
+    node: str
+    own: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    subnets: set[str] = field(default_factory=set)
+
+    def seed(self, own_ports: Iterable[Change]) -> None:
+        for c in own_ports:
+            self.own[c.key] = c.subnets
+            self.subnets.update(c.subnets)
+
+    def admit(self, c: Change) -> bool:
+        if not self.node or c.kind != ch.PORT or c.op == ch.DEL:
+            return True
+        return c.node == self.node or not self.subnets.isdisjoint(c.subnets)
+
+    def gained(self, c: Change) -> list[str]:
+        """Note an own port's row; the subnets the node has just gained (to be refreshed)."""
+        if not self.node or c.kind != ch.PORT or c.node != self.node:
+            return []
+        if c.op == ch.DEL:
+            self.own.pop(c.key, None)
+            return []
+        self.own[c.key] = c.subnets
+        new = [s for s in c.subnets if s not in self.subnets]
+        self.subnets.update(new)
+        return new
+
+
+# ------------------------------------------------------------- mailbox, tailer
+
+class Mailbox:
+    """One watcher's backlog of log rows, bounded (see the module docstring)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._rows: list[LogRow] = []
+        self._overflow = False
+        self._closed = False
+
+    def offer(self, rows: list[LogRow]) -> None:
+        with self._cond:
+            if self._overflow or self._closed:
+                return
+            self._rows.extend(rows)
+            if len(self._rows) > self.limit:
+                before = len(self._rows)
+                self._rows = ch.coalesce(self._rows)
+                WATCH_COALESCED.inc(before - len(self._rows))
+                if len(self._rows) > self.limit:
+                    self._rows = []
+                    self._overflow = True
+                    WATCH_OVERFLOWS.inc()
+            self._cond.notify()
+
+    def overflow(self) -> None:
+        """The tailer lost its place (the log was compacted past it): snapshot."""
+        with self._cond:
+            self._rows, self._overflow = [], True
+            self._cond.notify()
+
+    def take(self, timeout: float) -> tuple[list[LogRow], bool]:
+        """(rows, overflowed) waiting up to `timeout` for either."""
+        with self._cond:
+            if not (self._rows or self._overflow or self._closed):
+                self._cond.wait(timeout)
+            rows, over = self._rows, self._overflow
+            self._rows, self._overflow = [], False
+            return rows, over
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._rows = []
+            self._cond.notify()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Tailer:
+    """The replica's one reader of the change log (see the module docstring)."""
+
+    def __init__(self, ipam: IpamService, signal: ChangeSignal, batch_rows: int) -> None:
+        self.log = ipam.topology
+        self.signal = signal
+        self.batch_rows = batch_rows
+        self._lock = threading.Lock()
+        self._boxes: set[Mailbox] = set()
+        self._stop = threading.Event()
+        self.position = self.log.bounds()[1]
+        self._thread = threading.Thread(target=self._run, name="change-log-tailer",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def subscribe(self, box: Mailbox) -> int:
+        """Register `box`; every row after the returned revision will be offered to it."""
+        with self._lock:
+            self._boxes.add(box)
+            return self.position
+
+    def unsubscribe(self, box: Mailbox) -> None:
+        with self._lock:
+            self._boxes.discard(box)
+
+    def poll_once(self) -> int:
+        """Read and fan out what is new; the number of rows delivered."""
+        rows, floor = self.log.after(self.position, self.batch_rows)
+        if floor > self.position:
+            # Compacted past us (a replica that stalled): every watcher needs a snapshot.
+            _, head = self.log.bounds()
+            with self._lock:
+                self.position = head
+                for box in self._boxes:
+                    box.overflow()
+            log.warning("change-log tailer fell below the floor floor=%d resumed_at=%d",
+                        floor, head)
+            return 0
+        if rows and _has_gap(self.position, rows):
+            rows, floor = self.log.after(self.position, self.batch_rows, settle=True)
+        if not rows:
+            return 0
+        with self._lock:
+            self.position = rows[-1].revision
+            for box in self._boxes:
+                box.offer(rows)
+        return len(rows)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.poll_once() < self.batch_rows:
+                    self.signal.wait(1.0)
+            except Busy as exc:
+                log.warning("change-log read failed error=%s", exc)
+                self._stop.wait(0.5)
+            except Exception:  # noqa: BLE001 - the tailer must outlive a database outage
+                log.exception("change-log tailer failed; retrying")
+                self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.signal.close()
+        self._thread.join(timeout=5)
+
+
+def _has_gap(after: int, rows: list[LogRow]) -> bool:
+    expect = after + 1
+    for r in rows:
+        if r.revision != expect:
+            return True
+        expect += 1
+    return False
+
+
+# --------------------------------------------------------------------- the RPC
+
+class Stream:
+    """One WatchTopology call's state: where the caller's view is, and what it may see."""
+
+    def __init__(self, svc: WatchService, node: str) -> None:
+        self.svc = svc
+        self.s = svc.settings
+        self.relevance = Relevance(node)
+        self.revision = 0
+        self.catching_up = False
+        self.refreshed: set[str] = set()
+
+    def events(self, revision: int, changes: list[pb.TopologyChange], *, reset: bool = False,
+               snapshot: bool = False, force: bool = False
+               ) -> Iterator[pb.WatchTopologyEvent]:
+        """`changes` at `revision` in bounded messages (none for none, unless `force`)."""
+        runs = list(chunk(changes, self.s.max_message_bytes, self.s.max_message_changes))
+        if not runs and (reset or snapshot or force):
+            runs = [[]]
+        for i, run in enumerate(runs):
+            ev = pb.WatchTopologyEvent(revision=revision, reset=reset and i == 0,
+                                       complete=not snapshot or i == len(runs) - 1,
+                                       changes=run)
+            WATCH_EVENTS.inc()
+            WATCH_BYTES.inc(ev.ByteSize())
+            yield ev
+        self.revision = revision
+
+    def snapshot(self, reason: str) -> Iterator[pb.WatchTopologyEvent]:
+        snap = self.svc.ipam.topology.snapshot()
+        WATCH_SNAPSHOTS.labels(reason).inc()
+        rel = self.relevance = Relevance(self.relevance.node)
+        rel.seed(c for c in snap.changes if c.kind == ch.PORT and c.node == rel.node)
+        self.catching_up = False
+        out = [change_pb(c) for c in snap.changes if rel.admit(c)]
+        yield from self.events(snap.revision, out, reset=True, snapshot=True)
+
+    def deltas(self, rows: list[LogRow]) -> Iterator[pb.WatchTopologyEvent]:
+        """Rows after the caller's revision, filtered, each subnet the node gains refreshed."""
+        rows = [r for r in rows if r.revision > self.revision]
+        if not rows:
+            return
+        out: list[pb.TopologyChange] = []
+        rel = self.relevance
+        for r in rows:
+            c = r.change
+            new = rel.gained(c)
+            if self.catching_up and c.kind == ch.PORT and c.node == rel.node and rel.node:
+                # The subnets of own-port rows since the caller's revision may have been
+                # gained meanwhile (the relevance was seeded from today's ports): refresh once.
+                new = [s for s in c.subnets if s not in self.refreshed]
+            if rel.admit(c):
+                out.append(change_pb(c))
+            for subnet in new:
+                self.refreshed.add(subnet)
+                out += [change_pb(p) for p in self.svc.ipam.topology.subnet_ports(subnet)]
+        yield from self.events(rows[-1].revision, out)
+
+    def catch_up(self, upto: int) -> Iterator[pb.WatchTopologyEvent]:
+        """The kept rows from the caller's revision up to `upto` (where the live feed
+        starts), page by page; a snapshot instead as soon as some are gone (compacted)."""
+        self.relevance.seed(ch.endpoint_changes(_own_rows(self.svc.ipam, self.relevance.node)))
+        self.catching_up = True
+        while self.revision < upto:
+            at = self.revision
+            rows, floor = self.svc.ipam.topology.after(at, self.s.batch_rows)
+            if floor > at:
+                yield from self.snapshot("compacted")
+                return
+            rows = [r for r in rows if r.revision <= upto]
+            if not rows:
+                break
+            yield from self.deltas(rows)
+            self.revision = max(self.revision, rows[-1].revision)
+        self.catching_up = False
+        self.revision = max(self.revision, upto)
+
+
+def _own_rows(ipam: IpamService, node: str
+              ) -> list[tuple[str, str, str, str | None, str | None]]:
+    if not node:
+        return []
+    out: list[tuple[str, str, str, str | None, str | None]] = []
+    for p in sorted(ipam.node_ports(node), key=lambda p: p.id):
+        out += [(p.id, p.mac, p.node, a.ip, a.subnet_id) for a in p.addresses] or \
+            [(p.id, p.mac, p.node, None, None)]
+    return out
+
+
+class WatchService:
+    """The replica's watch: the tailer and the streams it feeds."""
+
+    def __init__(self, ipam: IpamService, settings: WatchSettings | None = None) -> None:
+        self.ipam = ipam
+        self.settings = settings or WatchSettings()
+        self.tailer = Tailer(ipam, ipam.store.change_signal(), self.settings.batch_rows)
+        self._slots = threading.BoundedSemaphore(self.settings.max_watchers)
+
+    def start(self) -> None:
+        self.tailer.start()
+
+    def stop(self) -> None:
+        self.tailer.stop()
+
+    def serve(self, request: pb.WatchTopologyRequest, context: grpc.ServicerContext
+              ) -> Iterator[pb.WatchTopologyEvent]:
+        if not self._slots.acquire(blocking=False):
+            _abort(context, Busy(f"this replica serves {self.settings.max_watchers} watchers "
+                                 "already; retry later or on another replica"))
+        WATCHERS.inc()
+        box = Mailbox(self.settings.queue_rows)
+        context.add_callback(box.close)
+        try:
+            yield from self._serve(request, context, box)
+        except Exception as exc:  # noqa: BLE001 - the one edge where errors become statuses
+            _abort(context, exc)
+        finally:
+            self.tailer.unsubscribe(box)
+            WATCHERS.dec()
+            self._slots.release()
+
+    def _serve(self, request: pb.WatchTopologyRequest, context: grpc.ServicerContext,
+               box: Mailbox) -> Iterator[pb.WatchTopologyEvent]:
+        stream = Stream(self, request.node)
+        position = self.tailer.subscribe(box)
+        floor, _ = self.ipam.topology.bounds()
+        start = request.from_revision
+        if start and floor <= start <= position:
+            stream.revision = start
+            yield from stream.catch_up(position)
+        else:
+            yield from stream.snapshot("first" if not start else "resync")
+        last_sent = time.monotonic()
+        while context.is_active() and not box.closed:
+            rows, overflowed = box.take(self.settings.wait_seconds)
+            if overflowed:
+                yield from stream.snapshot("behind")
+                last_sent = time.monotonic()
+                continue
+            for ev in stream.deltas(rows):
+                last_sent = time.monotonic()
+                yield ev
+            if time.monotonic() - last_sent > self.settings.idle_progress_seconds:
+                # Nothing for this node lately: say where the log is, so a reconnect resumes
+                # from here rather than replaying (or, compacted, snapshotting) what it
+                # would filter out anyway. Doubles as a keepalive.
+                yield from stream.events(stream.revision, [], force=True)
+                last_sent = time.monotonic()
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    refusal = refusal_for(exc)
+    log.warning("WatchTopology refused code=%s error=%s msg=%s", refusal.status.name,
+                pb.ErrorCode.Name(refusal.code), refusal.message)
+    context.set_trailing_metadata(refusal.trailing_metadata())
+    context.abort(refusal.status, refusal.message)
