@@ -80,8 +80,15 @@ class AgentStats:
     events: int = 0
     streams: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)   # code -> its first detail
     # churn port id -> [agents that have it, latest arrival (monotonic)]
     arrivals: dict[str, list[float]] = field(default_factory=dict)
+
+
+def note(st: AgentStats, err: Any) -> None:
+    key = err.code().name
+    st.errors[key] = st.errors.get(key, 0) + 1
+    st.details.setdefault(key, str(err.details())[:120])
 
 
 def _agent_proc(target: str, mode: str, names: list[str], fresh: int, from_revision: Any,
@@ -137,8 +144,7 @@ def _agent_proc(target: str, mode: str, names: list[str], fresh: int, from_revis
                             resume = ev.revision
                             first.set()
                 except grpc.aio.AioRpcError as err:
-                    key = err.code().name
-                    st.errors[key] = st.errors.get(key, 0) + 1
+                    note(st, err)
                 in_snapshot = False
                 await asyncio.sleep(backoff_delay(attempt, 0.25, 5.0))
                 attempt += 1
@@ -171,8 +177,7 @@ def _agent_proc(target: str, mode: str, names: list[str], fresh: int, from_revis
                         have = ids
                     first.set()
                 except grpc.aio.AioRpcError as err:
-                    key = err.code().name
-                    st.errors[key] = st.errors.get(key, 0) + 1
+                    note(st, err)
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - t)))
 
     async def main() -> None:
@@ -277,6 +282,7 @@ async def _churn(target: str, run: int, nodes: list[str], rate: float, seconds: 
     returned: dict[str, float] = {}
     live: list[int] = []
     counts = {"alloc": 0, "release": 0, "errors": 0}
+    codes: dict[str, str] = {}
     async with grpc.aio.insecure_channel(target) as ch:
         stub = pb_grpc.IPControllerStub(ch)
 
@@ -286,16 +292,18 @@ async def _churn(target: str, run: int, nodes: list[str], rate: float, seconds: 
                 returned[churn_id(run, seq)] = time.monotonic()
                 counts["alloc"] += 1
                 live.append(seq)
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as err:
                 counts["errors"] += 1
+                codes.setdefault(err.code().name, str(err.details())[:120])
 
         async def release(seq: int) -> None:
             try:
                 await stub.ReleasePort(pb.ReleaseRequest(container_id=f"sim-{run}-{seq}",
                                                          ifname="eth0"))
                 counts["release"] += 1
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as err:
                 counts["errors"] += 1
+                codes.setdefault(err.code().name, str(err.details())[:120])
 
         tasks = []
         start = time.monotonic()
@@ -307,6 +315,8 @@ async def _churn(target: str, run: int, nodes: list[str], rate: float, seconds: 
                 tasks.append(asyncio.create_task(release(live.pop(0))))
             await asyncio.sleep(max(0.0, (seq - first_seq) / rate - elapsed))
         await asyncio.gather(*tasks)
+    if codes:
+        log(f"  churn RPC errors: {codes}")
     return returned, counts["alloc"], counts["release"], counts["errors"]
 
 
@@ -369,7 +379,9 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
     store.close()
     log(f"{ports}x{agents} {args.mode}: {in_store} ports filled in "
         f"{time.perf_counter() - t0:.1f}s")
-    extra = tuple(args.controller_arg)
+    # The sim registers no nodes: the leak sweep would reclaim every port of these "gone"
+    # nodes after its grace (a storm of removals no real cluster sends).
+    extra = ("--leak-grace-seconds", "86400", *args.controller_arg)
     ctl = ControllerProcess(db, logs / "controller.log", args.workers, extra)
     ctl.wait_ready(timeout=120)
     asyncio.run(_allocate_each(ctl.target, run, nodes, 0))
@@ -426,6 +438,8 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
         for s in final:
             for k, v in s.errors.items():
                 errs[k] = errs.get(k, 0) + v
+            for k, d in s.details.items():
+                log(f"  stream error {k}: {d}")
         return Result(
             ports=ports, agents=agents, mode=args.mode, in_store=in_store, allocs=allocs,
             releases=releases, errors=errors, p50_ms=_pct(lat, 50), p99_ms=_pct(lat, 99),
