@@ -503,10 +503,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-restart", dest="restart", action="store_false")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--controller-arg", action="append", default=[], metavar="ARG")
+    p.add_argument("--logs", default="", help="keep the controller's log in this directory")
     args = p.parse_args(argv)
     rows = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ecnet-topo-sim-") as logs:
+    with tempfile.TemporaryDirectory(prefix="ecnet-topo-sim-") as tmp:
+        logs = args.logs or tmp
         for size in args.sizes.split(","):
             ports, agents = (int(x) for x in size.split("x"))
             with (_sqlite_db() if args.backend == "sqlite" else _pg_db()) as db:
