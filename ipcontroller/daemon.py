@@ -295,6 +295,7 @@ class IpControllerDaemon:
                 for node in self.ipam.mark_stale_nodes(3.0 * self.settings.heartbeat_seconds):
                     log.info("node stale node=%s", node.name)
                 self.ipam.topology.compact(self.settings.change_log_keep)
+                self.watch.snapshots.expire()
                 if time.monotonic() >= next_leak_look:
                     next_leak_look = time.monotonic() + self.settings.leak_sweep_interval
                     reclaimed = leaks.sweep()

@@ -67,6 +67,7 @@ class WatchSettings:
     batch_rows: int = 5_000           # rows per read of the log
     idle_progress_seconds: float = 5.0   # an empty event so an idle watcher's revision moves
     wait_seconds: float = 1.0         # a stream checks its caller is still there this often
+    snapshot_reuse_seconds: float = 2.0   # one snapshot serves the streams of this window
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -223,6 +224,9 @@ class Tailer:
     def subscribe(self, box: Mailbox) -> int:
         """Register `box`; every row after the returned revision will be offered to it."""
         with self._lock:
+            if not self._boxes:
+                # Idle until now, so not reading: nobody missed anything, jump to the head.
+                self.position = max(self.position, self.log.bounds()[1])
             self._boxes.add(box)
             return self.position
 
@@ -248,6 +252,9 @@ class Tailer:
         if not rows:
             return 0
         with self._lock:
+            rows = [r for r in rows if r.revision > self.position]   # (a jump meanwhile)
+            if not rows:
+                return 0
             self.position = rows[-1].revision
             for box in self._boxes:
                 box.offer(rows)
@@ -256,8 +263,14 @@ class Tailer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if self.poll_once() < self.batch_rows:
+                with self._lock:
+                    idle = not self._boxes
+                # Nobody to feed: no reads (a replica without watchers costs the database
+                # nothing); the first subscriber moves `position` to the head.
+                if idle or self.poll_once() < self.batch_rows:
                     self.signal.wait(1.0)
+                    # Let a burst of commits land before reading: one read serves them all.
+                    self._stop.wait(BATCH_DELAY)
             except Busy as exc:
                 log.warning("change-log read failed error=%s", exc)
                 self._stop.wait(0.5)
@@ -268,7 +281,13 @@ class Tailer:
     def stop(self) -> None:
         self._stop.set()
         self.signal.close()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+
+
+# Seconds a tailer waits after a wake-up before it reads: at hundreds of commits a second
+# one read then serves a batch, not one commit, for at most this much more latency.
+BATCH_DELAY = 0.01
 
 
 def _has_gap(after: int, rows: list[LogRow]) -> bool:
@@ -310,13 +329,18 @@ class Stream:
         self.revision = revision
 
     def snapshot(self, reason: str) -> Iterator[pb.WatchTopologyEvent]:
-        snap = self.svc.ipam.topology.snapshot()
+        """A whole view (reset), then the rows from its revision to the live feed's start:
+        the snapshot may be a shared one a little older than the log's head."""
+        revision, items = self.svc.snapshots.get()
+        position = self.svc.tailer.position   # the mailbox has every row after it
         WATCH_SNAPSHOTS.labels(reason).inc()
         rel = self.relevance = Relevance(self.relevance.node)
-        rel.seed(c for c in snap.changes if c.kind == ch.PORT and c.node == rel.node)
+        rel.seed(c for c, _ in items if c.kind == ch.PORT and c.node == rel.node)
         self.catching_up = False
-        out = [change_pb(c) for c in snap.changes if rel.admit(c)]
-        yield from self.events(snap.revision, out, reset=True, snapshot=True)
+        out = [p for c, p in items if rel.admit(c)]
+        yield from self.events(revision, out, reset=True, snapshot=True)
+        if self.revision < position:
+            yield from self.catch_up(position)
 
     def deltas(self, rows: list[LogRow]) -> Iterator[pb.WatchTopologyEvent]:
         """Rows after the caller's revision, filtered, each subnet the node gains refreshed."""
@@ -370,6 +394,36 @@ def _own_rows(ipam: IpamService, node: str
     return out
 
 
+class SharedSnapshot:
+    """One snapshot (read and converted to messages once) for every stream that needs one
+    within `reuse_seconds`: after a controller restart a thousand agents reconnect at once,
+    and each reading 100k ports would cost the database and this process a thousand times
+    over. A stream that takes an older copy catches up from its revision through the log."""
+
+    def __init__(self, ipam: IpamService, reuse_seconds: float) -> None:
+        self.ipam = ipam
+        self.reuse_seconds = reuse_seconds
+        self._lock = threading.Lock()
+        self._value: tuple[int, list[tuple[Change, pb.TopologyChange]]] | None = None
+        self._built = 0.0
+
+    def get(self) -> tuple[int, list[tuple[Change, pb.TopologyChange]]]:
+        with self._lock:   # concurrent askers wait for one build
+            floor, _ = self.ipam.topology.bounds()
+            if (self._value is None or self._value[0] < floor
+                    or time.monotonic() - self._built > self.reuse_seconds):
+                snap = self.ipam.topology.snapshot()
+                self._value = (snap.revision, [(c, change_pb(c)) for c in snap.changes])
+                self._built = time.monotonic()
+            return self._value
+
+    def expire(self) -> None:
+        """Drop a copy past its window (at 100k ports it holds tens of MB)."""
+        with self._lock:
+            if time.monotonic() - self._built > self.reuse_seconds:
+                self._value = None
+
+
 class WatchService:
     """The replica's watch: the tailer and the streams it feeds."""
 
@@ -377,6 +431,7 @@ class WatchService:
         self.ipam = ipam
         self.settings = settings or WatchSettings()
         self.tailer = Tailer(ipam, ipam.store.change_signal(), self.settings.batch_rows)
+        self.snapshots = SharedSnapshot(ipam, self.settings.snapshot_reuse_seconds)
         self._slots = threading.BoundedSemaphore(self.settings.max_watchers)
 
     def start(self) -> None:
@@ -406,9 +461,12 @@ class WatchService:
                box: Mailbox) -> Iterator[pb.WatchTopologyEvent]:
         stream = Stream(self, request.node)
         position = self.tailer.subscribe(box)
-        floor, _ = self.ipam.topology.bounds()
+        floor, head = self.ipam.topology.bounds()
         start = request.from_revision
-        if start and floor <= start <= position:
+        # A revision up to the head is this log's, even if the tailer has not read that far
+        # yet (the caller came from a replica a few ms ahead): the rows after `position`
+        # come through the mailbox and those up to `start` are skipped.
+        if start and floor <= start <= max(head, position):
             stream.revision = start
             yield from stream.catch_up(position)
         else:

@@ -118,6 +118,22 @@ def test_a_node_acts_only_for_itself(ctl: IpControllerDaemon, pki: Pki) -> None:
     assert b.AllocatePort(alloc("alloc-b", "b"), timeout=10).port.node == "b"
 
 
+def test_a_node_watches_the_topology_only_for_itself(ctl: IpControllerDaemon, pki: Pki) -> None:
+    b = pb_grpc.IPControllerStub(channel(ctl, pki, "node-b"))
+
+    def first(node: str) -> pb.WatchTopologyEvent:
+        stream = b.WatchTopology(pb.WatchTopologyRequest(node=node), timeout=10)
+        try:
+            return next(stream)
+        finally:
+            stream.cancel()
+
+    denied(lambda req, timeout: first(req.node), pb.WatchTopologyRequest(node="a"))
+    denied(lambda req, timeout: first(req.node), pb.WatchTopologyRequest(node=""))
+    ev = first("b")
+    assert ev.reset and ev.complete and ev.revision
+
+
 @pytest.mark.parametrize("method,request_", [
     ("ListPorts", pb.ListPortsRequest()),
     ("DeletePool", pb.DeletePoolRequest(name="p")),
