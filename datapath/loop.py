@@ -1,22 +1,29 @@
 """The standalone datapath (``--datapath standalone``): the agent programs tunnels and
 flows itself from the controller's node and port lists, the job ONOS does otherwise.
 
-The decisions live in :mod:`datapath.model` (pure); this module polls the controller,
+The decisions live in :mod:`datapath.model` (pure); this module follows the controller,
 reads the current state through :mod:`datapath.switch`, has it and :mod:`datapath.host`
 apply what differs, and loops.
 
-Polling, not a watch: GetTopology answers an unchanged cluster with just its revision,
-so a 0.5 s poll costs one small RPC and a cache read per tick; a change anywhere shows up
-within one interval plus the ~20 ms to apply it, well inside the 2 s target. When the
-controller cannot be reached the flows stay as they are (fail static): pods keep talking
-on what was last known rather than losing everything with the controller.
+A watch, not a poll: :mod:`datapath.watch` holds a WatchTopology stream open and this loop
+applies its events to the view (:mod:`datapath.view`). A delta re-plans only the flows of
+what it touched (a port's own flows; a node's tunnel and the flows that use it), so a
+change costs the same at 100 ports as at 100,000; a snapshot (first connect, or a
+revision the controller compacted away) re-plans every flow. Between events the loop
+wakes every ``interval`` to pick up what OVSDB says changed locally (a pod plugged, a
+tunnel's ofport): cache reads, no RPC. A controller that answers WatchTopology
+UNIMPLEMENTED (older than the agent) gets the GetTopology poll instead: an unchanged
+cluster costs one small RPC per interval there, a change the whole snapshot.
+
+When the controller cannot be reached the flows stay as they are (fail static): pods keep
+talking on what was last known rather than losing everything with the controller.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from typing import Any
 
 import grpc
 from pyroute2.netlink.exceptions import NetlinkError
@@ -27,17 +34,22 @@ from ovs_driver import OpenFlowBridge, OvsError
 from .errors import DatapathConfigError, DatapathError, TopologyUnavailable
 from .host import HostNetwork
 from .model import (
+    OWNER_PORT,
     DatapathConfig,
-    Topology,
-    desired_flows,
+    FlowBook,
+    FlowContext,
+    all_owners,
     desired_tunnels,
     diff_tunnels,
-    gateway_addresses,
-    topology_from_pb,
+    dirty_owners,
+    flow_context,
+    owner_flows,
 )
 from .seams import FlowTable, HostNet, OvsdbPorts, TopologySource
 from .settings import DatapathSettings
 from .switch import Bridges, FlowProgrammer
+from .view import Applied, TopologyView, WatchedTopology
+from .watch import Disconnected, Item, TopologyWatcher, Unimplemented
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +85,11 @@ class StandaloneDatapath:
         self.bridges = Bridges(ovs, s.int_bridge, s.tun_bridge)
         self.flows = FlowProgrammer(*flows)
         self.host: HostNet = host or HostNetwork()
-        self.topology: Topology | None = None
-        self._applied_key: tuple[Any, ...] | None = None
+        self.watched = WatchedTopology()
+        self.mode = "watch" if s.watch else "poll"   # "poll": the controller has no watch
+        self.watcher: TopologyWatcher | None = None
+        self._ctx: FlowContext | None = None         # what the book was last planned with
+        self._poll_revision = 0
         self._gw_addrs: list[str] | None = None
         self._next_resync = 0.0
         self._thread: threading.Thread | None = None
@@ -112,41 +127,94 @@ class StandaloneDatapath:
         return self._thread
 
     def run(self) -> None:
+        events: queue.Queue[Item] = queue.Queue(maxsize=self.s.watch_queue)
+        if self.mode == "watch":
+            self.watcher = TopologyWatcher(
+                self.source, self.s.node, events, self.stop_event, target=self.s.controller,
+                backoff_base=self.s.backoff_base, backoff_cap=self.s.backoff_cap)
+            self.watcher.start()
         failing_since: float | None = None
         last_warning = 0.0
-        while not self.stop_event.is_set():
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    if self.mode == "watch":
+                        self.watch_step(events, self.s.interval)
+                        if self.watcher is not None:
+                            self.watcher.cancel_if_silent(self.s.watch_silence)
+                    else:
+                        self.sync_once()
+                    if failing_since is not None:
+                        log.info("datapath sync recovered after_s=%.1f",
+                                 time.monotonic() - failing_since)
+                        failing_since = None
+                except (DatapathError, OvsError, NetlinkError, OSError) as exc:
+                    # Fail static: keep what is programmed; re-plan whole tables next time.
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    # Every failed poll at 2 Hz would drown the log: warn now and then.
+                    level = logging.WARNING if now - last_warning >= 30 else logging.DEBUG
+                    if level == logging.WARNING:
+                        last_warning = now
+                    log.log(level, "datapath sync failed (keeping current flows, will retry) "
+                            "failing_s=%.1f: %s", now - failing_since, exc)
+                    self.flows.forget()
+                    self._ctx = None
+                if self.mode == "poll" and self.stop_event.wait(self.s.interval):
+                    return
+        finally:
+            if self.watcher is not None:
+                self.watcher.close()
+
+    def watch_step(self, events: queue.Queue[Item], wait: float) -> bool:
+        """Apply what the stream delivered (everything queued, as one batch), or after
+        ``wait`` seconds of silence look at the local state; True when OVS changed."""
+        try:
+            items = [events.get(timeout=wait)]
+        except queue.Empty:
+            return self._program(frozenset()) if self.watched.whole else False
+        while len(items) < self.s.watch_queue:
             try:
-                self.sync_once()
-                if failing_since is not None:
-                    log.info("datapath sync recovered after_s=%.1f",
-                             time.monotonic() - failing_since)
-                    failing_since = None
-            except (DatapathError, OvsError, NetlinkError, OSError) as exc:
-                # Fail static: keep what is programmed; re-plan whole tables next time.
-                now = time.monotonic()
-                failing_since = failing_since or now
-                # Every failed poll at 2 Hz would drown the log: warn now and then.
-                level = logging.WARNING if now - last_warning >= 30 else logging.DEBUG
-                if level == logging.WARNING:
-                    last_warning = now
-                log.log(level, "datapath sync failed (keeping current flows, will retry) "
-                        "failing_s=%.1f: %s", now - failing_since, exc)
-                self.flows.forget()
-                self._applied_key = None
-            if self.stop_event.wait(self.s.interval):
-                return
+                items.append(events.get_nowait())
+            except queue.Empty:
+                break
+        reset, ports = False, set[str]()
+        for item in items:
+            if isinstance(item, Unimplemented):
+                self.mode = "poll"
+                log.warning("controller has no WatchTopology (older than this agent): "
+                            "polling GetTopology every %.1fs instead controller=%s detail=%s",
+                            self.s.interval, self.s.controller or "-", item.detail or "-")
+                return self.sync_once()
+            if isinstance(item, Disconnected):
+                self.watched.on_disconnect()
+                continue
+            applied: Applied | None = self.watched.on_event(item)
+            if applied is not None:
+                reset = reset or applied.reset
+                ports |= applied.ports
+        if not self.watched.whole:
+            return False    # nothing whole yet: keep what is programmed
+        return self._program(None if reset else frozenset(ports))
 
     def sync_once(self) -> bool:
-        """One poll; True when it changed something in OVS."""
-        since = self.topology.revision if self.topology is not None else 0
-        resp = fetch_topology(self.source, self.s.node, since, self.s.controller)
-        if not resp.unchanged:
-            self.topology = topology_from_pb(resp)
-        topo = self.topology
-        assert topo is not None
+        """One GetTopology poll (the fallback); True when it changed something in OVS."""
+        resp = fetch_topology(self.source, self.s.node, self._poll_revision, self.s.controller)
+        if resp.unchanged:
+            return self._program(frozenset())
+        self.watched.replace(TopologyView.from_topology(resp))
+        self._poll_revision = resp.revision
+        return self._program(None)
+
+    def _program(self, ports: frozenset[str] | None) -> bool:
+        """Bring OVS in line with the view. ``ports``: the ports whose entries changed
+        (a delta; the owners a node, plug or ofport change touches are found by comparing
+        contexts); None: every flow re-planned (a snapshot)."""
+        view = self.watched.live
+        frame = view.frame()
         t0 = time.perf_counter()
         local = self.bridges.local_ports()
-        want_tunnels = desired_tunnels(topo, self.s.node)
+        want_tunnels = desired_tunnels(frame, self.s.node)
         plan = diff_tunnels(want_tunnels, self.bridges.current_tunnels())
         # Make before break: new tunnels first, then the flows, then the tunnels no flow
         # points at any more go.
@@ -155,35 +223,51 @@ class StandaloneDatapath:
             self.host.prime_neighbor(t.remote_ip)
         ofports = self.bridges.ofports(want_tunnels,
                                        self.s.gateway_port if self.s.gateway else None)
-        key = (topo.revision, local, ofports.int_patch, ofports.tun_patch, ofports.gateway,
-               tuple(sorted(ofports.tunnels.items())))
+        ctx = flow_context(frame, self.cfg, local, ofports)
+        owners = None
+        if ports is not None and self._ctx is not None:
+            owners = dirty_owners(self._ctx, ctx, view.ports_by_node)
         # Whole tables are replaced at start, after a failure, and every resync_seconds
         # (ovs-vswitchd restarted, someone ran ovs-ofctl): replace-flows sends only what
         # differs, so a resync that finds nothing wrong disturbs nothing.
-        resync = self.flows.applied is None or time.monotonic() >= self._next_resync
-        if not resync and key == self._applied_key and plan.empty:
-            return False
-        want = desired_flows(topo, self.cfg, local, ofports)
-        if want.conflicts:
-            log.warning("datapath conflicts (first claim wins): %s", ", ".join(want.conflicts))
-        mods = 0
-        if resync:
-            self.flows.replace(want)
-            self._next_resync = time.monotonic() + self.s.resync_seconds
+        resync = self.flows.book is None or time.monotonic() >= self._next_resync
+        book = self.flows.book
+        if owners is None or book is None:
+            book = FlowBook.build(all_owners(sorted(view.ports), ctx), view.ports, ctx)
+            want = book.desired()
+            if want.conflicts:
+                log.warning("datapath conflicts (first claim wins): %s",
+                            ", ".join(want.conflicts))
+            planned = len(view.ports)
         else:
-            mods = self.flows.update(want)
-        changed = key != self._applied_key or not plan.empty
-        self._applied_key = key
+            # The book is right but for the owners this change touched.
+            assert ports is not None
+            owners |= {(OWNER_PORT, p) for p in ports}
+            for o in sorted(owners):
+                book.set(o, owner_flows(o, view.ports, ctx))
+            planned = len(owners)
+        mods: int | str
+        if resync:
+            self.flows.replace(book)
+            self._next_resync = time.monotonic() + self.s.resync_seconds
+            mods = "replace"
+        elif book is not self.flows.book:
+            mods = self.flows.switch_to(book)
+        else:
+            mods = self.flows.apply_pending()
+        self._ctx = ctx
         for name in plan.remove:
             self.bridges.remove_tunnel(name)
         if self.s.gateway:
-            self._sync_gateway_addresses(gateway_addresses(topo))
-        log.log(logging.INFO if changed else logging.DEBUG,
-                "datapath applied revision=%d tunnels=%d tunnels_added=%d tunnels_removed=%d "
-                "flows_int=%d flows_tun=%d flow_mods=%s ms=%.1f", topo.revision,
-                len(want_tunnels), len(plan.add), len(plan.remove), len(want.br_int),
-                len(want.br_tun), "replace" if resync else mods,
-                (time.perf_counter() - t0) * 1e3)
+            self._sync_gateway_addresses(list(ctx.gateway_addrs))
+        changed = mods != 0 or not plan.empty
+        # Per delta this is one line at DEBUG: an INFO line per pod would flood the log.
+        big = mods == "replace" or not plan.empty or ports is None
+        log.log(logging.INFO if big else logging.DEBUG,
+                "datapath applied mode=%s revision=%d tunnels=%d tunnels_added=%d "
+                "tunnels_removed=%d owners_planned=%d flow_mods=%s ms=%.1f", self.mode,
+                view.revision, len(want_tunnels), len(plan.add), len(plan.remove), planned,
+                mods, (time.perf_counter() - t0) * 1e3)
         return changed
 
     def _sync_gateway_addresses(self, want: list[str]) -> None:

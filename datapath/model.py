@@ -145,16 +145,20 @@ class TunnelPlan:
 
 # ------------------------------------------------------------------ from the controller
 
+def node_view(n: pb.NodeInfo) -> NodeView:
+    return NodeView(name=n.name, underlay_ip=n.underlay_ip, ready=n.state != "stale",
+                    gateway=n.gateway, datapath=n.datapath or "standalone")
+
+
+def port_view(p: pb.RemotePort) -> PortView:
+    return PortView(port_id=p.port_id, mac=p.mac.lower(), ips=tuple(p.ips), node=p.node)
+
+
 def topology_from_pb(resp: pb.TopologyResponse) -> Topology:
     return Topology(
         revision=resp.revision,
-        nodes=tuple(sorted(
-            (NodeView(name=n.name, underlay_ip=n.underlay_ip, ready=n.state != "stale",
-                      gateway=n.gateway, datapath=n.datapath or "standalone")
-             for n in resp.nodes), key=lambda n: n.name)),
-        ports=tuple(sorted(
-            (PortView(port_id=p.port_id, mac=p.mac.lower(), ips=tuple(p.ips), node=p.node)
-             for p in resp.ports), key=lambda p: p.port_id)),
+        nodes=tuple(sorted((node_view(n) for n in resp.nodes), key=lambda n: n.name)),
+        ports=tuple(sorted((port_view(p) for p in resp.ports), key=lambda p: p.port_id)),
         subnets=tuple(sorted(
             (SubnetView(cidr=s.cidr, gateway=s.gateway) for s in resp.subnets),
             key=lambda s: s.cidr)),
@@ -251,73 +255,250 @@ class DesiredFlows:
     conflicts: tuple[str, ...] = ()   # e.g. one IP claimed by two ports: first one wins
 
 
+# Who wants a flow. Every flow belongs to one owner, so a change re-plans only the owners
+# it touches; the order of owners is the order of claims (a lower owner wins a key two
+# owners claim differently): ports by id, then the gateway, the fixed flows, the tunnels.
+OWNER_PORT, OWNER_GATEWAY, OWNER_FIXED, OWNER_TUNNEL = 0, 1, 2, 3
+Owner = tuple[int, str]
+INT, TUN = "int", "tun"                    # which bridge a flow goes to
+BridgeFlow = tuple[str, Flow]
+FlowKey = tuple[str, int, int, str]        # bridge, table, priority, match
+
+
+@dataclass(frozen=True)
+class FlowContext:
+    """Everything besides a port itself that its flows depend on. Two contexts that differ
+    only in some nodes' entries re-plan only the owners on those nodes
+    (:func:`dirty_owners`)."""
+
+    cfg: DatapathConfig
+    peers: frozenset[str]
+    plugged: Mapping[str, LocalPort]       # port id -> this node's plugged pod port
+    ofports: Ofports
+    gateway_node: str | None
+    gateway_addrs: tuple[str, ...]
+
+
+def flow_context(topo: Topology, cfg: DatapathConfig, local: Iterable[LocalPort],
+                 ofports: Ofports) -> FlowContext:
+    """Reads only ``topo``'s nodes and subnets: O(nodes), whatever the number of ports."""
+    return FlowContext(
+        cfg=cfg, peers=frozenset(n.name for n in peer_nodes(topo, cfg.node)),
+        plugged={p.port_id: p for p in local if p.ofport > 0}, ofports=ofports,
+        gateway_node=active_gateway(topo, cfg.node),
+        gateway_addrs=tuple(gateway_addresses(topo)))
+
+
+def _remote_mac(mac: str, node: str, ctx: FlowContext) -> list[BridgeFlow]:
+    o = ctx.ofports
+    tun = o.tunnels.get(node, -1)
+    if o.int_patch <= 0 or o.tun_patch <= 0 or tun <= 0:
+        return []
+    return [(INT, Flow(INT_TABLE, PRIO_UNICAST, f"dl_dst={mac}", f"output:{o.int_patch}")),
+            (TUN, Flow(TUN_TABLE, PRIO_UNICAST, f"in_port={o.tun_patch},dl_dst={mac}",
+                       f"set_field:{ctx.cfg.vni:#x}->tun_id,output:{tun}"))]
+
+
+def port_flows(port: PortView, ctx: FlowContext) -> list[BridgeFlow]:
+    """One endpoint's flows: its MAC's unicast (local ofport, or patch + tunnel) and an
+    ARP answer per IPv4 address. None for a port on a stale, deleted or unknown node:
+    unreachable, not answered."""
+    mac = port.mac.lower()
+    out: list[BridgeFlow] = []
+    if port.node == ctx.cfg.node:
+        lp = ctx.plugged.get(port.port_id)
+        if lp is not None:
+            out.append((INT, Flow(INT_TABLE, PRIO_UNICAST, f"dl_dst={mac}",
+                                  f"output:{lp.ofport}")))
+    elif port.node in ctx.peers:
+        out += _remote_mac(mac, port.node, ctx)
+    else:
+        return []
+    out += [(INT, arp_responder(ip, mac)) for ip in port.ips if _ipv4(ip)]
+    return out
+
+
+def gateway_flows(ctx: FlowContext) -> list[BridgeFlow]:
+    gw, me = ctx.gateway_node, ctx.cfg.node
+    if gw is None:
+        return []
+    gmac = ctx.cfg.gateway_mac.lower()
+    out: list[BridgeFlow] = []
+    if gw == me:
+        if ctx.ofports.gateway > 0:
+            out.append((INT, Flow(INT_TABLE, PRIO_UNICAST, f"dl_dst={gmac}",
+                                  f"output:{ctx.ofports.gateway}")))
+    elif gw in ctx.peers:
+        out += _remote_mac(gmac, gw, ctx)
+    if gw == me or gw in ctx.peers:
+        out += [(INT, arp_responder(cidr.split("/")[0], gmac)) for cidr in ctx.gateway_addrs]
+    return out
+
+
+def fixed_flows() -> list[BridgeFlow]:
+    return [(INT, Flow(INT_TABLE, PRIO_ARP_PROBE, "arp,arp_op=1,arp_spa=0.0.0.0", "NORMAL")),
+            (INT, Flow(INT_TABLE, PRIO_DEFAULT, "", "NORMAL")),
+            (TUN, Flow(TUN_TABLE, PRIO_DEFAULT, "", "drop"))]
+
+
+def tunnel_flows(node: str, ctx: FlowContext) -> list[BridgeFlow]:
+    """What comes in over a peer's tunnel goes to br-int."""
+    tun = ctx.ofports.tunnels.get(node, -1)
+    if node not in ctx.peers or ctx.ofports.tun_patch <= 0 or tun <= 0:
+        return []
+    return [(TUN, Flow(TUN_TABLE, PRIO_UNICAST, f"in_port={tun},tun_id={ctx.cfg.vni:#x}",
+                       f"output:{ctx.ofports.tun_patch}"))]
+
+
+def owner_flows(owner: Owner, ports: Mapping[str, PortView],
+                ctx: FlowContext) -> list[BridgeFlow]:
+    """The flows ``owner`` wants now; none for a port that is gone."""
+    kind, name = owner
+    if kind == OWNER_PORT:
+        port = ports.get(name)
+        return port_flows(port, ctx) if port is not None else []
+    if kind == OWNER_GATEWAY:
+        return gateway_flows(ctx)
+    if kind == OWNER_FIXED:
+        return fixed_flows()
+    return tunnel_flows(name, ctx)
+
+
+def all_owners(ports: Iterable[str], ctx: FlowContext) -> list[Owner]:
+    return ([(OWNER_PORT, p) for p in ports] + [(OWNER_GATEWAY, ""), (OWNER_FIXED, "")]
+            + [(OWNER_TUNNEL, n) for n in sorted(ctx.peers)])
+
+
+def dirty_owners(old: FlowContext, new: FlowContext,
+                 ports_by_node: Mapping[str, Iterable[str]]) -> set[Owner] | None:
+    """The owners whose flows a context change can alter; None when it alters the flows
+    of every owner (the patch ports or the VNI changed): re-plan everything.
+
+    A node that became or stopped being a peer, or whose tunnel's ofport changed,
+    touches its ports and its tunnel; a plug change touches that port; anything about
+    the gateway touches the gateway owner."""
+    if (old.cfg != new.cfg or old.ofports.int_patch != new.ofports.int_patch
+            or old.ofports.tun_patch != new.ofports.tun_patch):
+        return None
+    out: set[Owner] = set()
+    nodes = set(old.peers ^ new.peers)
+    nodes |= {n for n in set(old.ofports.tunnels) | set(new.ofports.tunnels)
+              if old.ofports.tunnels.get(n, -1) != new.ofports.tunnels.get(n, -1)}
+    for n in nodes:
+        out.add((OWNER_TUNNEL, n))
+        out |= {(OWNER_PORT, p) for p in ports_by_node.get(n, ())}
+    out |= {(OWNER_PORT, p) for p in set(old.plugged) | set(new.plugged)
+            if old.plugged.get(p) != new.plugged.get(p)}
+    gw = new.gateway_node
+    if (old.gateway_node != gw or old.gateway_addrs != new.gateway_addrs
+            or old.ofports.gateway != new.ofports.gateway or gw in nodes
+            or old.gateway_node in nodes):
+        out.add((OWNER_GATEWAY, ""))
+    return out
+
+
+@dataclass(frozen=True)
+class FlowMods:
+    """Flow-mod lines per bridge: strict deletes first, then adds (an add over an
+    existing key replaces it), so a bundle never holds both versions of a flow."""
+
+    br_int: tuple[str, ...] = ()
+    br_tun: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.br_int) + len(self.br_tun)
+
+
+class FlowBook:
+    """The flows every owner wants, and per flow key the winning claim: the desired
+    state of both tables, kept up to date owner by owner.
+
+    :meth:`set` replaces one owner's claims; :meth:`take_mods` turns the keys whose
+    winner changed since the last call into flow-mods. So a port added, moved or removed
+    costs the lines of its own flows, whatever the number of other ports. Pure: nothing
+    here talks to OVS."""
+
+    def __init__(self) -> None:
+        self._by_owner: dict[Owner, dict[FlowKey, Flow]] = {}
+        self._by_key: dict[FlowKey, dict[Owner, Flow]] = {}
+        self._before: dict[FlowKey, Flow | None] = {}   # winners as of the last take_mods
+
+    @classmethod
+    def build(cls, owners: Iterable[Owner], ports: Mapping[str, PortView],
+              ctx: FlowContext) -> FlowBook:
+        book = cls()
+        for o in owners:
+            book.set(o, owner_flows(o, ports, ctx))
+        book._before.clear()
+        return book
+
+    def winner(self, key: FlowKey) -> Flow | None:
+        claims = self._by_key.get(key)
+        return claims[min(claims)] if claims else None
+
+    def set(self, owner: Owner, flows: Iterable[BridgeFlow]) -> None:
+        new = {(b, *f.key): f for b, f in flows}
+        old = self._by_owner.pop(owner, {})
+        if new:
+            self._by_owner[owner] = new
+        for key in old.keys() | new.keys():
+            if old.get(key) == new.get(key):
+                continue
+            if key not in self._before:
+                self._before[key] = self.winner(key)
+            claims = self._by_key.setdefault(key, {})
+            if key in new:
+                claims[owner] = new[key]
+            else:
+                claims.pop(owner, None)
+                if not claims:
+                    del self._by_key[key]
+
+    def take_mods(self) -> FlowMods:
+        lines: dict[str, tuple[list[str], list[str]]] = {INT: ([], []), TUN: ([], [])}
+        for key in sorted(self._before):
+            before, after = self._before[key], self.winner(key)
+            if before == after:
+                continue
+            deletes, adds = lines[key[0]]
+            if after is None:
+                assert before is not None
+                deletes.append(before.delete_line())
+            else:
+                adds.append(after.add_line())
+        self._before.clear()
+        return FlowMods(tuple(lines[INT][0] + lines[INT][1]),
+                        tuple(lines[TUN][0] + lines[TUN][1]))
+
+    def desired(self) -> DesiredFlows:
+        tables: dict[str, list[Flow]] = {INT: [], TUN: []}
+        conflicts = set()
+        for key, claims in self._by_key.items():
+            win = claims[min(claims)]
+            tables[key[0]].append(win)
+            if any(f != win for f in claims.values()):
+                conflicts.add(_claim_label(win))
+        return DesiredFlows(tuple(sorted(tables[INT])), tuple(sorted(tables[TUN])),
+                            tuple(sorted(conflicts)))
+
+
+def _claim_label(f: Flow) -> str:
+    """What two owners both claimed, for the conflict warning: an IP or a MAC."""
+    for part in f.match.split(","):
+        name, _, value = part.partition("=")
+        if name == "arp_tpa":
+            return f"ip {value}"
+        if name == "dl_dst":
+            return f"mac {value}"
+    return f.match or "default"
+
+
 def desired_flows(topo: Topology, cfg: DatapathConfig, local: Iterable[LocalPort],
                   ofports: Ofports) -> DesiredFlows:
-    me = cfg.node
-    peers = {n.name for n in peer_nodes(topo, me)}
-    plugged = {p.port_id: p for p in local if p.ofport > 0}
-    gw_node = active_gateway(topo, me)
-    int_flows: dict[tuple[int, int, str], Flow] = {}
-    tun_flows: dict[tuple[int, int, str], Flow] = {}
-    conflicts: list[str] = []
-
-    def put(table: dict[tuple[int, int, str], Flow], flow: Flow, what: str) -> None:
-        old = table.get(flow.key)
-        if old is None:
-            table[flow.key] = flow
-        elif old != flow:
-            conflicts.append(what)
-
-    def remote_mac(mac: str, node: str, what: str) -> None:
-        tun = ofports.tunnels.get(node, -1)
-        if ofports.int_patch > 0 and ofports.tun_patch > 0 and tun > 0:
-            put(int_flows, Flow(INT_TABLE, PRIO_UNICAST, f"dl_dst={mac}",
-                                f"output:{ofports.int_patch}"), what)
-            put(tun_flows, Flow(TUN_TABLE, PRIO_UNICAST,
-                                f"in_port={ofports.tun_patch},dl_dst={mac}",
-                                f"set_field:{cfg.vni:#x}->tun_id,output:{tun}"), what)
-
-    for port in topo.ports:
-        mac = port.mac.lower()
-        if port.node == me:
-            lp = plugged.get(port.port_id)
-            if lp is not None:
-                put(int_flows, Flow(INT_TABLE, PRIO_UNICAST, f"dl_dst={mac}",
-                                    f"output:{lp.ofport}"), f"mac {mac}")
-        elif port.node in peers:
-            remote_mac(mac, port.node, f"mac {mac}")
-        else:
-            continue  # on a stale, deleted or unknown node: unreachable, not answered
-        for ip in port.ips:
-            if _ipv4(ip):
-                put(int_flows, arp_responder(ip, mac), f"ip {ip}")
-
-    if gw_node is not None:
-        gmac = cfg.gateway_mac.lower()
-        if gw_node == me:
-            if ofports.gateway > 0:
-                put(int_flows, Flow(INT_TABLE, PRIO_UNICAST, f"dl_dst={gmac}",
-                                    f"output:{ofports.gateway}"), f"mac {gmac}")
-        elif gw_node in peers:
-            remote_mac(gmac, gw_node, f"mac {gmac}")
-        if gw_node == me or gw_node in peers:
-            for cidr in gateway_addresses(topo):
-                put(int_flows, arp_responder(cidr.split("/")[0], gmac),
-                    f"ip {cidr.split('/')[0]}")
-
-    put(int_flows, Flow(INT_TABLE, PRIO_ARP_PROBE, "arp,arp_op=1,arp_spa=0.0.0.0",
-                        "NORMAL"), "probe")
-    put(int_flows, Flow(INT_TABLE, PRIO_DEFAULT, "", "NORMAL"), "default")
-    if ofports.tun_patch > 0:
-        for node in sorted(peers):
-            tun = ofports.tunnels.get(node, -1)
-            if tun > 0:
-                put(tun_flows, Flow(TUN_TABLE, PRIO_UNICAST,
-                                    f"in_port={tun},tun_id={cfg.vni:#x}",
-                                    f"output:{ofports.tun_patch}"), f"tunnel {node}")
-    put(tun_flows, Flow(TUN_TABLE, PRIO_DEFAULT, "", "drop"), "default")
-    return DesiredFlows(tuple(sorted(int_flows.values())), tuple(sorted(tun_flows.values())),
-                        tuple(conflicts))
+    """Every flow of both tables, from scratch (a reset, a resync, the poll)."""
+    ctx = flow_context(topo, cfg, local, ofports)
+    ports = {p.port_id: p for p in topo.ports}
+    return FlowBook.build(all_owners(sorted(ports), ctx), ports, ctx).desired()
 
 
 def diff_flows(current: Iterable[Flow], desired: Iterable[Flow]) -> list[str]:

@@ -8,19 +8,35 @@ implementation may order its own parameters as it likes.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ovs_driver import InterfaceInfo
 
 
+class EventStream(Protocol):
+    """A server stream as a gRPC stub returns it: iterate to receive (raises
+    ``grpc.RpcError`` when the stream breaks), ``cancel`` to end it from another thread."""
+
+    def __iter__(self) -> Iterator[pb.WatchTopologyEvent]: ...
+
+    def __next__(self) -> pb.WatchTopologyEvent: ...
+
+    def cancel(self) -> bool: ...
+
+
 class TopologySource(Protocol):
     """The controller, as far as the datapath needs it: the cluster's nodes, ports and
-    subnets since a revision. Raises ``grpc.RpcError`` when it cannot answer."""
+    subnets as a stream of changes from a revision, or (older controllers, which answer
+    WatchTopology UNIMPLEMENTED) as a snapshot since a revision. Raises ``grpc.RpcError``
+    when it cannot answer."""
 
     def GetTopology(self, request: pb.TopologyRequest, *,  # the RPC's own name
                     timeout: float | None = None) -> pb.TopologyResponse: ...
+
+    def WatchTopology(self, request: pb.WatchTopologyRequest, *,  # the RPC's own name
+                      timeout: float | None = None) -> EventStream: ...
 
 
 class OvsdbPorts(Protocol):

@@ -14,7 +14,12 @@ class DatapathSettings:
     tun_bridge: str = "br-tun"
     datapath_type: str = "netdev"
     ovs_rundir: str = ""
-    interval: float = 0.5
+    interval: float = 0.5          # the poll's period; with a watch, the local-state check's
+    watch: bool = True             # False: GetTopology polls only (tests of the fallback)
+    watch_queue: int = 1024        # events received and not yet applied (see datapath.watch)
+    backoff_base: float = 0.25     # reconnect delay: full jitter in [0, min(cap, base*2**n))
+    backoff_cap: float = 5.0
+    watch_silence: float = 60.0    # a stream quiet this long is presumed dead: reconnect
     resync_seconds: float = 30.0
     vni: int = DEFAULT_VNI
     underlay_ip: str = ""          # bare or CIDR; CIDR tells the prefix to put on the bridge

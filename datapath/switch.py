@@ -8,7 +8,7 @@ incremental bundle of flow-mods; either way each bridge changes atomically.
 """
 from __future__ import annotations
 
-from .model import DesiredFlows, LocalPort, Ofports, Tunnel, diff_flows
+from .model import FlowBook, LocalPort, Ofports, Tunnel, diff_flows
 from .seams import FlowTable, OvsdbPorts
 
 INT_PATCH = "patch-tun"   # br-int's end (Neutron's names)
@@ -84,28 +84,44 @@ class Bridges:
 
 
 class FlowProgrammer:
-    """br-int's and br-tun's tables, and what was last put into them."""
+    """br-int's and br-tun's tables, and the :class:`FlowBook` they were last brought in
+    line with."""
 
     def __init__(self, br_int: FlowTable, br_tun: FlowTable) -> None:
         self.br_int = br_int
         self.br_tun = br_tun
-        self.applied: DesiredFlows | None = None   # None: the next apply replaces whole tables
+        self.book: FlowBook | None = None   # None: the next apply replaces whole tables
 
     def forget(self) -> None:
         """After a failure nobody knows what the tables hold: replace them next time."""
-        self.applied = None
+        self.book = None
 
-    def replace(self, want: DesiredFlows) -> None:
+    def replace(self, book: FlowBook) -> None:
+        want = book.desired()
+        book.take_mods()
         self.br_int.replace_flows(f.spec() for f in want.br_int)
         self.br_tun.replace_flows(f.spec() for f in want.br_tun)
-        self.applied = want
+        self.book = book
 
-    def update(self, want: DesiredFlows) -> int:
-        """Only the flow-mods from what was applied to ``want``; how many lines."""
-        if self.applied is None:
-            self.replace(want)
+    def switch_to(self, book: FlowBook) -> int:
+        """From the applied book to a freshly built one by the flow-mods between them
+        (a snapshot after a reconnect disturbs only the flows that differ)."""
+        if self.book is None:
+            self.replace(book)
             return 0
-        mods = self.br_int.apply_flow_mods(diff_flows(self.applied.br_int, want.br_int))
-        mods += self.br_tun.apply_flow_mods(diff_flows(self.applied.br_tun, want.br_tun))
-        self.applied = want
+        old, new = self.book.desired(), book.desired()
+        book.take_mods()
+        self.book = None            # a failure below leaves the tables unknown
+        mods = self.br_int.apply_flow_mods(diff_flows(old.br_int, new.br_int))
+        mods += self.br_tun.apply_flow_mods(diff_flows(old.br_tun, new.br_tun))
+        self.book = book
+        return mods
+
+    def apply_pending(self) -> int:
+        """The flow-mods of the owners re-planned in the book since the last apply."""
+        assert self.book is not None
+        book, self.book = self.book, None   # a failure below leaves the tables unknown
+        m = book.take_mods()
+        mods = self.br_int.apply_flow_mods(m.br_int) + self.br_tun.apply_flow_mods(m.br_tun)
+        self.book = book
         return mods

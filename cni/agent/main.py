@@ -88,7 +88,9 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                         "node and port lists) or ONOS (the agent only plugs ports)")
     p.add_argument("--tunnel-bridge", default="br-tun", help="bridge holding the tunnels")
     p.add_argument("--topology-interval", type=float, default=0.5,
-                   help="seconds between GetTopology polls (standalone datapath)")
+                   help="standalone datapath: seconds between looks at local OVS state "
+                        "while following WatchTopology, or between GetTopology polls when "
+                        "the controller has no watch")
     p.add_argument("--ovs-rundir", default="",
                    help="where ovs-vswitchd's <bridge>.mgmt sockets are (default: "
                         "$OVS_RUNDIR, else the directory of the --ovsdb unix socket)")

@@ -57,8 +57,8 @@ class ControllerProcess:
     """`ecnet-ipcontroller` as operators run it (default log level, logs to a file)."""
 
     def __init__(self, db: str, log_path: Path, workers: int | None,
-                 extra: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
+                 extra: tuple[str, ...] = (), port: int = 0) -> None:
+        self.port = port or free_port()   # a restart keeps its predecessor's port
         self.target = f"127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "ipcontroller.daemon", "--listen", self.target,
                 "--db", db, *extra]
