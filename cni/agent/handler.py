@@ -133,8 +133,9 @@ class CniHandler(Generic[PendingT]):
             # a pass over all its ports). Otherwise attach now and add the ids later.
             if pend is not None and not pending_alloc.done():
                 attach = self._pool.submit(self._attach, req, None, spec_host, proposed)
-            if pend is not None:
-                self.netlink.enter_pod(pend)  # pod-side sockets while OVS attaches
+                # pod-side sockets while OVS attaches; with the answer already there,
+                # finish_pod_end opens them instead, once the attach is under way
+                self.netlink.enter_pod(pend)
         except BaseException:
             self._undo(pend, attach, spec_host)
             early = _quietly(pending_alloc)

@@ -236,10 +236,17 @@ def outer(args: argparse.Namespace) -> None:
         data = json.loads(out.read_text())
         args.binary_kind = ("python" if Path(node.binary).read_bytes()[:2] == b"#!"
                             else "static C")
+        phase, t0 = Cpu(pids), time.perf_counter()
         rate = grpc_alloc_rate(lab.controller_addr, args.clients)
+        used = phase.done(0.0)
+        data["alloc_cpu"] = {k: used[k] / (time.perf_counter() - t0) / 10  # % of a core
+                             for k in ("agent", "controller", "ovs-vswitchd")}
         agent_rss = rss_mb(node.agent.pid) if node.agent else float("nan")
         ctl_rss = rss_mb(lab.controller.pid) if lab.controller else float("nan")
         log = node.agent_log()
+        if args.alloc_without_agent:  # the same controller and database, agent stopped
+            node.stop_agent()
+            data["rate_no_agent"] = grpc_alloc_rate(lab.controller_addr, args.clients)
     report(data, rate, agent_rss, ctl_rss, args, log)
 
 
@@ -264,6 +271,11 @@ def report(data: dict[str, Any], rate: float, agent_rss: float, ctl_rss: float,
     for name, e, ref in rows:
         ratio = e / ref if ref and e else float("nan")
         print(f"{name:52} {e:10.2f} {ref:10.2f} {ratio:7.2f}")
+    if "rate_no_agent" in data:
+        print(f"{'allocations/s, the same with the agent stopped':52} "
+              f"{data['rate_no_agent']:10.2f}")
+    print(f"{'CPU during the allocation run (% of a core)':52} " + ", ".join(
+        f"{k} {v:.0f}" for k, v in data["alloc_cpu"].items()))
     st = data["status"]
     print(f"{'STATUS p50 / p99 (ms)':52} {pct(st, 50):10.2f} {pct(st, 99):10.2f}")
     left = data["left"]
@@ -273,14 +285,18 @@ def report(data: dict[str, Any], rate: float, agent_rss: float, ctl_rss: float,
     print(f"{'agent RSS (MB)':52} {agent_rss:10.1f}")
     print(f"{'controller RSS (MB)':52} {ctl_rss:10.1f}")
     # --agent-debug: the agent's own phase timings, in log order (sequential ADDs first)
-    totals = [float(m) for m in re.findall(r"ADD container=.* total_ms=([0-9.]+)", agent_log)]
-    if totals:
-        seq = totals[args.warmup:args.warmup + args.pods]
-        burst = totals[args.warmup + args.pods:]
-        print(f"{'agent total_ms p50 / p99, sequential ADDs':52} {pct(seq, 50):10.2f} "
-              f"{pct(seq, 99):10.2f}")
-        print(f"{'agent total_ms p50 / p99, burst ADDs':52} {pct(burst, 50):10.2f} "
-              f"{pct(burst, 99):10.2f}")
+    phases = re.findall(r"ADD container=.* veth_ms=([0-9.]+) alloc_wait_ms=([0-9.]+) "
+                        r"plumb_ms=([0-9.]+) total_ms=([0-9.]+)", agent_log)
+    if phases:
+        seq = phases[args.warmup:args.warmup + args.pods]
+        burst = phases[args.warmup + args.pods:]
+        for i, name in enumerate(("veth_ms", "alloc_wait_ms", "plumb_ms", "total_ms")):
+            print(f"{'agent ' + name + ' p50 / p99, sequential ADDs':52} "
+                  f"{pct([float(p[i]) for p in seq], 50):10.2f} "
+                  f"{pct([float(p[i]) for p in seq], 99):10.2f}")
+        print(f"{'agent total_ms p50 / p99, burst ADDs':52} "
+              f"{pct([float(p[3]) for p in burst], 50):10.2f} "
+              f"{pct([float(p[3]) for p in burst], 99):10.2f}")
         sizes = [int(n) if n else 1 for n in re.findall(
             r"ovsdb transact what='add_port(?:s n=(\d+)| bridge=br-int)", agent_log)]
         print(f"{'OVSDB attach transactions / ports attached':52} {len(sizes):10d} "
@@ -316,6 +332,8 @@ def main() -> None:
     p.add_argument("--status", type=int, default=200, help="STATUS execs to time")
     p.add_argument("--agent-debug", action="store_true",
                    help="agent at DEBUG: report its own total_ms per ADD")
+    p.add_argument("--alloc-without-agent", action="store_true",
+                   help="measure the allocation rate again with the agent stopped")
     p.add_argument("--inner", default="")
     a = p.parse_args()
     inner(a) if a.inner else outer(a)
