@@ -308,8 +308,11 @@ class CniHandler(Generic[PendingT]):
                                  (now.external_ids.get("ecnet/container", "?")[:12]
                                   if now is not None else "none"))
                         continue
-                    self.ovs.delete_port(self.cfg.bridge, iface.name)  # off the network
+                    # Doomed first: the reaper's deletion (the kernel's RCU grace periods,
+                    # most of DEL) runs while the OVS port goes; a pair without its veth
+                    # is off the network already.
                     doomed |= self.teardown.start(container_id, [iface.name], None, ifname)
+                    self.ovs.delete_port(self.cfg.bridge, iface.name)
         except OvsError as exc:
             raise ce.TryAgainLater(f"OVSDB unavailable while deleting the pod's port: {exc}",
                                    str(exc)) from exc
