@@ -57,16 +57,21 @@ class GroupCommit(Generic[K, R]):
 
     ``run_batch(items)`` returns one entry per item, in order: its result, or the
     ``OvsError`` that item alone failed with. If it raises an ``OvsError`` the batch failed
-    as a whole: each item is run again alone and gets its own answer. Anything else raised
+    as a whole: when ``retry_alone(error)`` says one item may be the cause (the server
+    refused the transaction), each item is run again alone and gets its own answer;
+    otherwise (a timeout, a lost connection: each item alone would wait and fail the same
+    way, one after the other) every caller gets that error at once. Anything else raised
     is a bug and reaches every caller of the batch.
     """
 
     def __init__(self, run_batch: Callable[[Sequence[K]], Sequence[R | OvsError]],
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH,
+                 retry_alone: Callable[[OvsError], bool] = lambda exc: True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._run = run_batch
         self._max = max_batch
+        self._retry_alone = retry_alone
         self._cv = threading.Condition()
         self._queue: list[_Slot[K, R]] = []
         self._busy = False
@@ -105,8 +110,8 @@ class GroupCommit(Generic[K, R]):
         try:
             try:
                 answers = self._answers(batch)
-            except OvsError:
-                if len(batch) == 1:
+            except OvsError as exc:
+                if len(batch) == 1 or not self._retry_alone(exc):
                     raise
                 self.stats.fallbacks += 1
                 answers = []
@@ -115,7 +120,7 @@ class GroupCommit(Generic[K, R]):
                         answers.extend(self._answers([slot]))
                     except OvsError as exc:
                         answers.append(exc)
-        except BaseException as exc:  # a bug or an interrupt: every waiter gets it
+        except BaseException as exc:  # the batch's own error, a bug: every waiter gets it
             for slot in batch:
                 slot.error, slot.done = exc, True
             raise

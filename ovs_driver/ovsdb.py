@@ -80,6 +80,13 @@ NAMED = ("Bridge", "Port", "Interface")  # tables with a unique name (and our in
 TUNNEL_KINDS = frozenset({"vxlan", "geneve"})
 
 
+def _one_may_be_the_cause(exc: OvsError) -> bool:
+    """A refused transaction may be one port's fault: worth retrying port by port. A
+    timeout or a lost connection is everyone's: retried one by one, N callers would wait N
+    timeouts."""
+    return isinstance(exc, OvsTransactionError)
+
+
 @dataclass
 class _BridgePlan:
     bridge: UUID
@@ -102,7 +109,8 @@ class OvsdbClient:
         self._group = group_commit
         self._attachers: dict[float | None, GroupCommit[PortSpec, int]] = {}
         self._attachers_lock = threading.Lock()
-        self._detacher: GroupCommit[tuple[str, str], bool] = GroupCommit(self._detach_batch)
+        self._detacher: GroupCommit[tuple[str, str], bool] = GroupCommit(
+            self._detach_batch, retry_alone=_one_may_be_the_cause)
 
     def queued(self) -> int:
         """Attaches and detaches waiting for the next batch (tests wait on it)."""
@@ -295,7 +303,7 @@ class OvsdbClient:
             group = self._attachers.get(wait_ofport)
             if group is None:
                 group = self._attachers[wait_ofport] = GroupCommit(
-                    partial(self._attach_batch, wait_ofport))
+                    partial(self._attach_batch, wait_ofport), retry_alone=_one_may_be_the_cause)
             return group
 
     def _attach_batch(self, wait_ofport: float | None,

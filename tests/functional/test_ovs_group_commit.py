@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ovs_driver import OvsdbClient, OvsTransactionError
+from ovs_driver import OvsdbClient, OvsTimeout, OvsTransactionError
 from tests.lab.helpers import wait_for
 from tests.lab.ovs import (  # noqa: F401 - fixtures are used by name
     PrivateOvs,
@@ -192,3 +192,29 @@ def test_alone_an_attach_goes_at_once(
     threading.Thread(target=attach).start()
     assert done.wait(WAIT)
     assert result[0] > 0 and next_cfg(private_ovs) == cfg0 + 1
+
+
+def test_a_batch_that_times_out_fails_together_not_one_by_one(
+        private_ovs: PrivateOvs, client: OvsdbClient, bridge: str,  # noqa: F811
+        veths: Callable[[int], list[str]]) -> None:
+    """vswitchd hung: the batch's wait for ofports times out once for all its callers (and
+    what it created is removed), instead of each port being committed and waited for again
+    alone, one after the other."""
+    names = veths(6)
+    cfg0 = next_cfg(private_ovs)
+    pool = ThreadPoolExecutor(len(names))
+    with paused(private_ovs, "vswitchd"):
+        with paused(private_ovs, "ovsdb"):  # hold the first in flight while the rest queue
+            head = pool.submit(client.add_port, bridge, names[0], {"iface-id": "a"},
+                               wait_ofport=1.0)
+            wait_for(lambda: client.batch_stats()["attach wait=1.0"].batches == 1, WAIT,
+                     "the first attach in flight")
+            tail = [pool.submit(client.add_port, bridge, n, {"iface-id": n}, wait_ofport=1.0)
+                    for n in names[1:]]
+            wait_for(lambda: client.queued() == len(tail), WAIT, "the others queued")
+        for fut in [head, *tail]:
+            with pytest.raises(OvsTimeout):
+                fut.result(WAIT)
+    pool.shutdown()
+    assert next_cfg(private_ovs) - cfg0 == 2  # the first alone, then the rest together
+    assert ports_on(private_ovs, bridge) == set()  # both transactions rolled back

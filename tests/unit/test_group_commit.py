@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from ovs_driver.errors import OvsError, OvsTransactionError
+from ovs_driver.errors import OvsError, OvsTimeout, OvsTransactionError
 from ovs_driver.groupcommit import GroupCommit
 from tests.lab.helpers import wait_for
 
@@ -71,10 +71,10 @@ def test_requests_arriving_during_a_batch_share_the_next() -> None:
     assert len(rec.batches) == 2 and sorted(rec.batches[1]) == sorted(later)
 
 
-def three_behind_one(rec: Recorder, names: tuple[str, str, str]) -> dict[str, Future[int]]:
+def three_behind_one(rec: Recorder, names: tuple[str, str, str],
+                     group: GroupCommit[str, int] | None = None) -> dict[str, Future[int]]:
     """`first` held in flight, `names` queued behind it, then let go; their futures."""
-    group: GroupCommit[str, int] = GroupCommit(rec)
-    rec.group = group
+    group = rec.group = group or GroupCommit(rec)
     with ThreadPoolExecutor(4) as pool:
         first = held_first(rec, group, pool, "first")
         futs = {n: pool.submit(group.submit, n) for n in names}
@@ -148,3 +148,18 @@ def test_batches_are_bounded() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         GroupCommit(Recorder(), max_batch=0)
+
+
+def test_a_timeout_of_the_whole_batch_reaches_everyone_without_retries_one_by_one() -> None:
+    """Retried alone, N callers would wait N timeouts in a row for the same dead server."""
+    def whole(items: Sequence[str]) -> None:
+        if len(items) > 1:
+            raise OvsTimeout("no answer from ovsdb-server")
+
+    rec = Recorder(whole=whole)
+    group: GroupCommit[str, int] = GroupCommit(
+        rec, retry_alone=lambda exc: isinstance(exc, OvsTransactionError))
+    for fut in three_behind_one(rec, ("aa", "bb", "cc"), group).values():
+        with pytest.raises(OvsTimeout):
+            fut.result()
+    assert len(rec.batches) == 2 and group.stats.fallbacks == 0
