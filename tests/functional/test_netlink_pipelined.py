@@ -3,10 +3,12 @@ namespaces, read back with `ip` and `ethtool`, as tests/functional/test_netlink.
 the careful path."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cni.agent.netlink.verbs import PodNetlink
-from cni.errors import PlumbingError
+from cni.errors import NetnsNotFound, PlumbingError
 from tests.functional.test_netlink import (  # noqa: F401 - nl and tap are fixtures
     GW4,
     GW6,
@@ -78,4 +80,34 @@ def test_a_missing_container_end_fails_enter(nl: PodNetlink, netns: LabNetns,  #
     with pytest.raises(PlumbingError, match="looking up eth0"):
         nl.enter_pod(pend)
     nl.abort_pending(pend)
+    assert host_link_gone(tap)
+
+
+def test_the_pair_is_created_up_with_its_peer_in_the_pod(
+        nl: PodNetlink, netns: LabNetns, tap: str) -> None:  # noqa: F811
+    pend = nl.prepare_pod_interface(netns.path, "eth0", MTU, tap)
+    assert pend is not None
+    (host,) = _json("-d", "link", "show", "dev", tap)
+    assert host["linkinfo"]["info_kind"] == "veth" and "UP" in host["flags"]
+    assert host["mtu"] == MTU and host["link_netnsid"] is not None
+    (peer,) = _json("-d", "link", "show", "dev", "eth0", netns=netns.name)
+    assert peer["linkinfo"]["info_kind"] == "veth" and peer["mtu"] == MTU
+    assert "UP" not in peer["flags"]  # the pod side comes up with its MAC, in the batch
+    nl.abort_pending(pend)
+    assert host_link_gone(tap)
+
+
+def test_an_ifname_already_in_the_pod_means_the_careful_path(
+        nl: PodNetlink, netns: LabNetns, tap: str) -> None:  # noqa: F811
+    ns_exec(netns.name, "ip", "link", "add", "eth0", "type", "bridge")
+    assert nl.prepare_pod_interface(netns.path, "eth0", MTU, tap) is None  # EEXIST
+    assert host_link_gone(tap)
+
+
+def test_a_stale_netns_mount_point_is_named(
+        nl: PodNetlink, tmp_path: Path, tap: str) -> None:  # noqa: F811
+    stale = tmp_path / "stale-netns"
+    stale.write_text("")
+    with pytest.raises(NetnsNotFound, match="not a network namespace"):
+        nl.prepare_pod_interface(str(stale), "eth0", MTU, tap)
     assert host_link_gone(tap)

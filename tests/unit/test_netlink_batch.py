@@ -81,3 +81,18 @@ def test_acks_are_read_per_sequence_number() -> None:
 def test_a_truncated_header_is_an_error() -> None:
     with pytest.raises(ValueError, match="length 4"):
         batch.parse_acks(struct.pack("=IHHII", 4, 2, 0, 1, 0))
+
+
+def test_a_veth_pair_request_names_both_ends() -> None:
+    link = decode(ifinfmsg, batch.veth_add(3, "tap0123456789a", 1450, True, "eth0", 9))
+    assert link["type"] == batch.RTM_NEWLINK and link["seq"] == 3
+    assert link["flags"] & batch.NLM_F_CREATE and link["flags"] & batch.NLM_F_EXCL
+    assert link["msg"]["flags"] & 1 and link["msg"]["change"] & 1  # created up
+    assert link["IFLA_IFNAME"] == "tap0123456789a" and link["IFLA_MTU"] == 1450
+    info = link["IFLA_LINKINFO"]
+    assert info.get_attr("IFLA_INFO_KIND") == "veth"
+    peer = info.get_attr("IFLA_INFO_DATA").get_attr("VETH_INFO_PEER")
+    assert peer.get_attr("IFLA_IFNAME") == "eth0" and peer.get_attr("IFLA_MTU") == 1450
+    assert peer.get_attr("IFLA_NET_NS_FD") == 9
+    down = decode(ifinfmsg, batch.veth_add(4, "ectmp0", 1500, False, "eth1", 9))
+    assert down["msg"]["flags"] == 0 and down["msg"]["change"] == 0

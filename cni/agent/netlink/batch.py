@@ -28,7 +28,13 @@ NLM_F_ACK = 0x4
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 IFLA_ADDRESS = 1
+IFLA_IFNAME = 3
 IFLA_MTU = 4
+IFLA_LINKINFO = 18
+IFLA_NET_NS_FD = 28
+IFLA_INFO_KIND = 1
+IFLA_INFO_DATA = 2
+VETH_INFO_PEER = 1
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 RTA_DST = 1
@@ -81,6 +87,21 @@ def link_up(seq: int, index: int, mac: str, mtu: int) -> bytes:
     body += _attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
     body += _attr(IFLA_MTU, struct.pack("=I", mtu))
     return _msg(RTM_NEWLINK, 0, seq, body)
+
+
+def veth_add(seq: int, name: str, mtu: int, up: bool, peer: str, peer_nsfd: int) -> bytes:
+    """RTM_NEWLINK creating a veth pair, its peer straight into the netns of `peer_nsfd`
+    (`ip link add NAME mtu M [up] type veth peer name PEER mtu M netns FD`)."""
+    flag = IFF_UP if up else 0
+    peer_msg = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(
+        IFLA_IFNAME, peer.encode() + b"\0") + _attr(IFLA_MTU, struct.pack("=I", mtu)) + _attr(
+        IFLA_NET_NS_FD, struct.pack("=I", peer_nsfd))
+    info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA,
+                                                      _attr(VETH_INFO_PEER, peer_msg))
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, flag, flag)
+    body += _attr(IFLA_IFNAME, name.encode() + b"\0") + _attr(IFLA_MTU, struct.pack("=I", mtu))
+    body += _attr(IFLA_LINKINFO, info)
+    return _msg(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, seq, body)
 
 
 def addr_add(seq: int, index: int, a: AddressPlan) -> bytes:
@@ -145,4 +166,5 @@ def parse_acks(data: bytes) -> dict[int, int]:
     return acks
 
 
-__all__ = ["BatchStep", "addr_add", "link_up", "parse_acks", "pod_side_batch", "route_add"]
+__all__ = ["BatchStep", "addr_add", "link_up", "parse_acks", "pod_side_batch", "route_add",
+           "veth_add"]

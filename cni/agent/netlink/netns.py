@@ -222,6 +222,7 @@ class HostWorker:
     def __init__(self, host_fd: int) -> None:
         self._host_fd = host_fd
         self._ipr: Any = None
+        self._raw: socket.socket | None = None  # a plain netlink socket for send_batch
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecnet-netlink-host")
         self.run(lambda ipr: None)  # open now: fail at start-up, not on the first pod
 
@@ -230,6 +231,21 @@ class HostWorker:
             _setns(self._host_fd)  # a no-op normally; makes "host" explicit for this thread
             self._ipr = IPRoute()
         return fn(self._ipr)
+
+    def _raw_job(self, fn: Callable[[socket.socket], T]) -> T:
+        if self._raw is None:
+            _setns(self._host_fd)
+            self._raw = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
+        return fn(self._raw)
+
+    def run_raw(self, fn: Callable[[socket.socket], T]) -> T:
+        """`fn` on this thread's plain host netlink socket (for requests pyroute2's
+        per-call machinery would cost more than the kernel: the veth creation)."""
+        try:
+            fut = self._pool.submit(self._raw_job, fn)
+        except RuntimeError:  # submit after shutdown
+            raise PlumbingError("the agent's netlink seam is closed") from None
+        return fut.result()
 
     def run(self, fn: Callable[[Any], T]) -> T:
         try:
@@ -243,6 +259,9 @@ class HostWorker:
             if self._ipr is not None:
                 self._ipr.close()
                 self._ipr = None
+            if self._raw is not None:
+                self._raw.close()
+                self._raw = None
         try:
             self._pool.submit(_close).result()
         except RuntimeError:  # already shut down

@@ -29,7 +29,7 @@ from typing import Any, Self
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ...errors import NetnsNotFound, PlumbingError
-from .batch import pod_side_batch
+from .batch import BatchStep, pod_side_batch, veth_add
 from .check import check_pod_interface
 from .netns import (
     ETHTOOL_STXCSUM,
@@ -41,6 +41,7 @@ from .netns import (
     attr,
     enodev,
     ethtool_value,
+    exc_errno,
     exc_text,
     get_link,
     ifindex,
@@ -304,20 +305,23 @@ class PodNetlink:
         stack = ExitStack()
         stack.callback(os.close, nsfd)
         t0 = time.perf_counter()
+        # With its final name the host end is created up, ready for OVS at once. A plain
+        # netlink request: in a burst the veth creations queue on the host thread, and
+        # pyroute2's machinery around each was most of their cost (docs/performance.md).
+        what = f"creating veth with peer {ifname} in netns {path}"
+        request = veth_add(1, tmp, mtu, final, ifname, nsfd)
         try:
-            # With its final name the host end is created up, ready for OVS at once.
-            self._host.run(lambda ipr: ipr.link(
-                "add", ifname=tmp, kind="veth", mtu=mtu, **({"state": "up"} if final else {}),
-                peer={"ifname": ifname, "mtu": mtu, "net_ns_fd": nsfd}))
-        except NetlinkError as exc:
+            self._host.run_raw(lambda nl: send_batch(nl, request, [BatchStep(1, what)]))
+        except StepFailed as exc:
             stack.close()
-            if exc.code == errno.EEXIST:
+            code = exc_errno(exc.cause)
+            if code == errno.EEXIST:
                 return None
-            if exc.code == errno.EINVAL and not is_netns_fd(nsfd):
+            if code == errno.EINVAL and not is_netns_fd(nsfd):
                 raise NetnsNotFound(f"{path} is not a network namespace (a stale mount "
-                                    "point?)", exc_text(exc)) from exc
-            raise PlumbingError(f"creating veth with peer {ifname} in netns {path} "
-                                f"failed: {exc_text(exc)}", exc_text(exc)) from exc
+                                    "point?)", exc_text(exc.cause)) from exc.cause
+            raise PlumbingError(f"{what} failed: {exc_text(exc.cause)}",
+                                exc_text(exc.cause)) from exc.cause
         except BaseException:
             stack.close()
             raise
