@@ -24,6 +24,11 @@ change; a delete ~0.5 ms.
   committed and in the replica.
 - ``ensure_bridge`` returns once vswitchd has built the bridge (``cur_cfg``, and its
   LOCAL port has an ofport), because ovs-ofctl needs its management socket.
+- With ``group_commit`` (the node agent's client), concurrent ``add_port`` calls share
+  one transaction and concurrent ``delete_port`` calls another (ovs_driver.groupcommit):
+  ovs-vswitchd re-plans every port once per transaction, so a burst of attaches costs
+  it one pass per batch, not one per pod. Each caller still returns when its own port
+  has its ofport, or raises its own error.
 - ``delete_port``/``delete_bridge`` return once the rows are gone from the database
   and the replica. They do not wait for vswitchd: no caller reads anything of the
   port afterwards, the name can be reused at once (a new Port row is a new port to
@@ -33,16 +38,18 @@ change; a delete ~0.5 ms.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import Self
 from uuid import UUID
 
-from ovs_driver.errors import OvsNotFound, OvsTransactionError
+from ovs_driver.errors import OvsError, OvsNotFound, OvsTransactionError
+from ovs_driver.groupcommit import BatchStats, GroupCommit
 from ovs_driver.idl import IdlConnection, IdlRow, TxnBuilder, col
-from ovs_driver.ports import PortSpec, bridge_of, commit_ports
+from ovs_driver.ports import PortSpec, commit_ports, commit_ports_each, delete_ports
 from ovs_driver.rows import (
     InterfaceInfo,
     as_int,
@@ -73,6 +80,13 @@ NAMED = ("Bridge", "Port", "Interface")  # tables with a unique name (and our in
 TUNNEL_KINDS = frozenset({"vxlan", "geneve"})
 
 
+def _one_may_be_the_cause(exc: OvsError) -> bool:
+    """A refused transaction may be one port's fault: worth retrying port by port. A
+    timeout or a lost connection is everyone's: retried one by one, N callers would wait N
+    timeouts."""
+    return isinstance(exc, OvsTransactionError)
+
+
 @dataclass
 class _BridgePlan:
     bridge: UUID
@@ -88,10 +102,28 @@ class OvsdbClient:
     (it may be changed on a live client).
     """
 
-    def __init__(self, remote: str, timeout: float = 5.0) -> None:
+    def __init__(self, remote: str, timeout: float = 5.0, group_commit: bool = False) -> None:
         self.remote = remote
         self.timeout = timeout
         self._conn = IdlConnection(remote, DB, MONITORED, NAMED, timeout)
+        self._group = group_commit
+        self._attachers: dict[float | None, GroupCommit[PortSpec, int]] = {}
+        self._attachers_lock = threading.Lock()
+        self._detacher: GroupCommit[tuple[str, str], bool] = GroupCommit(
+            self._detach_batch, retry_alone=_one_may_be_the_cause)
+
+    def queued(self) -> int:
+        """Attaches and detaches waiting for the next batch (tests wait on it)."""
+        with self._attachers_lock:
+            attachers = list(self._attachers.values())
+        return sum(g.queued() for g in attachers) + self._detacher.queued()
+
+    def batch_stats(self) -> dict[str, BatchStats]:
+        """What the group commits did so far ("attach wait=<s>", "detach")."""
+        with self._attachers_lock:
+            out = {f"attach wait={w}": g.stats for w, g in self._attachers.items()}
+        out["detach"] = self._detacher.stats
+        return out
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -260,8 +292,25 @@ class OvsdbClient:
         error. Returns -1 when not waiting.
         """
         spec = PortSpec(bridge, name, iface_type, dict(options or {}), dict(external_ids), mac)
+        if self._group:
+            return self._attacher(wait_ofport).submit(spec)
         return commit_ports(self._conn, [spec], wait_ofport,
                             f"add_port bridge={bridge} name={name}", self.timeout)[0]
+
+    def _attacher(self, wait_ofport: float | None) -> GroupCommit[PortSpec, int]:
+        """One group commit per wait: ports in one batch are waited for together."""
+        with self._attachers_lock:
+            group = self._attachers.get(wait_ofport)
+            if group is None:
+                group = self._attachers[wait_ofport] = GroupCommit(
+                    partial(self._attach_batch, wait_ofport), retry_alone=_one_may_be_the_cause)
+            return group
+
+    def _attach_batch(self, wait_ofport: float | None,
+                      specs: Sequence[PortSpec]) -> list[int | OvsError]:
+        what = (f"add_port bridge={specs[0].bridge} name={specs[0].name}" if len(specs) == 1
+                else f"add_ports n={len(specs)} names={','.join(s.name for s in specs)}")
+        return commit_ports_each(self._conn, specs, wait_ofport, what, self.timeout)
 
     def add_tunnel(
         self,
@@ -303,27 +352,18 @@ class OvsdbClient:
 
     def delete_port(self, bridge: str, name: str) -> bool:
         """Detach and delete; False (not an error: DEL forgives) when it is not there."""
-        def plan(txn: TxnBuilder) -> UUID | None:
-            port = self._conn.by_name("Port", name)
-            if port is None:
-                return None
-            br = self._conn.by_name("Bridge", bridge)
-            if br is None or not self._conn.refers_to(br, "ports", port):
-                log.warning("ovsdb delete_port: port is on another bridge bridge=%s name=%s "
-                            "owner=%s", bridge, name, bridge_of(self._conn, port))
-                return None
-            port.verify("name")  # deleted by someone else first: plan again, find nothing
-            br.delvalue("ports", port)  # Port and Interface go by garbage collection
-            return port.uuid
+        if self._group:
+            return self._detacher.submit((bridge, name))
+        return self._detach_batch([(bridge, name)])[0]
 
-        done = self._conn.transact(f"delete_port bridge={bridge} name={name}", plan,
-                                   self.timeout)
-        if done is None:
-            return False
-        self._conn.wait_for(lambda: self._conn.row("Port", done.value) is None,
-                            self.timeout, f"port {name} gone from the replica")
-        log.info("ovsdb port deleted bridge=%s name=%s", bridge, name)
-        return True
+    def _detach_batch(self, ports: Sequence[tuple[str, str]]) -> list[bool]:
+        what = (f"delete_port bridge={ports[0][0]} name={ports[0][1]}" if len(ports) == 1
+                else f"delete_ports n={len(ports)}")
+        removed = delete_ports(self._conn, ports, what, self.timeout)
+        for (bridge, name), gone in zip(ports, removed, strict=True):
+            if gone:
+                log.debug("ovsdb port deleted bridge=%s name=%s", bridge, name)
+        return removed
 
     def get_interface(self, name: str) -> InterfaceInfo | None:
         def get() -> InterfaceInfo | None:

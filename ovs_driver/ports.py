@@ -4,12 +4,13 @@ refuses a port this transaction created (STYLE.md item 9: ADD rolls back)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from uuid import UUID
 
 from ovs_driver.errors import OvsError, OvsTransactionError
-from ovs_driver.idl import IdlConnection, IdlRow, TxnBuilder, col
+from ovs_driver.idl import Committed, IdlConnection, IdlRow, TxnBuilder, col
 from ovs_driver.rows import as_int, as_map, optional_str, port_settled
 
 log = logging.getLogger(__name__)
@@ -34,20 +35,92 @@ class _PortsPlan:
 def commit_ports(conn: IdlConnection, specs: list[PortSpec], wait_ofport: float | None,
                  what: str, timeout: float) -> list[int]:
     """Add (or update) every port in ``specs`` in one transaction; with ``wait_ofport``
-    return their ofports once vswitchd has them, else -1 each once committed."""
-    done = conn.transact(what, partial(_plan_ports, conn, specs, what), timeout)
-    assert done is not None  # a port plan always has something to commit
-    ifaces = [done.real_uuid(u) for u in done.value.ifaces]
+    return their ofports once vswitchd has them, else -1 each once committed. All or
+    nothing: if vswitchd refuses one, every port this call created is removed (both ends
+    of a patch pair exist together or not at all)."""
+    created, verdicts = _commit_and_wait(conn, specs, wait_ofport, what, timeout)
+    errors = [v for v in verdicts if isinstance(v, OvsError)]
+    if errors:
+        _roll_back(conn, created, what, timeout)
+        raise errors[0]
+    return [v for v in verdicts if not isinstance(v, OvsError)]
+
+
+def commit_ports_each(conn: IdlConnection, specs: Sequence[PortSpec],
+                      wait_ofport: float | None, what: str,
+                      timeout: float) -> list[int | OvsError]:
+    """Independent ports (pods' host ends, group-committed) in one transaction: each gets
+    its own verdict, its ofport or vswitchd's error, and only the ports vswitchd refused
+    are removed again. A failure of the transaction itself (or of the wait for vswitchd)
+    raises for all: the group commit then tries each port alone."""
+    specs = list(specs)
+    if len({s.name for s in specs}) != len(specs):
+        # Two inserts of one name would lose to each other's unique index until the
+        # retries ran out; alone, the second is a may-exist update of the first.
+        raise OvsTransactionError(f"{what}: the same port twice in one transaction")
+    created, verdicts = _commit_and_wait(conn, specs, wait_ofport, what, timeout)
+    refused = {s.name for s, v in zip(specs, verdicts, strict=True) if isinstance(v, OvsError)}
+    _roll_back(conn, [s for s in created if s.name in refused], what, timeout)
+    return verdicts
+
+
+def _commit_and_wait(conn: IdlConnection, specs: list[PortSpec], wait_ofport: float | None,
+                     what: str, timeout: float) -> tuple[list[PortSpec], list[int | OvsError]]:
+    """One transaction; the specs it created and, per port, its ofport or vswitchd's
+    error (-1 each without ``wait_ofport``). If the wait itself fails, what it created is
+    removed and the error raised."""
+    done, ifaces = _commit(conn, specs, what, timeout)
+    created = [s for s, new in zip(specs, done.value.created, strict=True) if new]
     if wait_ofport is None:
         conn.wait_for(partial(_ifaces_written, conn, ifaces, specs), timeout,
                       f"{what} in the replica")
-        return [-1] * len(specs)
+        return created, [-1] * len(specs)
     try:
-        return _wait_ofports(conn, ifaces, specs, done.increment, wait_ofport, timeout)
+        return created, _wait_ofports(conn, ifaces, specs, done.increment, wait_ofport,
+                                      timeout)
     except OvsError:
-        created = [s for s, new in zip(specs, done.value.created, strict=True) if new]
         _roll_back(conn, created, what, timeout)
         raise
+
+
+def _commit(conn: IdlConnection, specs: list[PortSpec], what: str,
+            timeout: float) -> tuple[Committed[_PortsPlan], list[UUID]]:
+    done = conn.transact(what, partial(_plan_ports, conn, specs, what), timeout)
+    assert done is not None  # a port plan always has something to commit
+    return done, [done.real_uuid(u) for u in done.value.ifaces]
+
+
+def delete_ports(conn: IdlConnection, ports: Sequence[tuple[str, str]], what: str,
+                 timeout: float) -> list[bool]:
+    """Detach and delete every (bridge, name) in one transaction; per port, False when it
+    was not there (DEL forgives) or sits on another bridge. Returns once the rows are gone
+    from the replica."""
+    def plan(txn: TxnBuilder) -> list[UUID | None] | None:
+        removed: list[UUID | None] = []
+        for bridge, name in ports:
+            port = conn.by_name("Port", name)
+            br = conn.by_name("Bridge", bridge) if port is not None else None
+            if port is None or br is None or not conn.refers_to(br, "ports", port):
+                if port is not None:
+                    log.warning("ovsdb delete_port: port is on another bridge bridge=%s "
+                                "name=%s owner=%s", bridge, name, bridge_of(conn, port))
+                removed.append(None)
+                continue
+            if port.uuid in removed:  # the same port twice in one batch: removed once
+                removed.append(None)
+                continue
+            port.verify("name")  # deleted by someone else first: plan again, find nothing
+            br.delvalue("ports", port)  # Port and Interface go by garbage collection
+            removed.append(port.uuid)
+        return removed if any(u is not None for u in removed) else None
+
+    done = conn.transact(what, plan, timeout)
+    if done is None:
+        return [False] * len(ports)
+    gone = [u for u in done.value if u is not None]
+    conn.wait_for(lambda: all(conn.row("Port", u) is None for u in gone), timeout,
+                  f"ports of {what} gone from the replica")
+    return [u is not None for u in done.value]
 
 
 def bridge_of(conn: IdlConnection, port: IdlRow) -> str | None:
@@ -58,7 +131,7 @@ def bridge_of(conn: IdlConnection, port: IdlRow) -> str | None:
     return None
 
 
-def _plan_ports(conn: IdlConnection, specs: list[PortSpec], what: str,
+def _plan_ports(conn: IdlConnection, specs: Sequence[PortSpec], what: str,
                 txn: TxnBuilder) -> _PortsPlan:
     bridges: dict[str, IdlRow] = {}
     for spec in specs:
@@ -133,9 +206,10 @@ def _ifaces_written(conn: IdlConnection, uuids: list[UUID], specs: list[PortSpec
 
 
 def _wait_ofports(conn: IdlConnection, ifaces: list[UUID], specs: list[PortSpec],
-                  target: int | None, wait: float, timeout: float) -> list[int]:
-    """Wait until vswitchd has given its verdict on every port (rows.port_settled),
-    then return the ofports or raise vswitchd's error."""
+                  target: int | None, wait: float,
+                  timeout: float) -> list[int | OvsError]:
+    """Wait until vswitchd has given its verdict on every port (rows.port_settled), then
+    return, per port, its ofport or vswitchd's error."""
     def settled() -> bool:
         root = conn.root()
         cur = as_int(col(root, "cur_cfg")) if root is not None else -1
@@ -148,17 +222,18 @@ def _wait_ofports(conn: IdlConnection, ifaces: list[UUID], specs: list[PortSpec]
 
     conn.wait_for(settled, wait, f"ofport of {','.join(s.name for s in specs)} from ovs-vswitchd")
 
-    def ofports() -> list[int]:
-        out = []
+    def ofports() -> list[int | OvsError]:
+        out: list[int | OvsError] = []
         for u, spec in zip(ifaces, specs, strict=True):
             row = conn.row("Interface", u)
             ofport = as_int(col(row, "ofport")) if row is not None else -1
             if ofport <= 0:
                 error = (optional_str(col(row, "error")) if row is not None else None) or (
                     "ovs-vswitchd did not set it up (no ofport; see ovs-vswitchd.log)")
-                raise OvsTransactionError(
-                    f"interface {spec.name} on bridge {spec.bridge}: {error}", error=error)
-            out.append(ofport)
+                out.append(OvsTransactionError(
+                    f"interface {spec.name} on bridge {spec.bridge}: {error}", error=error))
+            else:
+                out.append(ofport)
         return out
 
     return conn.read(ofports, timeout)

@@ -133,8 +133,9 @@ class CniHandler(Generic[PendingT]):
             # a pass over all its ports). Otherwise attach now and add the ids later.
             if pend is not None and not pending_alloc.done():
                 attach = self._pool.submit(self._attach, req, None, spec_host, proposed)
-            if pend is not None:
-                self.netlink.enter_pod(pend)  # pod-side sockets while OVS attaches
+                # pod-side sockets while OVS attaches; with the answer already there,
+                # finish_pod_end opens them instead, once the attach is under way
+                self.netlink.enter_pod(pend)
         except BaseException:
             self._undo(pend, attach, spec_host)
             early = _quietly(pending_alloc)
@@ -312,8 +313,11 @@ class CniHandler(Generic[PendingT]):
                                  (now.external_ids.get("ecnet/container", "?")[:12]
                                   if now is not None else "none"))
                         continue
-                    self.ovs.delete_port(self.cfg.bridge, iface.name)  # off the network
+                    # Doomed first: the reaper's deletion (the kernel's RCU grace periods,
+                    # most of DEL) runs while the OVS port goes; a pair without its veth
+                    # is off the network already.
                     doomed |= self.teardown.start(container_id, [iface.name], None, ifname)
+                    self.ovs.delete_port(self.cfg.bridge, iface.name)
         except OvsError as exc:
             raise ce.TryAgainLater(f"OVSDB unavailable while deleting the pod's port: {exc}",
                                    str(exc)) from exc

@@ -182,7 +182,8 @@ class Agent:
     def __init__(self, s: AgentSettings) -> None:
         self.settings = s
         self.stop_event = threading.Event()
-        self.ovs = OvsdbClient(s.ovsdb, timeout=s.ovsdb_timeout)
+        # Group commit: a burst of attaches (or detaches) costs vswitchd one pass per batch.
+        self.ovs = OvsdbClient(s.ovsdb, timeout=s.ovsdb_timeout, group_commit=True)
         if not self.ovs.bridge_exists(s.bridge):
             self.ovs.ensure_bridge(s.bridge, datapath_type=s.datapath_type)
         userspace = self.ovs.datapath_type(s.bridge) == "netdev"

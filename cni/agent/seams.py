@@ -77,7 +77,8 @@ class VethReaper(Protocol):
 
 class PodNetlinkClient(VethReaper, Protocol[PendingT]):
     """The netlink layer as the handler drives it. `PendingT` is the implementation's handle
-    for a veth pair created ahead of its port: the handler only hands it back."""
+    for a veth pair created ahead of its port: the handler only hands it back.
+    `finish_pod_end` enters the pod itself when `enter_pod` was not called first."""
 
     def prepare_pod_interface(self, netns: str, ifname: str, mtu: int,
                               host_ifname: str | None = None) -> PendingT | None: ...

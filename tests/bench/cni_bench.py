@@ -9,7 +9,12 @@ only in that namespace). Pods are interleaved ecnet, reference, ecnet, ... ; a w
 discarded. Prints one table: ADD/DEL p50/p90/p99/max, burst wall times, allocation rate
 through gRPC vs host-local exec'd per allocation, STATUS latency, how many DELs returned with
 the pod's interface still there (the CNI spec says none may), which CNI binary the agent
-installed, agent and controller RSS, and the ratios.
+installed, agent and controller RSS, the ratios, and CPU per pod and per process (the CNI
+binaries exec'd, agent, controller, ovs-vswitchd, ovsdb-server: utime+stime deltas over each
+phase from /proc/<pid>/stat, the exec'd binaries' from RUSAGE_CHILDREN around each exec) with
+`--agent-debug` runs the agent at DEBUG and reports its own `total_ms` per ADD and its OVSDB
+transactions (how many ports each attach carried: the group commit); the log lines cost
+CPU per pod, so the other figures are from runs without it.
 Not part of the test run (no test_ names; tests/bench is never collected for assertions).
 """
 from __future__ import annotations
@@ -18,6 +23,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -46,6 +53,35 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def proc_cpu_ms(pid: int) -> float:
+    """utime+stime of every thread of `pid` so far (fields 14 and 15 of /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_ms() -> float:
+    """CPU of every waited-for child so far (the CNI binaries and what they exec'd)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (ru.ru_utime + ru.ru_stime) * 1000
+
+
+class Cpu:
+    """CPU per process over one phase of the benchmark."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.t0 = {k: proc_cpu_ms(p) for k, p in pids.items()}
+
+    def done(self, shim_ms: float, reference_ms: float = 0.0) -> dict[str, float]:
+        out = {k: proc_cpu_ms(p) - self.t0[k] for k, p in self.pids.items()}
+        out["shim"], out["reference plugins"] = shim_ms, reference_ms
+        return out
 
 
 def exec_cni(binary: str, command: str, cid: str, netns: str, conf: dict[str, Any],
@@ -85,19 +121,27 @@ def inner(args: argparse.Namespace) -> None:
     errors: list[str] = []
     created: list[str] = []
     left = {k: 0 for k in plugins}   # DELs that returned with the pod's eth0 still there
+    pids = cfg["pids"]
+    cpu: dict[str, dict[str, float]] = {}
     if True:
+        child = {k: 0.0 for k in plugins}   # CPU of the exec'd binaries, per plugin
         for i in range(args.warmup + args.pods):
+            if i == args.warmup:
+                seq = Cpu(pids)
+                child = {k: 0.0 for k in plugins}
             for kind in ("ecnet", "reference"):
                 binary, conf, cni_path = plugins[kind]
                 ns = new_netns()
                 created.append(ns)
                 cid = uuid.uuid4().hex
+                c0 = children_cpu_ms()
                 dt_add, rc, out = exec_cni(binary, "ADD", cid, f"/var/run/netns/{ns}", conf,
                                            cni_path)
                 if rc != 0:
                     errors.append(f"{kind} ADD: {out}")
                 dt_del, rc, out = exec_cni(binary, "DEL", cid, f"/var/run/netns/{ns}", conf,
                                            cni_path)
+                child[kind] += children_cpu_ms() - c0
                 if rc != 0:
                     errors.append(f"{kind} DEL: {out}")
                 # the CNI spec's DEL promise, checked outside the timing
@@ -107,6 +151,7 @@ def inner(args: argparse.Namespace) -> None:
                 if i >= args.warmup:
                     results[kind]["ADD"].append(dt_add)
                     results[kind]["DEL"].append(dt_del)
+        cpu["sequential ADD+DEL"] = seq.done(child["ecnet"], child["reference"])
         bursts: dict[str, float] = {}
         for kind in ("ecnet", "reference"):
             binary, conf, cni_path = plugins[kind]
@@ -115,17 +160,24 @@ def inner(args: argparse.Namespace) -> None:
                 ns = new_netns()
                 created.append(ns)
                 pods.append((uuid.uuid4().hex, f"/var/run/netns/{ns}"))
+            phase, c0 = Cpu(pids), children_cpu_ms()
             t = time.perf_counter()
             with ThreadPoolExecutor(args.burst) as ex:
                 outs = list(ex.map(
                     lambda p, b=binary, c=conf, cp=cni_path: exec_cni(b, "ADD", p[0], p[1],
                                                                       c, cp), pods))
             bursts[kind] = time.perf_counter() - t
+            shim = children_cpu_ms() - c0
+            cpu[f"burst ADD ({kind})"] = (phase.done(shim) if kind == "ecnet"
+                                          else phase.done(0.0, shim))
             errors += [f"{kind} burst ADD: {o[2]}" for o in outs if o[1] != 0]
+            phase, c0 = Cpu(pids), children_cpu_ms()
             with ThreadPoolExecutor(16) as ex:
                 list(ex.map(
                     lambda p, b=binary, c=conf, cp=cni_path: exec_cni(b, "DEL", p[0], p[1],
                                                                       c, cp), pods))
+            if kind == "ecnet":
+                cpu["burst DEL (ecnet)"] = phase.done(children_cpu_ms() - c0)
         # host-local alone, exec'd per allocation (its allocation rate)
         hl_conf = {"cniVersion": "1.0.0", "name": "hl-bench",
                    "ipam": {"type": "host-local", "subnet": "10.98.0.0/16",
@@ -141,7 +193,7 @@ def inner(args: argparse.Namespace) -> None:
                            cfg["ecnet_bin_dir"])[0] for _ in range(args.status)]
     Path(cfg["out"]).write_text(json.dumps({"results": results, "bursts": bursts,
                                             "hl_rate": hl_rate, "errors": errors[:20],
-                                            "left": left, "status": status}))
+                                            "left": left, "status": status, "cpu": cpu}))
 
 
 # ---------------------------------------------------------------- outer (builds the lab)
@@ -161,15 +213,20 @@ def outer(args: argparse.Namespace) -> None:
         lab.ipctl("subnet", "create", "bench", "10.70.0.0/16")
         lab.ipctl("pool", "create", "rate", "--policy", "dynamic", "--quarantine", "0")
         lab.ipctl("subnet", "create", "rate", "10.128.0.0/12")
-        node = lab.add_node("bench", "--log-level", "warning")
+        node = lab.add_node("bench", "--log-level",
+                            "debug" if args.agent_debug else "warning")
         out = Path(tmp) / "out.json"
         count = 2 * (args.warmup + args.pods) + 2 * args.burst
         netns = [lab.make_netns(f"b{i}") for i in range(count)]
+        assert node.agent is not None and lab.controller is not None and node.ovs.dir
+        pids = {"agent": node.agent.pid, "controller": lab.controller.pid,
+                "ovs-vswitchd": int((node.ovs.dir / "vswitchd.pid").read_text()),
+                "ovsdb-server": int((node.ovs.dir / "ovsdb.pid").read_text())}
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps({"work": tmp, "socket": node.socket, "tag": lab.tag,
                                     "ecnet_binary": node.binary,
                                     "ecnet_bin_dir": str(node.bin_dir), "out": str(out),
-                                    "netns": netns}))
+                                    "netns": netns, "pids": pids}))
         subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-m",
                         "tests.bench.cni_bench", "--inner", str(spec), "--pods",
                         str(args.pods), "--warmup", str(args.warmup), "--burst",
@@ -179,14 +236,22 @@ def outer(args: argparse.Namespace) -> None:
         data = json.loads(out.read_text())
         args.binary_kind = ("python" if Path(node.binary).read_bytes()[:2] == b"#!"
                             else "static C")
+        phase, t0 = Cpu(pids), time.perf_counter()
         rate = grpc_alloc_rate(lab.controller_addr, args.clients)
+        used = phase.done(0.0)
+        data["alloc_cpu"] = {k: used[k] / (time.perf_counter() - t0) / 10  # % of a core
+                             for k in ("agent", "controller", "ovs-vswitchd")}
         agent_rss = rss_mb(node.agent.pid) if node.agent else float("nan")
         ctl_rss = rss_mb(lab.controller.pid) if lab.controller else float("nan")
-    report(data, rate, agent_rss, ctl_rss, args)
+        log = node.agent_log()
+        if args.alloc_without_agent:  # the same controller and database, agent stopped
+            node.stop_agent()
+            data["rate_no_agent"] = grpc_alloc_rate(lab.controller_addr, args.clients)
+    report(data, rate, agent_rss, ctl_rss, args, log)
 
 
 def report(data: dict[str, Any], rate: float, agent_rss: float, ctl_rss: float,
-           args: argparse.Namespace) -> None:
+           args: argparse.Namespace, agent_log: str) -> None:
     r = data["results"]
     rows = []
     for verb in ("ADD", "DEL"):
@@ -206,6 +271,11 @@ def report(data: dict[str, Any], rate: float, agent_rss: float, ctl_rss: float,
     for name, e, ref in rows:
         ratio = e / ref if ref and e else float("nan")
         print(f"{name:52} {e:10.2f} {ref:10.2f} {ratio:7.2f}")
+    if "rate_no_agent" in data:
+        print(f"{'allocations/s, the same with the agent stopped':52} "
+              f"{data['rate_no_agent']:10.2f}")
+    print(f"{'CPU during the allocation run (% of a core)':52} " + ", ".join(
+        f"{k} {v:.0f}" for k, v in data["alloc_cpu"].items()))
     st = data["status"]
     print(f"{'STATUS p50 / p99 (ms)':52} {pct(st, 50):10.2f} {pct(st, 99):10.2f}")
     left = data["left"]
@@ -214,7 +284,40 @@ def report(data: dict[str, Any], rate: float, agent_rss: float, ctl_rss: float,
     print(f"{'CNI binary':52} {args.binary_kind:>10}")
     print(f"{'agent RSS (MB)':52} {agent_rss:10.1f}")
     print(f"{'controller RSS (MB)':52} {ctl_rss:10.1f}")
+    # --agent-debug: the agent's own phase timings, in log order (sequential ADDs first)
+    phases = re.findall(r"ADD container=.* veth_ms=([0-9.]+) alloc_wait_ms=([0-9.]+) "
+                        r"plumb_ms=([0-9.]+) total_ms=([0-9.]+)", agent_log)
+    if phases:
+        seq = phases[args.warmup:args.warmup + args.pods]
+        burst = phases[args.warmup + args.pods:]
+        for i, name in enumerate(("veth_ms", "alloc_wait_ms", "plumb_ms", "total_ms")):
+            print(f"{'agent ' + name + ' p50 / p99, sequential ADDs':52} "
+                  f"{pct([float(p[i]) for p in seq], 50):10.2f} "
+                  f"{pct([float(p[i]) for p in seq], 99):10.2f}")
+        print(f"{'agent total_ms p50 / p99, burst ADDs':52} "
+              f"{pct([float(p[3]) for p in burst], 50):10.2f} "
+              f"{pct([float(p[3]) for p in burst], 99):10.2f}")
+        sizes = [int(n) if n else 1 for n in re.findall(
+            r"ovsdb transact what='add_port(?:s n=(\d+)| bridge=br-int)", agent_log)]
+        print(f"{'OVSDB attach transactions / ports attached':52} {len(sizes):10d} "
+              f"{sum(sizes):10d}   (largest batch {max(sizes, default=0)})")
+        dels = [int(n) if n else 1 for n in re.findall(
+            r"ovsdb transact what='delete_port(?:s n=(\d+)| bridge=br-int)", agent_log)]
+        print(f"{'OVSDB detach transactions / ports detached':52} {len(dels):10d} "
+              f"{sum(dels):10d}   (largest batch {max(dels, default=0)})")
     print("ratios: ecnet/reference for latencies and bursts; ecnet/host-local for allocations")
+    pods = {"sequential ADD+DEL": args.pods, "burst ADD (ecnet)": args.burst,
+            "burst ADD (reference)": args.burst, "burst DEL (ecnet)": args.burst}
+    procs = ["shim", "agent", "controller", "ovs-vswitchd", "ovsdb-server",
+             "reference plugins"]
+    print()
+    print("CPU ms per pod, per process (sequential: one ADD + one DEL; reference plugins:"
+          " bridge + host-local)")
+    print(f"{'phase':24}" + "".join(f"{p[:12]:>13}" for p in procs) + f"{'total':>9}")
+    for phase, got in data["cpu"].items():
+        n = pods[phase]
+        print(f"{phase:24}" + "".join(f"{got[p] / n:13.2f}" for p in procs)
+              + f"{sum(got[p] for p in procs) / n:9.2f}")
     if data["errors"]:
         print("errors:", *data["errors"], sep="\n  ")
 
@@ -227,6 +330,10 @@ def main() -> None:
     p.add_argument("--alloc", type=int, default=300)
     p.add_argument("--clients", type=int, default=2, help="gRPC load client processes")
     p.add_argument("--status", type=int, default=200, help="STATUS execs to time")
+    p.add_argument("--agent-debug", action="store_true",
+                   help="agent at DEBUG: report its own total_ms per ADD")
+    p.add_argument("--alloc-without-agent", action="store_true",
+                   help="measure the allocation rate again with the agent stopped")
     p.add_argument("--inner", default="")
     a = p.parse_args()
     inner(a) if a.inner else outer(a)

@@ -62,6 +62,7 @@ class FakePending:
     netns: str
     ifname: str
     host: str
+    entered: bool = False
 
 
 class FakeNetlink:
@@ -136,7 +137,10 @@ class FakeNetlink:
         return pend
 
     def enter_pod(self, pend: FakePending) -> None:
+        if pend.entered:
+            return
         self.faults.check("enter_pod")
+        pend.entered = True
 
     def finish_host_end(self, pend: FakePending, host_ifname: str, mtu: int) -> str:
         self.faults.check("finish_host_end")
@@ -151,6 +155,7 @@ class FakeNetlink:
     def finish_pod_end(self, pend: FakePending, spec: PodInterfaceSpec,
                        host_mac: str) -> PodInterfaceResult:
         try:
+            self.enter_pod(pend)  # as PodNetlink: enters first when the handler did not
             self.faults.check("finish_pod_end")
             with self._lock:
                 end = self._ns(pend.netns)[pend.ifname]

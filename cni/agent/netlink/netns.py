@@ -26,6 +26,7 @@ import fcntl
 import logging
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ...errors import NetnsNotFound, PlumbingError
+from .batch import BatchStep, parse_acks
 from .plan import IFNAMSIZ, errno_text, normalize_netns_path
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,39 @@ def ethtool_value(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> 
     return int(value.data)
 
 
+_SIOCGIFINDEX = 0x8933
+_IFREQ_INDEX = struct.Struct(f"={IFNAMSIZ}si20x")  # struct ifreq: name, ifr_ifindex, pad
+
+
+def ifindex(sock: socket.socket, ifname: str) -> int:
+    """The index of `ifname` in the namespace `sock` was created in (SIOCGIFINDEX): one
+    system call, where a netlink lookup is a round trip and a parsed message."""
+    req = _IFREQ_INDEX.pack(ifname.encode(), 0)
+    return int(_IFREQ_INDEX.unpack(fcntl.ioctl(sock.fileno(), _SIOCGIFINDEX, req))[1])
+
+
+def send_batch(nl: socket.socket, data: bytes, steps: Sequence[BatchStep],
+               timeout: float = 10.0) -> None:
+    """Send a batch of rtnetlink requests in one sendmsg and read every ack; the first
+    step the kernel refused (beyond its "already so" errnos) raises StepFailed. The kernel
+    acts on every message in order whatever an earlier one's outcome, so the caller's
+    rollback (or a retried ADD) sees the whole batch done or named."""
+    acks: dict[int, int] = {}
+    want = {s.seq for s in steps}
+    try:
+        nl.settimeout(timeout)
+        nl.send(data)
+        while not want <= acks.keys():
+            acks.update(parse_acks(nl.recv(65536)))
+    except OSError as exc:  # includes the timeout: the kernel always acks, so a bug
+        raise StepFailed(f"{steps[0].what} (and {len(steps) - 1} more in one batch)",
+                         exc) from exc
+    for s in steps:
+        code = acks[s.seq]
+        if code and code not in s.ok_errnos:
+            raise StepFailed(s.what, OSError(code, os.strerror(code)))
+
+
 def open_netns(netns: str) -> tuple[str, int]:
     """Normalise a runtime's netns path and open it: (path, fd). The one place a missing
     netns becomes NetnsNotFound (CNI code 111)."""
@@ -187,6 +222,7 @@ class HostWorker:
     def __init__(self, host_fd: int) -> None:
         self._host_fd = host_fd
         self._ipr: Any = None
+        self._raw: socket.socket | None = None  # a plain netlink socket for send_batch
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecnet-netlink-host")
         self.run(lambda ipr: None)  # open now: fail at start-up, not on the first pod
 
@@ -195,6 +231,21 @@ class HostWorker:
             _setns(self._host_fd)  # a no-op normally; makes "host" explicit for this thread
             self._ipr = IPRoute()
         return fn(self._ipr)
+
+    def _raw_job(self, fn: Callable[[socket.socket], T]) -> T:
+        if self._raw is None:
+            _setns(self._host_fd)
+            self._raw = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
+        return fn(self._raw)
+
+    def run_raw(self, fn: Callable[[socket.socket], T]) -> T:
+        """`fn` on this thread's plain host netlink socket (for requests pyroute2's
+        per-call machinery would cost more than the kernel: the veth creation)."""
+        try:
+            fut = self._pool.submit(self._raw_job, fn)
+        except RuntimeError:  # submit after shutdown
+            raise PlumbingError("the agent's netlink seam is closed") from None
+        return fut.result()
 
     def run(self, fn: Callable[[Any], T]) -> T:
         try:
@@ -208,6 +259,9 @@ class HostWorker:
             if self._ipr is not None:
                 self._ipr.close()
                 self._ipr = None
+            if self._raw is not None:
+                self._raw.close()
+                self._raw = None
         try:
             self._pool.submit(_close).result()
         except RuntimeError:  # already shut down
@@ -221,8 +275,9 @@ class PodSockets:
 
     path: str
     nsfd: int
-    ipr: Any
+    ipr: Any                        # None when entered raw
     ioctl: socket.socket
+    nl: socket.socket | None = None  # the raw netlink socket, when entered raw
 
 
 class HostNetns:
@@ -274,14 +329,19 @@ class HostNetns:
             self._go_home()
         return nl, io
 
-    def enter(self, path: str, nsfd: int, stack: ExitStack) -> PodSockets:
-        """Open the pod-side sockets on the calling thread; `stack` closes them."""
+    def enter(self, path: str, nsfd: int, stack: ExitStack, raw: bool = False) -> PodSockets:
+        """Open the pod-side sockets on the calling thread; `stack` closes them. `raw`: a
+        plain netlink socket for `send_batch` instead of an IPRoute (pyroute2 builds an
+        asyncio loop and more per IPRoute)."""
         try:
             nl, io = self._open_sockets(nsfd, path)
         except OSError as exc:
             raise PlumbingError(f"opening sockets in network namespace {path} failed: "
                                 f"{exc_text(exc)}", exc_text(exc)) from exc
         stack.callback(io.close)
+        if raw:
+            stack.callback(nl.close)
+            return PodSockets(path, nsfd, None, io, nl)
         ipr = IPRoute(fileno=nl.detach())
         stack.callback(ipr.close)
         return PodSockets(path, nsfd, ipr, io)
@@ -296,4 +356,4 @@ class HostNetns:
 
 
 __all__ = ["HostNetns", "HostWorker", "PodSockets", "StepFailed", "exc_text", "get_link",
-           "open_netns", "plumbing", "step", "unless_gone"]
+           "ifindex", "open_netns", "plumbing", "send_batch", "step", "unless_gone"]

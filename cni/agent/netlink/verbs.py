@@ -22,13 +22,14 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Self
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ...errors import NetnsNotFound, PlumbingError
+from .batch import BatchStep, pod_side_batch, veth_add
 from .check import check_pod_interface
 from .netns import (
     ETHTOOL_STXCSUM,
@@ -40,12 +41,15 @@ from .netns import (
     attr,
     enodev,
     ethtool_value,
+    exc_errno,
     exc_text,
     get_link,
+    ifindex,
     is_netns_fd,
     kind,
     open_netns,
     plumbing,
+    send_batch,
     step,
     unless_gone,
 )
@@ -80,8 +84,8 @@ class PendingInterface:
     nsfd: int
     stack: ExitStack               # closes the netns fd and, once entered, the pod's sockets
     host_ifname: str = ""          # its final name, once it has one
-    pod: PodSockets | None = None  # set by enter_pod
-    pod_link: Any | None = field(default=None, repr=False)  # the container end, as found
+    pod: PodSockets | None = None  # set by enter_pod (raw: a netlink socket, no IPRoute)
+    pod_index: int = 0             # the container end's ifindex, found by enter_pod
 
 
 class PodNetlink:
@@ -304,20 +308,23 @@ class PodNetlink:
         stack = ExitStack()
         stack.callback(os.close, nsfd)
         t0 = time.perf_counter()
+        # With its final name the host end is created up, ready for OVS at once. A plain
+        # netlink request: in a burst the veth creations queue on the host thread, and
+        # pyroute2's machinery around each was most of their cost (docs/performance.md).
+        what = f"creating veth with peer {ifname} in netns {path}"
+        request = veth_add(1, tmp, mtu, final, ifname, nsfd)
         try:
-            # With its final name the host end is created up, ready for OVS at once.
-            self._host.run(lambda ipr: ipr.link(
-                "add", ifname=tmp, kind="veth", mtu=mtu, **({"state": "up"} if final else {}),
-                peer={"ifname": ifname, "mtu": mtu, "net_ns_fd": nsfd}))
-        except NetlinkError as exc:
+            self._host.run_raw(lambda nl: send_batch(nl, request, [BatchStep(1, what)]))
+        except StepFailed as exc:
             stack.close()
-            if exc.code == errno.EEXIST:
+            code = exc_errno(exc.cause)
+            if code == errno.EEXIST:
                 return None
-            if exc.code == errno.EINVAL and not is_netns_fd(nsfd):
+            if code == errno.EINVAL and not is_netns_fd(nsfd):
                 raise NetnsNotFound(f"{path} is not a network namespace (a stale mount "
-                                    "point?)", exc_text(exc)) from exc
-            raise PlumbingError(f"creating veth with peer {ifname} in netns {path} "
-                                f"failed: {exc_text(exc)}", exc_text(exc)) from exc
+                                    "point?)", exc_text(exc.cause)) from exc.cause
+            raise PlumbingError(f"{what} failed: {exc_text(exc.cause)}",
+                                exc_text(exc.cause)) from exc.cause
         except BaseException:
             stack.close()
             raise
@@ -331,10 +338,10 @@ class PodNetlink:
         container end."""
         if pend.pod is not None:
             return
-        pend.pod = self._ns.enter(pend.netns, pend.nsfd, pend.stack)
+        pend.pod = self._ns.enter(pend.netns, pend.nsfd, pend.stack, raw=True)
         try:
-            pend.pod_link = get_link(pend.pod.ipr, pend.ifname)
-        except (NetlinkError, OSError) as exc:
+            pend.pod_index = ifindex(pend.pod.ioctl, pend.ifname)
+        except OSError as exc:
             raise PlumbingError(f"looking up {pend.ifname} in netns {pend.netns} failed: "
                                 f"{exc_text(exc)}", exc_text(exc)) from exc
 
@@ -367,24 +374,33 @@ class PodNetlink:
 
     def finish_pod_end(self, pend: PendingInterface, spec: PodInterfaceSpec,
                        host_mac: str) -> PodInterfaceResult:
-        """The pod-side step, then close the pod's sockets. Loopback is the runtime's (CNI
-        loopback plugin), not ours. On failure the pair stays for `abort_pending`."""
+        """The pod-side step as one netlink batch (netlink.batch: this pair is new, so
+        there is nothing to compare first), then close the pod's sockets. Loopback is the
+        runtime's (CNI loopback plugin), not ours. On failure the pair stays for
+        `abort_pending`."""
         plan = plan_interface(spec)
         try:
             self.enter_pod(pend)
         except BaseException:
             pend.stack.close()
             raise
-        assert pend.pod is not None  # enter_pod set it or raised
+        pod = pend.pod
+        assert pod is not None and pod.nl is not None  # enter_pod set it (raw) or raised
         try:
-            idx = self._configure_pod_side(plan, pend.pod, pend.pod_link, loopback=False)
+            data, steps = pod_side_batch(plan, pend.pod_index)
+            send_batch(pod.nl, data, steps)
+            if plan.tx_checksum_off:  # DESIGN.md "The lab": see _configure_pod_side
+                step(f"turning TX checksum offload off on {plan.ifname} in netns "
+                     f"{plan.netns}", lambda: ethtool_value(pod.ioctl, plan.ifname,
+                                                            ETHTOOL_STXCSUM, 0))
         except StepFailed as exc:
             raise PlumbingError(f"{exc.step} failed: {exc_text(exc.cause)}",
                                 exc_text(exc.cause)) from exc.cause
         finally:
             pend.stack.close()
         return PodInterfaceResult(host_ifname=plan.host_ifname, host_mac=host_mac,
-                                  container_ifindex=idx, container_mac=plan.mac, created=True)
+                                  container_ifindex=pend.pod_index, container_mac=plan.mac,
+                                  created=True)
 
     def abort_pending(self, pend: PendingInterface) -> None:
         """Undo `prepare_pod_interface` (allocation failed or a later step did)."""
