@@ -119,7 +119,9 @@ class GrpcControllerClient:
             ("grpc.keepalive_time_ms", 30000),
             ("grpc.enable_retries", 1),
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 2000),
+            # Below reconnect_wait (with grpc's 20 % jitter): a channel backing off from a
+            # restarted controller is tried again within the wait `_call` gives it.
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         if tls is not None and tls.server_name:
             options.append(("grpc.ssl_target_name_override", tls.server_name))

@@ -37,7 +37,7 @@ def test_the_batch_is_link_then_addresses_then_routes() -> None:
         netns="/var/run/netns/x", ifname="eth0", host_ifname="tap0123456789a",
         mac="02:aa:bb:cc:dd:ee", addresses=[("10.1.2.3", 24), ("fd00::3", 64)],
         gateways={4: "10.1.2.1", 6: "fd00::1"}, routes=[("10.9.0.0/16", "10.1.2.1")],
-        mtu=1450, tx_checksum_off=True))
+        mtu=1450, tx_checksum_off=True, alias="ecnet:network=lab"))
     data, steps = batch.pod_side_batch(plan, index=7, first_seq=10)
     raw = messages(data)
     assert len(raw) == len(steps) == 1 + 2 + len(plan.routes)
@@ -47,6 +47,8 @@ def test_the_batch_is_link_then_addresses_then_routes() -> None:
     assert link["type"] == batch.RTM_NEWLINK and link["seq"] == 10
     assert link["msg"]["index"] == 7 and link["msg"]["flags"] & 1 and link["msg"]["change"] & 1
     assert link["IFLA_ADDRESS"] == "02:aa:bb:cc:dd:ee" and link["IFLA_MTU"] == 1450
+    # the network's name rides in the same message: a restarted agent re-plugs with it
+    assert link["IFLA_IFALIAS"] == "ecnet:network=lab"
     assert steps[0].ok_errnos == ()
 
     v4, v6 = decode(ifaddrmsg, raw[1]), decode(ifaddrmsg, raw[2])

@@ -30,6 +30,7 @@ NLM_F_CREATE = 0x400
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
+IFLA_IFALIAS = 20
 IFLA_LINKINFO = 18
 IFLA_NET_NS_FD = 28
 IFLA_INFO_KIND = 1
@@ -81,11 +82,14 @@ def _addr_bytes(family: int, address: str) -> bytes:
     return socket.inet_pton(family, address)
 
 
-def link_up(seq: int, index: int, mac: str, mtu: int) -> bytes:
-    """RTM_NEWLINK on an existing link: MAC, MTU and IFF_UP in one message."""
+def link_up(seq: int, index: int, mac: str, mtu: int, alias: str = "") -> bytes:
+    """RTM_NEWLINK on an existing link: MAC, MTU, IFF_UP and the ifalias (what a restarted
+    agent reads back when OVSDB lost the port: plan.network_alias) in one message."""
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP)
     body += _attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
     body += _attr(IFLA_MTU, struct.pack("=I", mtu))
+    if alias:
+        body += _attr(IFLA_IFALIAS, alias.encode() + b"\0")
     return _msg(RTM_NEWLINK, 0, seq, body)
 
 
@@ -135,7 +139,7 @@ def pod_side_batch(plan: InterfacePlan, index: int,
     out: list[bytes] = []
     steps: list[BatchStep] = []
     seq = first_seq
-    out.append(link_up(seq, index, plan.mac, plan.mtu))
+    out.append(link_up(seq, index, plan.mac, plan.mtu, plan.alias))
     steps.append(BatchStep(seq, f"setting MAC {plan.mac}, MTU {plan.mtu}, state up on "
                                 f"{plan.ifname} {where}"))
     for a in plan.addresses:
