@@ -38,7 +38,7 @@ from .listeners import (
 )
 from .secrets import redact_url, warn_if_exposed
 from .servicer import IPAdminServicer, IPControllerServicer
-from .watch import WatchService, WatchSettings
+from .watch import WatchService, WatchSettings, WireInterceptor
 
 log = logging.getLogger("ipcontroller")
 
@@ -247,7 +247,8 @@ class IpControllerDaemon:
             options=[("grpc.so_reuseport", 0)],
             interceptors=[AdmissionInterceptor(settings.workers, settings.max_concurrent_rpcs),
                           AuthzInterceptor(_PortNodes(self.ipam),
-                                           plaintext_tcp_admin=settings.tls is None)],
+                                           plaintext_tcp_admin=settings.tls is None),
+                          WireInterceptor()],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs + settings.max_watchers)
         on_change = self.sync.wake if self.sync is not None else None
         pb_grpc.add_IPControllerServicer_to_server(

@@ -199,8 +199,9 @@ class IPControllerServicer(pb_grpc.IPControllerServicer):
         self.watch = watch
 
     def WatchTopology(self, request: pb.WatchTopologyRequest, context: grpc.ServicerContext
-                      ) -> Iterator[pb.WatchTopologyEvent]:
-        """The topology as a stream of change-log deltas (ipcontroller.watch)."""
+                      ) -> Iterator[bytes]:
+        """The topology as a stream of change-log deltas (ipcontroller.watch), serialized
+        (the server registers the method with ipcontroller.watch.WireInterceptor)."""
         if self.watch is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller serves no watch")
         assert self.watch is not None

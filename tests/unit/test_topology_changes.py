@@ -12,7 +12,7 @@ from ecnet_api.v1 import ecnet_pb2 as pb
 from ipam import changes as ch
 from ipam.domain import AllocationRequest, Node, PodIdentity, Port, PortAddress, PortState
 from ipam.service import IpamService
-from ipcontroller.watch import Mailbox, Relevance, change_pb, chunk
+from ipcontroller.watch import Mailbox, Relevance, change_pb, chunk, entry, event_bytes
 
 PORT = Port(id="p1", pool_id="pool", mac="0a:00:00:00:00:01", state=PortState.ACTIVE,
             generation=1, addresses=(PortAddress("s6", "fd00::5", 5),
@@ -95,6 +95,25 @@ def test_chunks_stay_under_the_byte_and_count_limits_and_keep_every_change() -> 
         assert pb.WatchTopologyEvent(revision=2**40, complete=True, changes=r).ByteSize() \
             <= 16 * 1024 + 16
     assert list(chunk([], 100, 10)) == []
+
+
+def test_an_event_built_from_shared_change_bytes_is_the_message_on_the_wire() -> None:
+    """Streams send pre-encoded changes concatenated behind their own header: a client must
+    read exactly the message it would have been sent, and chunking bytes keeps the limits."""
+    items = [change_pb(ch.port_change(replace(PORT, id=f"p{i:05d}"))) for i in range(3000)]
+    items.append(pb.TopologyChange(port_removed="gone"))
+    raw = [entry(c) for c in items]
+    runs = list(chunk(raw, max_bytes=16 * 1024, max_count=500))
+    assert [len(r) for r in runs] == [len(r) for r in chunk(items, 16 * 1024, 500)]
+    at = 0
+    for i, run in enumerate(runs):
+        msg = pb.WatchTopologyEvent(revision=2**40 + i, reset=i == 0, complete=i % 2 == 0,
+                                    changes=items[at:at + len(run)])
+        at += len(run)
+        wire = event_bytes(2**40 + i, run, reset=i == 0, complete=i % 2 == 0)
+        assert wire == msg.SerializeToString()
+        assert pb.WatchTopologyEvent.FromString(wire) == msg
+    assert event_bytes(0, [], reset=False, complete=False) == b""
 
 
 # --------------------------------------------------------------------- relevance

@@ -72,7 +72,7 @@ class Client:
     def read_until(self, revision: int) -> None:
         """Read messages until the view is complete at `revision` or later."""
         while True:
-            ev = next(self.stream)
+            ev = pb.WatchTopologyEvent.FromString(next(self.stream))
             if ev.reset:
                 self.resets += 1
                 self.ports.clear()
@@ -147,7 +147,7 @@ def test_resume_from_ahead_of_this_replicas_tailer_is_no_snapshot(svc: IpamServi
         again_from = _head(svc)
         again = Client(watch, "n1", frm=again_from)
         again.ports = _expected(svc, "a")              # its view at that revision
-        first_event = next(again.stream)               # the stream starts: no snapshot
+        first_event = pb.WatchTopologyEvent.FromString(next(again.stream))  # no snapshot
         assert not first_event.reset and first_event.revision == again_from
         _alloc(svc, "after")
         watch.tailer.poll_once()
