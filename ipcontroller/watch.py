@@ -329,13 +329,13 @@ class Tailer:
         while not self._stop.is_set():
             try:
                 with self._lock:
-                    idle = not self._boxes
+                    watchers = len(self._boxes)
                 # Nobody to feed: no reads (a replica without watchers costs the database
                 # nothing); the first subscriber moves `position` to the head.
-                if idle or self.poll_once() < self.batch_rows:
+                if not watchers or self.poll_once() < self.batch_rows:
                     self.signal.wait(1.0)
                     # Let a burst of commits land before reading: one read serves them all.
-                    self._stop.wait(BATCH_DELAY)
+                    self._stop.wait(batch_delay(watchers))
             except Busy as exc:
                 log.warning("change-log read failed error=%s", exc)
                 self._stop.wait(0.5)
@@ -353,6 +353,17 @@ class Tailer:
 # Seconds a tailer waits after a wake-up before it reads: at hundreds of commits a second
 # one read then serves a batch, not one commit, for at most this much more latency.
 BATCH_DELAY = 0.01
+# ... plus this much per watcher, up to BATCH_DELAY_MAX: every batch is one message per
+# relevant stream, and a message costs the sync gRPC server a thread hand-off (tens of us
+# of the interpreter lock) whatever its size, so at 1,000 watchers the number of batches a
+# second, not the changes in them, is what the controller spends on.
+BATCH_DELAY_PER_WATCHER = 0.00005
+BATCH_DELAY_MAX = 0.1
+
+
+def batch_delay(watchers: int) -> float:
+    """The tailer's batching window with `watchers` streams (see BATCH_DELAY_PER_WATCHER)."""
+    return min(BATCH_DELAY_MAX, BATCH_DELAY + watchers * BATCH_DELAY_PER_WATCHER)
 
 
 def _has_gap(after: int, rows: list[LogRow]) -> bool:
