@@ -12,7 +12,16 @@ from ecnet_api.v1 import ecnet_pb2 as pb
 from ipam import changes as ch
 from ipam.domain import AllocationRequest, Node, PodIdentity, Port, PortAddress, PortState
 from ipam.service import IpamService
-from ipcontroller.watch import Mailbox, Relevance, change_pb, chunk, entry, event_bytes
+from ipcontroller.watch import (
+    Mailbox,
+    Relevance,
+    WireCache,
+    batch_delay,
+    change_pb,
+    chunk,
+    entry,
+    event_bytes,
+)
 
 PORT = Port(id="p1", pool_id="pool", mac="0a:00:00:00:00:01", state=PortState.ACTIVE,
             generation=1, addresses=(PortAddress("s6", "fd00::5", 5),
@@ -114,6 +123,21 @@ def test_an_event_built_from_shared_change_bytes_is_the_message_on_the_wire() ->
         assert wire == msg.SerializeToString()
         assert pb.WatchTopologyEvent.FromString(wire) == msg
     assert event_bytes(0, [], reset=False, complete=False) == b""
+
+
+def test_a_row_is_encoded_once_for_every_stream_and_the_cache_stays_bounded() -> None:
+    wire = WireCache(limit=4)
+    first = wire.get(_row(1, "port", "a", ch.DEL))
+    assert wire.get(_row(1, "port", "a", ch.DEL)) is first     # the same bytes, shared
+    assert first == entry(pb.TopologyChange(port_removed="a"))
+    for rev in range(2, 20):
+        wire.get(_row(rev, "port", f"k{rev}", ch.DEL))
+    assert len(wire._by_rev) <= 4 and 19 in wire._by_rev
+
+
+def test_the_batching_window_grows_with_the_watchers_up_to_its_bound() -> None:
+    assert batch_delay(0) < batch_delay(100) < batch_delay(1000) <= batch_delay(10**6)
+    assert batch_delay(10**6) <= 0.1
 
 
 # --------------------------------------------------------------------- relevance
