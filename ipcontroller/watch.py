@@ -195,25 +195,32 @@ class Relevance:
 
 class WireCache:
     """Each log row's `entry` bytes, built by the first stream that sends it and reused by
-    every other (a revision names one row). Bounded: past `limit` entries the older half
-    goes (a watcher that far behind is coalesced or snapshotted anyway, and a miss only
-    costs one more encoding)."""
+    every other (a revision names one row; the row is checked too, as a database restored
+    under a running replica may number other rows alike). Bounded: past `limit` entries the
+    older half goes (a watcher that far behind is coalesced or snapshotted anyway, and a
+    miss only costs one more encoding)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._by_rev: dict[int, bytes] = {}
+        self._by_rev: dict[int, tuple[Change, bytes]] = {}
 
     def get(self, row: LogRow) -> bytes:
-        b = self._by_rev.get(row.revision)
-        if b is None:
-            b = entry(change_pb(row.change))
-            with self._lock:
-                self._by_rev[row.revision] = b
-                if len(self._by_rev) > self.limit:
-                    for rev in sorted(self._by_rev)[: len(self._by_rev) // 2]:
-                        del self._by_rev[rev]
+        hit = self._by_rev.get(row.revision)
+        if hit is not None and _same(hit[0], row.change):
+            return hit[1]
+        b = entry(change_pb(row.change))
+        with self._lock:
+            self._by_rev[row.revision] = (row.change, b)
+            if len(self._by_rev) > self.limit:
+                for rev in sorted(self._by_rev)[: len(self._by_rev) // 2]:
+                    del self._by_rev[rev]
         return b
+
+
+def _same(a: Change, b: Change) -> bool:
+    # The tailer hands every stream the same objects; `data` is outside Change's equality.
+    return a is b or (a == b and a.data == b.data)
 
 
 # ------------------------------------------------------------- mailbox, tailer

@@ -133,6 +133,9 @@ def test_a_row_is_encoded_once_for_every_stream_and_the_cache_stays_bounded() ->
     for rev in range(2, 20):
         wire.get(_row(rev, "port", f"k{rev}", ch.DEL))
     assert len(wire._by_rev) <= 4 and 19 in wire._by_rev
+    # A database restored under the replica: revision 19 is now another row.
+    other = wire.get(_row(19, "port", "other", ch.DEL))
+    assert other == entry(pb.TopologyChange(port_removed="other"))
 
 
 def test_the_batching_window_grows_with_the_watchers_up_to_its_bound() -> None:
