@@ -285,12 +285,17 @@ class CniHandler(Generic[PendingT]):
         released (or kept, for bound policies). Deleting a veth pair costs the kernel ~16 ms
         of RCU grace periods, so concurrent DELs share one batched request (`Teardown`, a
         group commit); the controller's release runs while that request is in flight."""
+        t0 = time.perf_counter()
         doomed = self._take_off_node(req.container_id, req.ifname, req.netns)
+        t1 = time.perf_counter()
         outcome = self._release(req.container_id, req.ifname, req.args.pod_uid)
+        t2 = time.perf_counter()
         if doomed:
             self.teardown.wait_for(req.container_id)
-        log.debug("DEL container=%s ifname=%s outcome=%s", req.container_id[:12], req.ifname,
-                  outcome)
+        t3 = time.perf_counter()
+        log.debug("DEL container=%s ifname=%s outcome=%s off_node_ms=%.2f release_ms=%.2f "
+                  "veth_wait_ms=%.2f total_ms=%.2f", req.container_id[:12], req.ifname,
+                  outcome, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t3 - t0) * 1e3)
 
     def _take_off_node(self, container_id: str, ifname: str, netns: str) -> bool:
         """Delete the attachment's OVS port and doom its veth pair; True when there is a
