@@ -1,6 +1,6 @@
 """ecnet vs the reference `bridge`+`host-local` plugins, side by side in one run.
 
-    sudo .venv/bin/python -m tests.bench.cni_bench [--pods 60] [--burst 100]
+    .venv/bin/python -m tests.bench.cni_bench [--pods 60] [--burst 100]
 
 Builds the lab itself (controller, one node namespace with a private userspace OVS and the
 agent), then runs the measuring loop *inside the node's namespace* so both plugins are exec'd

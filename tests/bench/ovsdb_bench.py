@@ -1,7 +1,7 @@
 """ovs_driver per-port latency, this tree vs another checkout (the old hand-written
 JSON-RPC driver), side by side on one private userspace OVS.
 
-    sudo .venv/bin/python -m tests.bench.ovsdb_bench [--old /tmp/ovs-old] [--runs 3]
+    .venv/bin/python -m tests.bench.ovsdb_bench [--old /tmp/ovs-old] [--runs 3]
     # the old driver: git worktree add /tmp/ovs-old 68ca517
 
 Each run starts one worker process per driver (so each imports its own ovs_driver,

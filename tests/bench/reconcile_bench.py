@@ -1,6 +1,6 @@
 """How long the agent takes to reconcile its node on restart.
 
-    sudo .venv/bin/python -m tests.bench.reconcile_bench [--pods 500]
+    .venv/bin/python -m tests.bench.reconcile_bench [--pods 500]
 
 Builds a lab (controller, one node with a private userspace OVS and its agent), ADDs
 `--pods` pods concurrently, then measures two restarts:
