@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -253,20 +253,14 @@ class CniHandler(Generic[PendingT]):
 
     def _external_ids(self, req: CniRequest, port: PortInfo | None,
                       port_id: str) -> dict[str, str]:
-        """What traces an OVS port back to its pod (DESIGN.md "Names"); the container keys
-        are there from the first write so a DEL finds even a half-built port."""
-        ids = {"iface-id": port_id, "iface-status": "active",
-               "ecnet/container": req.container_id, "ecnet/ifname": req.ifname,
-               "ecnet/netns": req.netns, "ecnet/network": req.conf.name,
-               "ecnet/created": str(int(time.time()))}
-        if port is not None:
-            ids["attached-mac"] = port.mac
-            ids["ecnet/ips"] = ",".join(ip.address.split("/")[0] for ip in port.ips)
-        if req.args.pod_name:
-            ids["ecnet/pod"] = f"{req.args.pod_namespace}/{req.args.pod_name}"
-        if req.args.pod_uid:
-            ids["ecnet/pod-uid"] = req.args.pod_uid
-        return ids
+        """The container keys are there from the first write so a DEL finds even a
+        half-built port."""
+        return port_external_ids(
+            port_id, req.container_id, req.ifname, req.netns, network=req.conf.name,
+            mac=port.mac if port is not None else None,
+            ips=bare_addresses(ip.address for ip in port.ips) if port is not None else None,
+            pod=f"{req.args.pod_namespace}/{req.args.pod_name}" if req.args.pod_name else "",
+            pod_uid=req.args.pod_uid)
 
     def _release_quietly(self, req: CniRequest) -> None:
         try:
@@ -438,6 +432,32 @@ class CniHandler(Generic[PendingT]):
             if have and have != want:
                 raise ce.CheckFailed(f"prevResult addresses {sorted(have)} differ from the "
                                      f"allocated {sorted(want)}")
+
+
+def port_external_ids(port_id: str, container_id: str, ifname: str, netns: str, *,
+                      network: str = "", mac: str | None = None, ips: str | None = None,
+                      pod: str = "", pod_uid: str = "") -> dict[str, str]:
+    """What traces an OVS port back to its pod (DESIGN.md "Names"), written by ADD and by
+    the restart reconcile's re-plug alike: DEL, CHECK and GC find ports by these keys."""
+    ids = {"iface-id": port_id, "iface-status": "active", "ecnet/container": container_id,
+           "ecnet/ifname": ifname, "ecnet/netns": netns,
+           "ecnet/created": str(int(time.time()))}
+    if network:
+        ids["ecnet/network"] = network
+    if mac is not None:
+        ids["attached-mac"] = mac
+    if ips is not None:
+        ids["ecnet/ips"] = ips
+    if pod:
+        ids["ecnet/pod"] = pod
+    if pod_uid:
+        ids["ecnet/pod-uid"] = pod_uid
+    return ids
+
+
+def bare_addresses(cidrs: Iterable[str]) -> str:
+    """"10.0.0.5/24", "fd00::5/64" -> "10.0.0.5,fd00::5": the form of ecnet/ips."""
+    return ",".join(c.split("/")[0] for c in cidrs)
 
 
 def _ovs_failure(exc: OvsError, msg: str) -> ce.CniError:

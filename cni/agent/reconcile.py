@@ -28,6 +28,8 @@ from ecnet_api.v1 import ecnet_pb2 as pb
 from ovs_driver import OvsError
 
 from .. import errors as ce
+from ..result import host_ifname
+from .handler import bare_addresses, port_external_ids
 from .seams import OvsClient, OvsInterface
 
 log = logging.getLogger(__name__)
@@ -69,11 +71,6 @@ class Plan:
     stale: tuple[Attachment, ...] = ()    # netns gone: release, then remove
 
 
-def host_if_for(port_id: str) -> str:
-    """The host end name the agent gives a port (DESIGN.md "Names")."""
-    return "tap" + port_id[:11]
-
-
 def plan(view: NodeView) -> Plan:
     ovs = {a.key: a for a in view.ovs}
     ctl = {a.key: a for a in view.controller or ()}
@@ -88,7 +85,7 @@ def plan(view: NodeView) -> Plan:
             continue
         if a.netns in view.gone_netns:
             stale.append(a)
-        elif a.netns and host_if_for(a.port_id) in view.veths:
+        elif a.netns and host_ifname(a.port_id) in view.veths:
             replug.append(a)
     return Plan(tuple(unplug), tuple(replug), tuple(stale))
 
@@ -143,7 +140,7 @@ def from_ovs(ifaces: Sequence[OvsInterface]) -> tuple[Attachment, ...]:
 
 def from_controller(ports: Sequence[pb.Port]) -> tuple[Attachment, ...]:
     return tuple(Attachment(p.container_id, p.ifname, p.netns, p.id, p.pod.uid, "", p.mac,
-                            ",".join(ip.address.split("/")[0] for ip in p.ips))
+                            bare_addresses(ip.address for ip in p.ips))
                  for p in ports if p.container_id and p.state == "active")
 
 
@@ -237,21 +234,14 @@ class Reconciler:
         self.ovs.delete_port(self.bridge, a.host_if)
 
     def _replug(self, a: Attachment) -> None:
-        name = host_if_for(a.port_id)
+        name = host_ifname(a.port_id)
         log.warning("re-plugging %s (container=%s): OVSDB had lost its port", name,
                     a.container_id[:12])
-        ids: dict[str, str] = {
-            "iface-id": a.port_id, "iface-status": "active", "attached-mac": a.mac,
-            "ecnet/container": a.container_id, "ecnet/ifname": a.ifname,
-            "ecnet/netns": a.netns, "ecnet/ips": a.ips,
-            "ecnet/created": str(int(time.time()))}
         # what ADD wrote and GC needs: the network (from the pod's interface), the pod's uid
         network = self.network_of(a.netns, a.ifname)
-        if network:
-            ids["ecnet/network"] = network
-        else:
+        if not network:
             log.warning("re-plugged %s without its network (no record on the pod's "
                         "interface): CNI GC will not see it", name)
-        if a.pod_uid:
-            ids["ecnet/pod-uid"] = a.pod_uid
+        ids = port_external_ids(a.port_id, a.container_id, a.ifname, a.netns,
+                                network=network, mac=a.mac, ips=a.ips, pod_uid=a.pod_uid)
         self.ovs.add_port(self.bridge, name, ids, wait_ofport=None)

@@ -19,7 +19,7 @@ from cni.agent.reconcile import (
     Confirmations,
     NodeView,
     Reconciler,
-    host_if_for,
+    host_ifname,
     netns_gone,
     plan,
 )
@@ -43,7 +43,7 @@ def test_plan_sorts_each_attachment_by_what_the_views_say() -> None:
            att("no-ovs-no-veth", "/run/netns/e", port_id="f" * 36),  # leave alone
            att("gone-no-ovs", "/run/netns/f"),         # rebooted: only the controller knows
            att("unknown", ""))                         # no netns: never a guess
-    veths = frozenset({live_if, gone_if, host_if_for(PID)})
+    veths = frozenset({live_if, gone_if, host_ifname(PID)})
     p = plan(NodeView(ovs, ctl, veths, frozenset({"/run/netns/c", "/run/netns/f"})))
     assert [a.container_id for a in p.unplug] == ["lost-veth"]
     assert [a.container_id for a in p.replug] == ["no-ovs"]
@@ -93,10 +93,10 @@ def test_a_replugged_port_gets_back_the_network_and_uid_gc_needs() -> None:
         return "ecnet-k8s"
 
     r = Reconciler(node="n1", bridge="br-int", ovs=ovs, controller=Ports(),
-                   host_veths=lambda: [host_if_for(PID)], reclaim=lambda *a: "released",
+                   host_veths=lambda: [host_ifname(PID)], reclaim=lambda *a: "released",
                    network_of=network_of, grace=1, interval=1, is_gone=lambda p: False)
     assert [a.container_id for a in r.start_up().replug] == ["c1"]
-    ids = ovs.ports()[host_if_for(PID)]
+    ids = ovs.ports()[host_ifname(PID)]
     assert asked == [("/run/netns/a", "eth0")]
     assert (ids["ecnet/network"], ids["ecnet/pod-uid"], ids["iface-id"],
             ids["ecnet/ips"]) == ("ecnet-k8s", "uid-c1", PID, "10.0.0.5")
