@@ -125,6 +125,13 @@ class Allocator:
             outcome = self.drop_port(uow, pool, port, now)
             return ReleaseResult(True, port.id, outcome)
 
+    def port_node(self, container_id: str, ifname: str) -> str | None:
+        """The node a request's port is on (None: no port), in one read: authorization
+        asks this on every pod-path call of a node."""
+        with self.store.read() as uow:
+            port = uow.port_by_request(container_id, ifname)
+            return None if port is None else port.node
+
     def get_port(self, container_id: str, ifname: str) -> tuple[Port, Pool, list[Subnet]]:
         with self.store.read() as uow:
             port = uow.port_by_request(container_id, ifname)

@@ -113,6 +113,9 @@ class IpamService:
     def get_port(self, container_id: str, ifname: str) -> tuple[Port, Pool, list[Subnet]]:
         return self._alloc.get_port(container_id, ifname)
 
+    def port_node(self, container_id: str, ifname: str) -> str | None:
+        return self._alloc.port_node(container_id, ifname)
+
     def list_ports(self, pool_name: str = "", node: str = "", state: str = "",
                    limit: int = 1000) -> list[tuple[Port, str]]:
         return self._alloc.list_ports(pool_name, node, state, limit)

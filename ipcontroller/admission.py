@@ -58,8 +58,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                 refusal = Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, pb.ERROR_CODE_BUSY,
                                   f"{self.max_pending} requests are running or waiting "
                                   "(--max-concurrent-rpcs); retry")
-                context.set_trailing_metadata(refusal.trailing_metadata())
-                context.abort(refusal.status, refusal.message)
+                refusal.abort(context)
             try:
                 with self._slots:
                     return inner(request, context)

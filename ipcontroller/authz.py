@@ -115,8 +115,7 @@ def _refuse(context: grpc.ServicerContext, method: str, who: Identity,
     refusal = exc.refusal()
     log.warning("%s denied identity=%s code=%s msg=%s", method, who,
                 pb.ErrorCode.Name(refusal.code), refusal.message)
-    context.set_trailing_metadata(refusal.trailing_metadata())
-    context.abort(refusal.status, refusal.message)
+    refusal.abort(context)
 
 
 class AuthzInterceptor(grpc.ServerInterceptor):

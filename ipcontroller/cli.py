@@ -287,11 +287,16 @@ def list_ports(s: IpctlSettings, *, pool: str = "", node: str = "", state: str =
     return ports
 
 
+PORT_ID_LENGTH = 36  # the controller's port ids are lower-case uuid4s
+
+
 def resolve_port_id(s: IpctlSettings, prefix: str) -> str:
     """The full id of the one port whose id starts with `prefix` (the tables show 11
     characters, the host interface's tap<id[:11]> as many). Two or more: refused, naming them,
     since releasing the wrong pod's address is what this command must never do. None: the
     prefix as given, for the controller to say it does not exist."""
+    if len(prefix) >= PORT_ID_LENGTH:
+        return prefix  # a whole id (ids are uuid4s) names one port or none: nothing to list
     found = [p for p in list_ports(s) if p.id.startswith(prefix)]
     if any(p.id == prefix for p in found) or not found:
         return prefix

@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2
 from sqlalchemy.exc import SQLAlchemyError
 
 from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
-from ipam.errors import IpamError, NotFound
+from ipam.errors import IpamError
 from ipam.service import IpamService
 from ipam.store import open_store
 
@@ -269,9 +269,7 @@ class IpControllerDaemon:
             self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
             add_health(self.health_server, self.health, self._health_pool)
             for address in filter(None, settings.health_listen.split(",")):
-                bound = self.health_server.add_insecure_port(address)
-                if bound == 0:
-                    raise OSError(f"cannot listen on {address}")
+                bound = add_listener(self.health_server, address, None)
                 self.health_port = self.health_port or bound
         self.port = 0
         for address in settings.listen.split(","):
@@ -374,11 +372,7 @@ class _PortNodes:
         self.ipam = ipam
 
     def node_of_port(self, container_id: str, ifname: str) -> str | None:
-        try:
-            port, _, _ = self.ipam.get_port(container_id, ifname)
-        except NotFound:
-            return None
-        return port.node
+        return self.ipam.port_node(container_id, ifname)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,6 +62,11 @@ class Refusal:
             meta += ((LEGACY_KEY, LEGACY_NAMES[self.code]),)
         return meta
 
+    def abort(self, context: grpc.ServicerContext) -> None:
+        """End the call with this refusal (grpc raises out of `context.abort`)."""
+        context.set_trailing_metadata(self.trailing_metadata())
+        context.abort(self.status, self.message)
+
 
 def gave_reason(err: grpc.RpcError) -> bool:
     """Whether the controller said why it refused (a rich status, where this controller packs

@@ -6,7 +6,6 @@ reason (an ErrorCode) in its details.
 """
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import logging
@@ -30,7 +29,7 @@ from ipam.service import IpamService
 from .activity import ActivitySummary
 from .errors import refusal_for
 from .metrics import REQUEST_SECONDS, REQUESTS
-from .watch import WatchService
+from .watch import WatchService, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +61,12 @@ def _handle(method: F) -> F:
             log.log(logging.INFO if code is grpc.StatusCode.NOT_FOUND else logging.WARNING,
                     "%s refused code=%s error=%s msg=%s", name, code.name,
                     pb.ErrorCode.Name(refusal.code), refusal.message)
-            context.set_trailing_metadata(refusal.trailing_metadata())
-            context.abort(code, refusal.message)
+            refusal.abort(context)
         finally:
             REQUESTS.labels(name, code.name).inc()
             REQUEST_SECONDS.labels(name).observe(time.perf_counter() - start)
         raise AssertionError("unreachable")
     return wrapper  # type: ignore[return-value]
-
-
-def _ts(epoch: float) -> str:
-    if not epoch:
-        return ""
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -99,7 +91,7 @@ def port_pb(port: Port, pool: Pool, subnets: list[Subnet] | tuple[Subnet, ...]) 
         node=port.node, pod=pb.PodRef(namespace=port.pod_namespace, name=port.pod_name,
                                       uid=port.pod_uid),
         owner=port.owner or "", state=port.state.value, generation=port.generation,
-        hostname=port.hostname, netns=port.netns, created_at=_ts(port.created_at))
+        hostname=port.hostname, netns=port.netns, created_at=rfc3339(port.created_at))
 
 
 def usage_pb(u: Usage) -> pb.Usage:
@@ -122,7 +114,7 @@ def subnet_pb(s: Subnet, usage: Usage, pool_name: str) -> pb.Subnet:
 def node_pb(n: Node, stale_after: float) -> pb.NodeInfo:
     state = "ready" if time.time() - n.last_seen <= stale_after else "stale"
     return pb.NodeInfo(name=n.name, underlay_ip=n.underlay_ip, gateway=n.gateway,
-                       datapath=n.datapath, state=state, last_seen=_ts(n.last_seen),
+                       datapath=n.datapath, state=state, last_seen=rfc3339(n.last_seen),
                        gateway_cidrs=list(n.gateway_cidrs))
 
 

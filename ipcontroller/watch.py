@@ -32,6 +32,7 @@ Pieces, one direction each:
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -93,15 +94,15 @@ def change_pb(c: Change) -> pb.TopologyChange:
         return pb.TopologyChange(node=pb.NodeInfo(
             name=c.key, underlay_ip=d["underlay_ip"], gateway=d["gateway"],
             datapath=d["datapath"], state="ready" if d["ready"] else "stale",
-            last_seen=_ts(d["last_seen"]), gateway_cidrs=d["gateway_cidrs"]))
+            last_seen=rfc3339(d["last_seen"]), gateway_cidrs=d["gateway_cidrs"]))
     if c.op == ch.DEL:
         return pb.TopologyChange(subnet_removed=c.key)
     return pb.TopologyChange(subnet=pb.Subnet(id=c.key, pool=d["pool"], cidr=d["cidr"],
                                               gateway=d["gateway"]))
 
 
-def _ts(epoch: float) -> str:
-    import datetime as dt
+def rfc3339(epoch: float) -> str:
+    """A store time (epoch seconds; 0 = never) as the API writes times: RFC 3339, UTC."""
     if not epoch:
         return ""
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
@@ -579,8 +580,7 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     refusal = refusal_for(exc)
     log.warning("WatchTopology refused code=%s error=%s msg=%s", refusal.status.name,
                 pb.ErrorCode.Name(refusal.code), refusal.message)
-    context.set_trailing_metadata(refusal.trailing_metadata())
-    context.abort(refusal.status, refusal.message)
+    refusal.abort(context)
 
 
 WATCH_METHOD = "/ecnet.v1.IPController/WatchTopology"
