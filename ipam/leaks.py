@@ -11,6 +11,7 @@ port unchanged (same generation), and the node is checked once more just before 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 
 from .allocation import Allocator
@@ -85,7 +86,10 @@ class LeakReclaimer:
     def with_pools(self, ports: list[Port]) -> list[tuple[Port, Pool, list[Subnet]]]:
         """Each port with its pool and that pool's subnets, read once per pool."""
         with self.store.read() as uow:
-            pools = {p.id: (p, uow.list_subnets(p.id)) for p in uow.list_pools()}
+            subnets: dict[str, list[Subnet]] = defaultdict(list)
+            for sub in uow.list_subnets():
+                subnets[sub.pool_id].append(sub)
+            pools = {p.id: (p, subnets[p.id]) for p in uow.list_pools()}
         return [(p, *pools[p.pool_id]) for p in ports if p.pool_id in pools]
 
     def release_node_ports(self, node: str, dry_run: bool = False) -> list[Reclaim]:

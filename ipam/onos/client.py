@@ -184,30 +184,24 @@ class OnosClient:
 
     # ------------------------------------------------------------------ public API
     def upsert_network(self, n: OnosNetwork) -> str:
-        with self._call():
-            return self._upsert("networks", n.id, network_body(n))
+        return self._upsert("networks", n.id, network_body(n))
 
     def upsert_subnet(self, s: OnosSubnet) -> str:
-        with self._call():
-            return self._upsert("subnets", s.id, subnet_body(s))
+        return self._upsert("subnets", s.id, subnet_body(s))
 
     def upsert_port(self, p: OnosPort) -> str:
-        with self._call():
-            return self._upsert("ports", p.id, port_body(p))
+        return self._upsert("ports", p.id, port_body(p))
 
     def delete_port(self, port_id: str) -> None:
-        with self._call():
-            self._delete("ports", port_id)
+        self._delete("ports", port_id)
 
     def delete_subnet(self, subnet_id: str) -> None:
-        with self._call():
-            self._delete("subnets", subnet_id)
+        self._delete("subnets", subnet_id)
 
     def delete_network(self, network_id: str) -> None:
         """Raises OnosRejected with `in_use` set while the network still has subnets and
         ports in ONOS; callers treat that as "not yet"."""
-        with self._call():
-            self._delete("networks", network_id)
+        self._delete("networks", network_id)
 
     # ------------------------------------------------------------------ internals
     @contextmanager
@@ -260,25 +254,27 @@ class OnosClient:
         says "does not exist"), start over; a few rounds settle any such race."""
         item = f"/{coll}/{quote(obj_id, safe='')}"
         resp: httpx.Response | None = None
-        for _ in range(_UPSERT_ROUNDS):
-            resp = self._send("POST", f"/{coll}", body)
-            if resp.status_code in _OK:
-                log.debug("onos upsert coll=%s id=%s result=created", coll, obj_id)
-                return "created"
-            if resp.status_code != 400 or not _error_message(resp).endswith("already exists"):
-                break
-            resp = self._send("PUT", item, body)
-            if resp.status_code in _OK:
-                log.debug("onos upsert coll=%s id=%s result=updated", coll, obj_id)
-                return "updated"
-            if resp.status_code != 400 or not _error_message(resp).endswith("does not exist"):
-                break
+        with self._call():
+            for _ in range(_UPSERT_ROUNDS):
+                resp = self._send("POST", f"/{coll}", body)
+                if resp.status_code in _OK:
+                    log.debug("onos upsert coll=%s id=%s result=created", coll, obj_id)
+                    return "created"
+                if resp.status_code != 400 or not _error_message(resp).endswith("already exists"):
+                    break
+                resp = self._send("PUT", item, body)
+                if resp.status_code in _OK:
+                    log.debug("onos upsert coll=%s id=%s result=updated", coll, obj_id)
+                    return "updated"
+                if resp.status_code != 400 or not _error_message(resp).endswith("does not exist"):
+                    break
         assert resp is not None
         raise OnosRejected(_error_message(resp), status=resp.status_code,
                            method=resp.request.method, path=resp.request.url.path)
 
     def _delete(self, coll: str, obj_id: str) -> None:
-        resp = self._send("DELETE", f"/{coll}/{quote(obj_id, safe='')}", None)
+        with self._call():
+            resp = self._send("DELETE", f"/{coll}/{quote(obj_id, safe='')}", None)
         if resp.status_code not in _OK:
             raise OnosRejected(_error_message(resp), status=resp.status_code,
                                method="DELETE", path=resp.request.url.path)

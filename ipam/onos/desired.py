@@ -195,8 +195,7 @@ class DesiredStateReader:
             elif kind == "subnet":
                 live = {s.id for s in uow.list_subnets()}
             else:
-                with_subnets = {s.pool_id for s in uow.list_subnets()}
-                live = {p.network_id for p in uow.list_pools() if p.id in with_subnets}
+                live = _live_networks(uow)
         pending = self.store.pending_ids(kind, ids)
         return [i for i in ids if i not in live and i not in pending]
 
@@ -204,11 +203,15 @@ class DesiredStateReader:
         """What the store released (since `since`, else all it keeps), by kind, minus
         anything live again: a resync deletes these from ONOS once more."""
         with self.store.read() as uow:
-            with_subnets = {s.pool_id for s in uow.list_subnets()}
-            live = {("network", p.network_id) for p in uow.list_pools()
-                    if p.id in with_subnets}
+            live = {("network", n) for n in _live_networks(uow)}
             out: dict[str, list[str]] = {"network": [], "subnet": [], "port": []}
             for kind, object_id in uow.list_released(since):
                 if (kind, object_id) not in live and kind in out:
                     out[kind].append(object_id)
         return out
+
+
+def _live_networks(uow: UnitOfWork) -> set[str]:
+    """The ONOS networks still in use: those of pools that have a subnet."""
+    with_subnets = {s.pool_id for s in uow.list_subnets()}
+    return {p.network_id for p in uow.list_pools() if p.id in with_subnets}
