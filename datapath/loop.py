@@ -36,6 +36,7 @@ from .host import HostNetwork
 from .model import (
     OWNER_PORT,
     DatapathConfig,
+    DesiredFlows,
     FlowBook,
     FlowContext,
     all_owners,
@@ -232,6 +233,7 @@ class StandaloneDatapath:
         # differs, so a resync that finds nothing wrong disturbs nothing.
         resync = self.flows.book is None or time.monotonic() >= self._next_resync
         book = self.flows.book
+        want: DesiredFlows | None = None    # the rebuilt book's tables, computed once
         if owners is None or book is None:
             book = FlowBook.build(all_owners(sorted(view.ports), ctx), view.ports, ctx)
             want = book.desired()
@@ -248,11 +250,11 @@ class StandaloneDatapath:
             planned = len(owners)
         mods: int | str
         if resync:
-            self.flows.replace(book)
+            self.flows.replace(book, want)
             self._next_resync = time.monotonic() + self.s.resync_seconds
             mods = "replace"
         elif book is not self.flows.book:
-            mods = self.flows.switch_to(book)
+            mods = self.flows.switch_to(book, want)
         else:
             mods = self.flows.apply_pending()
         self._ctx = ctx

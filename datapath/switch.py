@@ -8,7 +8,7 @@ incremental bundle of flow-mods; either way each bridge changes atomically.
 """
 from __future__ import annotations
 
-from .model import FlowBook, LocalPort, Ofports, Tunnel, diff_flows
+from .model import DesiredFlows, FlowBook, LocalPort, Ofports, Tunnel, diff_flows
 from .seams import FlowTable, OvsdbPorts
 
 INT_PATCH = "patch-tun"   # br-int's end (Neutron's names)
@@ -96,20 +96,22 @@ class FlowProgrammer:
         """After a failure nobody knows what the tables hold: replace them next time."""
         self.book = None
 
-    def replace(self, book: FlowBook) -> None:
-        want = book.desired()
+    def replace(self, book: FlowBook, want: DesiredFlows | None = None) -> None:
+        """Whole tables from `book`; `want` is its `desired()` when the caller has it."""
+        want = want if want is not None else book.desired()
         book.take_mods()
         self.br_int.replace_flows(f.spec() for f in want.br_int)
         self.br_tun.replace_flows(f.spec() for f in want.br_tun)
         self.book = book
 
-    def switch_to(self, book: FlowBook) -> int:
+    def switch_to(self, book: FlowBook, want: DesiredFlows | None = None) -> int:
         """From the applied book to a freshly built one by the flow-mods between them
-        (a snapshot after a reconnect disturbs only the flows that differ)."""
+        (a snapshot after a reconnect disturbs only the flows that differ); `want` is the
+        new book's `desired()` when the caller has it."""
         if self.book is None:
-            self.replace(book)
+            self.replace(book, want)
             return 0
-        old, new = self.book.desired(), book.desired()
+        old, new = self.book.desired(), want if want is not None else book.desired()
         book.take_mods()
         self.book = None            # a failure below leaves the tables unknown
         mods = self.br_int.apply_flow_mods(diff_flows(old.br_int, new.br_int))
