@@ -241,15 +241,14 @@ class HostWorker:
     def run_raw(self, fn: Callable[[socket.socket], T]) -> T:
         """`fn` on this thread's plain host netlink socket (for requests pyroute2's
         per-call machinery would cost more than the kernel: the veth creation)."""
-        try:
-            fut = self._pool.submit(self._raw_job, fn)
-        except RuntimeError:  # submit after shutdown
-            raise PlumbingError("the agent's netlink seam is closed") from None
-        return fut.result()
+        return self._on_thread(self._raw_job, fn)
 
     def run(self, fn: Callable[[Any], T]) -> T:
+        return self._on_thread(self._job, fn)
+
+    def _on_thread(self, job: Callable[[Callable[[Any], T]], T], fn: Callable[[Any], T]) -> T:
         try:
-            fut = self._pool.submit(self._job, fn)
+            fut = self._pool.submit(job, fn)
         except RuntimeError:  # submit after shutdown
             raise PlumbingError("the agent's netlink seam is closed") from None
         return fut.result()

@@ -88,6 +88,14 @@ class PendingInterface:
     pod_index: int = 0             # the container end's ifindex, found by enter_pod
 
 
+def _tx_checksum_off(plan: InterfacePlan, pod: PodSockets, where: str) -> None:
+    """DESIGN.md "The lab": on the userspace datapath TCP hangs unless the pod's eth0 leaves
+    checksums to the stack. Raises StepFailed."""
+    if plan.tx_checksum_off:
+        step(f"turning TX checksum offload off on {plan.ifname} {where}",
+             lambda: ethtool_value(pod.ioctl, plan.ifname, ETHTOOL_STXCSUM, 0))
+
+
 class PodNetlink:
     """One per agent process; safe to call from many threads at once."""
 
@@ -161,11 +169,7 @@ class PodNetlink:
         for r in plan.routes:
             step(f"adding route {r.describe()} on {plan.ifname} {where}",
                  partial(ipr.route, "add", **route_request(r, idx)), ok_errnos=(errno.EEXIST,))
-        if plan.tx_checksum_off:
-            # DESIGN.md "The lab": on the userspace datapath TCP hangs unless the pod's eth0
-            # leaves checksums to the stack.
-            step(f"turning TX checksum offload off on {plan.ifname} {where}",
-                 lambda: ethtool_value(pod.ioctl, plan.ifname, ETHTOOL_STXCSUM, 0))
+        _tx_checksum_off(plan, pod, where)
         return idx
 
     # ------------------------------------------------------------------ careful ADD
@@ -389,10 +393,7 @@ class PodNetlink:
         try:
             data, steps = pod_side_batch(plan, pend.pod_index)
             send_batch(pod.nl, data, steps)
-            if plan.tx_checksum_off:  # DESIGN.md "The lab": see _configure_pod_side
-                step(f"turning TX checksum offload off on {plan.ifname} in netns "
-                     f"{plan.netns}", lambda: ethtool_value(pod.ioctl, plan.ifname,
-                                                            ETHTOOL_STXCSUM, 0))
+            _tx_checksum_off(plan, pod, f"in netns {plan.netns}")
         except StepFailed as exc:
             raise PlumbingError(f"{exc.step} failed: {exc_text(exc.cause)}",
                                 exc_text(exc.cause)) from exc.cause
