@@ -275,12 +275,7 @@ class _MemoryUow:
                 and p.updated_at <= cutoff][:limit]
 
     def active_endpoints(self) -> list[tuple[str, str, str, str | None]]:
-        out: list[tuple[str, str, str, str | None]] = []
-        for p in sorted(self.st.ports.values(), key=lambda p: p.id):
-            if p.state is PortState.ACTIVE:
-                out += [(p.id, p.mac, p.node, a.ip) for a in p.addresses] or \
-                    [(p.id, p.mac, p.node, None)]
-        return out
+        return [r[:4] for r in self.watch_endpoints()]
 
     # released objects
     def add_released(self, kind: str, object_id: str, now: float) -> None:

@@ -100,9 +100,6 @@ class Statements:
             "INSERT INTO outbox (kind, object_id, op, payload, created_at, attempts,"
             " next_attempt_at, last_error, failed) VALUES (?, ?, ?, ?, ?, 0, ?, '', false)")
         self.supersede_outbox = q("DELETE FROM outbox WHERE kind = ? AND object_id = ?")
-        self.active_endpoints = q(
-            "SELECT p.id, p.mac, p.node, a.ip FROM ports p LEFT JOIN addresses a"
-            " ON a.port_id = p.id WHERE p.state = 'active' ORDER BY p.id")
         self.add_released = q(
             "INSERT INTO released (kind, object_id, released_at) VALUES (?, ?, ?)"
             " ON CONFLICT (kind, object_id) DO UPDATE SET released_at = excluded.released_at")
@@ -125,8 +122,8 @@ class Statements:
         self.log_delete = q("DELETE FROM change_log WHERE revision <= ?")
         self.log_raise_floor = q(
             "UPDATE change_log_floor SET floor = ? WHERE id = 1 AND floor < ?")
-        # Endpoints with the subnet of each address: a watch snapshot, or one subnet's
-        # ports for a node that just gained its first port there.
+        # Endpoints with the subnet of each address: GetTopology's and a watch snapshot's,
+        # or one subnet's ports for a node that just gained its first port there.
         self.watch_endpoints = (
             "SELECT p.id, p.mac, p.node, a.ip, a.subnet_id FROM ports p LEFT JOIN addresses a"
             " ON a.port_id = p.id WHERE p.state = 'active' ORDER BY p.id")

@@ -345,7 +345,7 @@ class SqlUnitOfWork:
         self._x(self.q.supersede_outbox, (kind, object_id))
 
     def active_endpoints(self) -> list[tuple[str, str, str, str | None]]:
-        return [tuple(r) for r in self._x(self.q.active_endpoints).fetchall()]  # type: ignore[misc]
+        return [r[:4] for r in self.watch_endpoints()]
 
     # ------------------------------------------------------ released objects
     def add_released(self, kind: str, object_id: str, now: float) -> None:
