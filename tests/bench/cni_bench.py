@@ -214,7 +214,7 @@ def outer(args: argparse.Namespace) -> None:
         lab.ipctl("pool", "create", "rate", "--policy", "dynamic", "--quarantine", "0")
         lab.ipctl("subnet", "create", "rate", "10.128.0.0/12")
         node = lab.add_node("bench", "--log-level",
-                            "debug" if args.agent_debug else "warning")
+                            "debug" if args.agent_debug else "warning", *args.agent_arg)
         out = Path(tmp) / "out.json"
         count = 2 * (args.warmup + args.pods) + 2 * args.burst
         netns = [lab.make_netns(f"b{i}") for i in range(count)]
@@ -244,6 +244,8 @@ def outer(args: argparse.Namespace) -> None:
         agent_rss = rss_mb(node.agent.pid) if node.agent else float("nan")
         ctl_rss = rss_mb(lab.controller.pid) if lab.controller else float("nan")
         log = node.agent_log()
+        if args.agent_log:
+            Path(args.agent_log).write_text(log)
         if args.alloc_without_agent:  # the same controller and database, agent stopped
             node.stop_agent()
             data["rate_no_agent"] = grpc_alloc_rate(lab.controller_addr, args.clients)
@@ -332,6 +334,11 @@ def main() -> None:
     p.add_argument("--status", type=int, default=200, help="STATUS execs to time")
     p.add_argument("--agent-debug", action="store_true",
                    help="agent at DEBUG: report its own total_ms per ADD")
+    p.add_argument("--agent-arg", action="append", default=[],
+                   help="one more agent argument (repeat: --agent-arg=--datapath "
+                        "--agent-arg=onos)")
+    p.add_argument("--agent-log", default="",
+                   help="write the agent's log here (with --agent-debug: every ADD's phases)")
     p.add_argument("--alloc-without-agent", action="store_true",
                    help="measure the allocation rate again with the agent stopped")
     p.add_argument("--inner", default="")
