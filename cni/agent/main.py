@@ -7,6 +7,7 @@ that registration fresh.
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
 import os
@@ -303,6 +304,16 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
+def freeze_start_up_heap() -> None:
+    """Move what start-up built (modules, the OVSDB replica, gRPC and pyroute2 state: ~47k
+    objects) out of the cyclic garbage collector's reach. Measured in cni_bench
+    (docs/performance.md): unfrozen, a full collection came once per run and stopped every
+    thread for 17-35 ms, an ADD or DEL's p99 on its own; frozen, none came, and the young
+    collections a request can meet got shorter (max 2 ms, was up to 7)."""
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> None:
     s = parse_args(argv)
     _setup_logging(s.log_level)
@@ -313,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         log.error("start-up failed: %s", exc)
         print(f"ecnet-agent: {exc}", file=sys.stderr)
         sys.exit(1)
+    freeze_start_up_heap()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

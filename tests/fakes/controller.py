@@ -55,6 +55,7 @@ class FakeController:
             return pb.AllocateResponse(port=port, existing=False)
 
     def allocate_async(self, req: pb.AllocateRequest) -> PendingReply[pb.AllocateResponse]:
+        self.faults.check("allocate_async")  # issuing the call (a closed channel raises)
         answer_first = self.answer_first
         return PendingReply(lambda: self._allocate(req), lambda: answer_first)
 

@@ -111,3 +111,31 @@ def test_a_stale_netns_mount_point_is_named(
     with pytest.raises(NetnsNotFound, match="not a network namespace"):
         nl.prepare_pod_interface(str(stale), "eth0", MTU, tap)
     assert host_link_gone(tap)
+
+
+def test_meanwhile_runs_while_the_pair_is_made_and_a_failure_there_takes_it_away(
+        nl: PodNetlink, netns: LabNetns, tap: str) -> None:  # noqa: F811
+    # ADD issues its allocation in `meanwhile`: if that raises, no veth may stay behind.
+    ran: list[str] = []
+    pend = nl.prepare_pod_interface(netns.path, "eth0", MTU, tap,
+                                    meanwhile=lambda: ran.append("allocation issued"))
+    assert pend is not None and ran == ["allocation issued"]
+    nl.abort_pending(pend)
+    assert host_link_gone(tap)
+
+    def refuse() -> None:
+        raise RuntimeError("controller client broke")
+
+    with pytest.raises(RuntimeError, match="controller client broke"):
+        nl.prepare_pod_interface(netns.path, "eth0", MTU, tap, meanwhile=refuse)
+    assert host_link_gone(tap)
+    assert [link["ifname"] for link in _json("link", netns=netns.name)] == ["lo"]
+
+
+def test_meanwhile_is_not_run_when_the_pair_cannot_be_asked_for(
+        nl: PodNetlink, tmp_path: Path, tap: str) -> None:  # noqa: F811
+    ran: list[str] = []
+    with pytest.raises(NetnsNotFound):
+        nl.prepare_pod_interface(str(tmp_path / "gone"), "eth0", MTU, tap,
+                                 meanwhile=lambda: ran.append("allocation issued"))
+    assert ran == [] and host_link_gone(tap)

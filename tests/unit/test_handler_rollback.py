@@ -184,7 +184,7 @@ def test_a_failed_retry_leaves_the_first_add_in_place() -> None:
 
 
 @pytest.mark.parametrize("who,method", [("ovs", "add_port"), ("nl", "finish_pod_end"),
-                                        ("ctl", "allocate")])
+                                        ("ctl", "allocate"), ("ctl", "allocate_async")])
 def test_a_bug_is_a_generic_999_with_its_traceback_in_the_log(
         who: str, method: str, caplog: pytest.LogCaptureFixture) -> None:
     node = make_node()
@@ -198,3 +198,14 @@ def test_a_bug_is_a_generic_999_with_its_traceback_in_the_log(
     assert crashed and crashed[0].exc_info is not None
     assert crashed[0].exc_info[0] is TypeError
     assert node.leftovers() == NOTHING
+
+
+def test_a_missing_netns_fails_before_anything_is_allocated() -> None:
+    """The allocation is issued while the kernel creates the pair: an ADD whose pair cannot
+    even be asked for (no such netns) allocates nothing, so there is nothing to release."""
+    node = make_node()
+    node.nl.remove_netns(NETNS)
+    got, body, _ = node.run("ADD")
+    assert (got, body["code"]) == (1, 111)
+    assert node.leftovers()["allocations"] == set()
+    node.handler.teardown.stop()

@@ -29,7 +29,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -241,17 +241,23 @@ class HostWorker:
     def run_raw(self, fn: Callable[[socket.socket], T]) -> T:
         """`fn` on this thread's plain host netlink socket (for requests pyroute2's
         per-call machinery would cost more than the kernel: the veth creation)."""
+        return self.start_raw(fn).result()
+
+    def start_raw(self, fn: Callable[[socket.socket], T]) -> Future[T]:
+        """`run_raw` without waiting: the caller does other work while the kernel acts
+        (ADD issues its allocation while the veth pair is created) and collects the
+        future's result, or its error, afterwards."""
         return self._on_thread(self._raw_job, fn)
 
     def run(self, fn: Callable[[Any], T]) -> T:
-        return self._on_thread(self._job, fn)
+        return self._on_thread(self._job, fn).result()
 
-    def _on_thread(self, job: Callable[[Callable[[Any], T]], T], fn: Callable[[Any], T]) -> T:
+    def _on_thread(self, job: Callable[[Callable[[Any], T]], T],
+                   fn: Callable[[Any], T]) -> Future[T]:
         try:
-            fut = self._pool.submit(job, fn)
+            return self._pool.submit(job, fn)
         except RuntimeError:  # submit after shutdown
             raise PlumbingError("the agent's netlink seam is closed") from None
-        return fut.result()
 
     def close(self) -> None:
         def _close() -> None:
