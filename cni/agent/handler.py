@@ -23,7 +23,7 @@ from ovs_driver.errors import OvsConnectionError, OvsError, OvsTimeout
 from .. import errors as ce
 from ..netconf import SUPPORTED_VERSIONS, CniRequest, valid_attachments
 from ..result import PortInfo, PortIP, build_result, default_routes, host_ifname, version_result
-from .netlink.plan import PodInterfaceSpec, network_alias
+from .netlink.plan import PodInterfaceResult, PodInterfaceSpec, network_alias
 from .seams import (
     ControllerClient,
     OvsClient,
@@ -95,8 +95,8 @@ class CniHandler(Generic[PendingT]):
         self.ovs = ovs
         self.locks = KeyedLocks()
         self.teardown = Teardown(netlink)
-        # OVS attach runs beside the pod-side netlink work of the same ADD.
-        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="ovs-attach")
+        # The OVS attach and the pod-side netlink work of one ADD run beside each other.
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="add-beside")
 
     def handle(self, req: CniRequest) -> dict[str, Any] | None:
         """Run one verb; the result to print, or None for verbs with no output."""
@@ -180,6 +180,7 @@ class CniHandler(Generic[PendingT]):
             routes=[], mtu=mtu, tx_checksum_off=self.cfg.tx_checksum_off,
             alias=network_alias(req.conf.name))
         built = False  # the careful path made a new pair (a retried ADD's stays for DEL)
+        pod_side: Future[PodInterfaceResult] | None = None
         try:
             if pend is None:
                 with self.locks.hold(_NAME_LOCK + host_if):
@@ -191,8 +192,17 @@ class CniHandler(Generic[PendingT]):
             else:
                 if mtu != (req.conf.mtu or self.cfg.default_mtu):
                     self.netlink.finish_host_end(pend, host_if, mtu)
-                if attach is None:   # one transaction with every id, beside the pod side
-                    attach = ids = self._pool.submit(self._attach, req, port, host_if, port.id)
+                if attach is None:
+                    # One transaction with every id. The attach is the long leg (ovsdb-server,
+                    # then vswitchd's pass until the ofport), so it starts at once on this
+                    # thread and the pod side goes beside it: on a busy machine a woken pool
+                    # thread waits milliseconds for a CPU, and that wait belongs on the
+                    # shorter leg.
+                    pending = pend
+                    pod_side = self._pool.submit(self.netlink.finish_pod_end, pending, spec, "")
+                    attach = _settled(lambda: self._attach(req, port, host_if, port.id))
+                    attach.result()
+                    pod_side.result()
                 else:
                     # the ids that need the port (attached-mac, ips) follow the attach
                     first = attach
@@ -202,12 +212,14 @@ class CniHandler(Generic[PendingT]):
                         self._attach(req, port, host_if, port.id, wait=False)
 
                     attach = ids = self._pool.submit(ids_after_attach)
-                res = self.netlink.finish_pod_end(pend, spec, "")
-                ids.result()
+                    self.netlink.finish_pod_end(pend, spec, "")
+                    ids.result()
                 iface = self._read_back(host_if)
                 host_mac = (iface.mac_in_use if iface is not None and iface.mac_in_use
                             else self.netlink.host_mac(pend))
         except BaseException as exc:
+            if pod_side is not None:
+                _quietly(pod_side.exception)  # the pair is not taken away under its feet
             self._undo(pend, attach, host_if)
             if built:
                 if not isinstance(exc, ce.OvsUnavailable):
@@ -484,6 +496,19 @@ def _ovs_failure(exc: OvsError, msg: str) -> ce.CniError:
     if isinstance(exc, OvsConnectionError | OvsTimeout):
         return ce.OvsUnavailable(f"{msg}: Open vSwitch unavailable, try again later", str(exc))
     return ce.OvsAttachError(msg, str(exc))
+
+
+def _settled(fn: Callable[[], None]) -> Future[None]:
+    """Run `fn` here and now; its outcome as a finished future, as if a pool had run it
+    (the compensation reads every attach the same way)."""
+    fut: Future[None] = Future()
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 - kept in the future; result() raises it
+        fut.set_exception(exc)
+    else:
+        fut.set_result(None)
+    return fut
 
 
 def _quietly(fn: Callable[[], T]) -> T | None:
