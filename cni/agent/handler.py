@@ -24,14 +24,7 @@ from .. import errors as ce
 from ..netconf import SUPPORTED_VERSIONS, CniRequest, valid_attachments
 from ..result import PortInfo, PortIP, build_result, default_routes, host_ifname, version_result
 from .netlink.plan import PodInterfaceResult, PodInterfaceSpec, network_alias
-from .seams import (
-    ControllerClient,
-    OvsClient,
-    OvsInterface,
-    PendingReply,
-    PendingT,
-    PodNetlinkClient,
-)
+from .seams import ControllerClient, OvsClient, OvsInterface, PendingT, PodNetlinkClient
 from .teardown import Teardown
 
 log = logging.getLogger(__name__)
@@ -129,23 +122,12 @@ class CniHandler(Generic[PendingT]):
         t0 = time.perf_counter()
         proposed = str(uuid.uuid4())
         spec_host = host_ifname(proposed)
-        started: list[PendingReply[pb.AllocateResponse]] = []
-
-        def allocate() -> None:
-            started.append(self.controller.allocate_async(self._allocate_request(req, proposed)))
-
+        pending_alloc = self.controller.allocate_async(self._allocate_request(req, proposed))
         pend: PendingT | None = None
         attach: Future[None] | None = None
         try:
-            # The allocation is issued while the kernel creates the pair (its gRPC set-up
-            # overlaps the kernel's work); a pair that cannot even be asked for (no netns)
-            # fails before anything was allocated.
             pend = self.netlink.prepare_pod_interface(
-                req.netns, req.ifname, req.conf.mtu or self.cfg.default_mtu, spec_host,
-                meanwhile=allocate)
-            if not started:
-                allocate()
-            pending_alloc = started[0]
+                req.netns, req.ifname, req.conf.mtu or self.cfg.default_mtu, spec_host)
             # Usually the allocation beats the kernel's veth creation: then the host end is
             # attached once, with every id, after it (each OVSDB change costs ovs-vswitchd
             # a pass over all its ports). Otherwise attach now and add the ids later.
@@ -156,7 +138,7 @@ class CniHandler(Generic[PendingT]):
                 self.netlink.enter_pod(pend)
         except BaseException:
             self._undo(pend, attach, spec_host)
-            early = _quietly(started[0]) if started else None
+            early = _quietly(pending_alloc)
             if early is not None and not early.existing:
                 self._release_quietly(req)
             raise

@@ -78,14 +78,10 @@ class VethReaper(Protocol):
 class PodNetlinkClient(VethReaper, Protocol[PendingT]):
     """The netlink layer as the handler drives it. `PendingT` is the implementation's handle
     for a veth pair created ahead of its port: the handler only hands it back.
-    `finish_pod_end` enters the pod itself when `enter_pod` was not called first;
-    `prepare_pod_interface` runs `meanwhile` while the kernel creates the pair (not at all
-    when it cannot be asked for), and deletes the pair again if `meanwhile` raises."""
+    `finish_pod_end` enters the pod itself when `enter_pod` was not called first."""
 
     def prepare_pod_interface(self, netns: str, ifname: str, mtu: int,
-                              host_ifname: str | None = None,
-                              meanwhile: Callable[[], object] | None = None,
-                              ) -> PendingT | None: ...
+                              host_ifname: str | None = None) -> PendingT | None: ...
     def enter_pod(self, pend: PendingT) -> None: ...
     def finish_host_end(self, pend: PendingT, host_ifname: str, mtu: int) -> str: ...
     def finish_pod_end(self, pend: PendingT, spec: PodInterfaceSpec,

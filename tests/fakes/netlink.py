@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cni.agent.netlink.plan import (
@@ -121,17 +120,11 @@ class FakeNetlink:
 
     # ------------------------------------------------------------------ pipelined ADD
     def prepare_pod_interface(self, netns: str, ifname: str, mtu: int,
-                              host_ifname: str | None = None,
-                              meanwhile: Callable[[], object] | None = None,
-                              ) -> FakePending | None:
+                              host_ifname: str | None = None) -> FakePending | None:
         self.faults.check("prepare_pod_interface")
         ifname = validate_ifname(ifname, "container interface name")
         host = host_ifname or f"ectmp{os.urandom(5).hex()}"
         path = normalize_netns_path(netns)
-        with self._lock:
-            self._ns(path)   # a missing netns fails before the kernel is asked (PodNetlink)
-        if meanwhile is not None:
-            meanwhile()      # before the pair exists here: nothing to undo if it raises
         with self._lock:
             pods = self._ns(path)
             if ifname in pods or host in self.host_links:

@@ -3,6 +3,8 @@ namespaces, read back with `ip` and `ethtool`, as tests/functional/test_netlink.
 the careful path."""
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,9 @@ from tests.functional.test_netlink import (  # noqa: F401 - nl and tap are fixtu
 )
 from tests.lab.netns import (  # noqa: F401 - registers the `netns` fixture
     LabNetns,
+    del_netns,
     host_link_gone,
+    make_netns,
     netns_fixture,
     ns_exec,
 )
@@ -113,29 +117,28 @@ def test_a_stale_netns_mount_point_is_named(
     assert host_link_gone(tap)
 
 
-def test_meanwhile_runs_while_the_pair_is_made_and_a_failure_there_takes_it_away(
-        nl: PodNetlink, netns: LabNetns, tap: str) -> None:  # noqa: F811
-    # ADD issues its allocation in `meanwhile`: if that raises, no veth may stay behind.
-    ran: list[str] = []
-    pend = nl.prepare_pod_interface(netns.path, "eth0", MTU, tap,
-                                    meanwhile=lambda: ran.append("allocation issued"))
-    assert pend is not None and ran == ["allocation issued"]
-    nl.abort_pending(pend)
-    assert host_link_gone(tap)
-
-    def refuse() -> None:
-        raise RuntimeError("controller client broke")
-
-    with pytest.raises(RuntimeError, match="controller client broke"):
-        nl.prepare_pod_interface(netns.path, "eth0", MTU, tap, meanwhile=refuse)
-    assert host_link_gone(tap)
-    assert [link["ifname"] for link in _json("link", netns=netns.name)] == ["lo"]
-
-
-def test_meanwhile_is_not_run_when_the_pair_cannot_be_asked_for(
-        nl: PodNetlink, tmp_path: Path, tap: str) -> None:  # noqa: F811
-    ran: list[str] = []
-    with pytest.raises(NetnsNotFound):
-        nl.prepare_pod_interface(str(tmp_path / "gone"), "eth0", MTU, tap,
-                                 meanwhile=lambda: ran.append("allocation issued"))
-    assert ran == [] and host_link_gone(tap)
+def test_concurrent_pairs_each_get_their_own_lent_socket(nl: PodNetlink) -> None:  # noqa: F811
+    """ADDs of a burst create their pairs on lent host sockets, side by side: every pair
+    lands whole (host end here, peer in its pod), and a refused creation (EEXIST) leaves
+    the next one working."""
+    spaces = [LabNetns(make_netns()) for _ in range(12)]
+    taps = [f"tapls{os.getpid() % 10000:04d}{i:02d}" for i in range(len(spaces))]
+    try:
+        with ThreadPoolExecutor(len(spaces)) as ex:
+            pends = list(ex.map(lambda a: nl.prepare_pod_interface(a[0].path, "eth0", MTU, a[1]),
+                                zip(spaces, taps, strict=True)))
+        for ns, tap, pend in zip(spaces, taps, pends, strict=True):
+            assert pend is not None and not host_link_gone(tap)
+            assert [link["ifname"] for link in _json("link", netns=ns.name)] == ["lo", "eth0"]
+        assert nl.prepare_pod_interface(spaces[0].path, "eth0", MTU, taps[0] + "x") is None
+        for pend in pends:
+            assert pend is not None
+            nl.abort_pending(pend)
+        assert all(host_link_gone(tap) for tap in taps)
+        again = nl.prepare_pod_interface(spaces[0].path, "eth0", MTU, taps[0])
+        assert again is not None
+        nl.abort_pending(again)
+        assert host_link_gone(taps[0])
+    finally:
+        for ns in spaces:
+            del_netns(ns.name)

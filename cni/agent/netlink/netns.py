@@ -29,7 +29,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -222,7 +222,6 @@ class HostWorker:
     def __init__(self, host_fd: int) -> None:
         self._host_fd = host_fd
         self._ipr: Any = None
-        self._raw: socket.socket | None = None  # a plain netlink socket for send_batch
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecnet-netlink-host")
         self.run(lambda ipr: None)  # open now: fail at start-up, not on the first pod
 
@@ -232,46 +231,73 @@ class HostWorker:
             self._ipr = IPRoute()
         return fn(self._ipr)
 
-    def _raw_job(self, fn: Callable[[socket.socket], T]) -> T:
-        if self._raw is None:
-            _setns(self._host_fd)
-            self._raw = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
-        return fn(self._raw)
-
-    def run_raw(self, fn: Callable[[socket.socket], T]) -> T:
-        """`fn` on this thread's plain host netlink socket (for requests pyroute2's
-        per-call machinery would cost more than the kernel: the veth creation)."""
-        return self.start_raw(fn).result()
-
-    def start_raw(self, fn: Callable[[socket.socket], T]) -> Future[T]:
-        """`run_raw` without waiting: the caller does other work while the kernel acts
-        (ADD issues its allocation while the veth pair is created) and collects the
-        future's result, or its error, afterwards."""
-        return self._on_thread(self._raw_job, fn)
-
     def run(self, fn: Callable[[Any], T]) -> T:
-        return self._on_thread(self._job, fn).result()
-
-    def _on_thread(self, job: Callable[[Callable[[Any], T]], T],
-                   fn: Callable[[Any], T]) -> Future[T]:
         try:
-            return self._pool.submit(job, fn)
+            fut = self._pool.submit(self._job, fn)
         except RuntimeError:  # submit after shutdown
             raise PlumbingError("the agent's netlink seam is closed") from None
+        return fut.result()
+
+    def raw_socket(self) -> socket.socket:
+        """A new plain netlink socket of the host netns, made on this thread: a socket keeps
+        the namespace it was created in, and this thread never leaves the host's."""
+        return self.run(lambda _ipr: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                                   _NETLINK_ROUTE))
 
     def close(self) -> None:
         def _close() -> None:
             if self._ipr is not None:
                 self._ipr.close()
                 self._ipr = None
-            if self._raw is not None:
-                self._raw.close()
-                self._raw = None
         try:
             self._pool.submit(_close).result()
         except RuntimeError:  # already shut down
             pass
         self._pool.shutdown(wait=True)
+
+
+class HostSockets:
+    """Plain host-netns netlink sockets lent to request threads, one thread at a time.
+
+    The veth creation is one request and its ack: on the request thread itself (the GIL is
+    released while the kernel works) it needs no hand-off to the host thread and back, and
+    concurrent ADDs do not queue on one Python thread (the kernel's RTNL lock orders them
+    anyway). Sockets are made by the host thread (`HostWorker.raw_socket`), so they act in
+    the host netns whatever netns the borrowing thread is in; one that saw an error may
+    hold a stray ack and is closed instead of lent again."""
+
+    def __init__(self, host: HostWorker, keep: int = 16) -> None:
+        self._host = host
+        self._keep = keep
+        self._idle: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def lend(self) -> Iterator[socket.socket]:
+        with self._lock:
+            if self._closed:
+                raise PlumbingError("the agent's netlink seam is closed")
+            sock = self._idle.pop() if self._idle else None
+        if sock is None:
+            sock = self._host.raw_socket()
+        kept = False
+        try:
+            yield sock
+            with self._lock:
+                if not self._closed and len(self._idle) < self._keep:
+                    self._idle.append(sock)
+                    kept = True
+        finally:
+            if not kept:
+                sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
 
 
 @dataclass
@@ -360,5 +386,5 @@ class HostNetns:
             yield self.enter(path, nsfd, stack)
 
 
-__all__ = ["HostNetns", "HostWorker", "PodSockets", "StepFailed", "exc_text", "get_link",
-           "ifindex", "open_netns", "plumbing", "send_batch", "step", "unless_gone"]
+__all__ = ["HostNetns", "HostSockets", "HostWorker", "PodSockets", "StepFailed", "exc_text",
+           "get_link", "ifindex", "open_netns", "plumbing", "send_batch", "step", "unless_gone"]

@@ -21,7 +21,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -36,6 +35,7 @@ from .netns import (
     ETHTOOL_STXCSUM,
     GONE,
     HostNetns,
+    HostSockets,
     HostWorker,
     PodSockets,
     StepFailed,
@@ -108,6 +108,8 @@ class PodNetlink:
             undo.callback(self._ns.close)
             self._host = HostWorker(self._ns.fd)
             undo.callback(self._host.close)
+            self._sockets = HostSockets(self._host)
+            undo.callback(self._sockets.close)
             # Batched deletes wait out the kernel's RCU grace periods; on their own thread
             # and socket so pod creation never queues behind them.
             self._reaper = HostWorker(self._ns.fd)
@@ -124,6 +126,7 @@ class PodNetlink:
             if self._closed:
                 return
             self._closed = True
+        self._sockets.close()
         self._host.close()
         self._reaper.close()
         self._ns.close()
@@ -298,21 +301,13 @@ class PodNetlink:
 
     # ---------------------------------------------------------------- pipelined ADD
     def prepare_pod_interface(self, netns: str, ifname: str, mtu: int,
-                              host_ifname: str | None = None,
-                              meanwhile: Callable[[], object] | None = None,
-                              ) -> PendingInterface | None:
+                              host_ifname: str | None = None) -> PendingInterface | None:
         """Create the veth pair before the port is known, so the kernel's veth creation
         overlaps the allocation round trip. The peer is created straight into the pod's
         netns by fd (no setns on this path); `enter_pod` opens the pod-side sockets later,
         while OVS attaches the host end. Without `host_ifname` the host end gets a temporary
         name. None means `ifname` already exists in the netns: a retried ADD (or a
-        conflict), which `setup_pod_interface` sorts out.
-
-        `meanwhile` runs on the calling thread once the request is on its way to the kernel
-        and before its answer is awaited (ADD issues its allocation there: the gRPC call's
-        own set-up, ~0.5 ms of CPU, then overlaps the kernel's work instead of preceding
-        it). It is not run when the pair cannot even be asked for (a bad name, a missing
-        netns); if it raises, the pair it overlapped is deleted again."""
+        conflict), which `setup_pod_interface` sorts out."""
         ifname = validate_ifname(ifname, "container interface name")
         final = host_ifname is not None
         tmp = validate_ifname(host_ifname, "host interface name") if host_ifname else \
@@ -322,16 +317,14 @@ class PodNetlink:
         stack.callback(os.close, nsfd)
         t0 = time.perf_counter()
         # With its final name the host end is created up, ready for OVS at once. A plain
-        # netlink request: in a burst the veth creations queue on the host thread, and
-        # pyroute2's machinery around each was most of their cost (docs/performance.md).
+        # netlink request, sent from this thread on a lent host socket (HostSockets): no
+        # pyroute2 machinery around it, no hand-off to the host thread and back
+        # (docs/performance.md).
         what = f"creating veth with peer {ifname} in netns {path}"
         request = veth_add(1, tmp, mtu, final, ifname, nsfd)
         try:
-            creating = self._host.start_raw(
-                lambda nl: send_batch(nl, request, [BatchStep(1, what)]))
-            if meanwhile is not None:
-                self._overlap(creating, meanwhile, tmp)
-            creating.result()
+            with self._sockets.lend() as nl:
+                send_batch(nl, request, [BatchStep(1, what)])
         except StepFailed as exc:
             stack.close()
             code = exc_errno(exc.cause)
@@ -349,21 +342,6 @@ class PodNetlink:
                   (time.perf_counter() - t0) * 1e3)
         return PendingInterface(netns=path, ifname=ifname, tmp_host=tmp, nsfd=nsfd,
                                 stack=stack, host_ifname=tmp if final else "")
-
-    def _overlap(self, creating: Future[None], meanwhile: Callable[[], object],
-                 host_end: str) -> None:
-        """Run `meanwhile` while the pair is being created; if it raises, wait for the
-        creation and delete what it made before passing the error on."""
-        try:
-            meanwhile()
-        except BaseException:
-            if creating.exception() is None:
-                try:
-                    self.delete_pod_interface(host_end)
-                except PlumbingError as exc:
-                    log.error("could not delete veth %s after a failed ADD step: %s",
-                              host_end, exc)
-            raise
 
     def enter_pod(self, pend: PendingInterface) -> None:
         """Open the pod-side sockets (from the thread that will use them) and find the
