@@ -8,7 +8,7 @@ latency, so the two trees are measured at the same moments: each tree builds its
 by that tree's own venv from that tree (so each runs its own code), and this process execs
 the two trees' CNI binaries by turns: one pod's ADD and DEL on one tree, then on the other,
 the first of the two swapping every pod. Then the bursts (`--burst` concurrent ADDs, then
-their DELs), alternated the same way `--bursts` times. Prints p50/p90/p99/max per tree and
+their DELs), `--bursts` per tree, strictly by turns. Prints p50/p90/p99/max per tree and
 the ratio this/other. The reference plugins are cni_bench's business, not this one's.
 Not part of the test run (tests/bench is never collected).
 """
@@ -136,8 +136,11 @@ def main() -> None:
         for i in range(a.warmup + a.pods):
             for t in ((this, other) if i % 2 else (other, this)):
                 t.pod(keep=i >= a.warmup)
-        for i in range(a.bursts):
-            for t in ((this, other) if i % 2 else (other, this)):
+        # Strictly other, this, other, this: each burst follows the other tree's (after its
+        # own burst's DELs a tree's vswitchd is still removing ports, so two bursts of one
+        # tree back to back would handicap the second).
+        for _ in range(a.bursts):
+            for t in (other, this):
                 t.burst(a.burst)
     finally:
         this.close()
@@ -160,6 +163,12 @@ def main() -> None:
         rows.append((f"burst {i + 1} of {a.burst} ADDs (s)", b_this, b_other))
     for name, x, y in rows:
         print(f"{name:28} {x:10.2f} {y:10.2f} {x / y if y else float('nan'):7.2f}")
+    for t, name in ((this, "this"), (other, "other")):
+        text = t.log.read_text() if t.log.exists() else ""
+        sizes = [int(n) if n else 1 for n in re.findall(
+            r"ovsdb transact what='add_port(?:s n=(\d+)| bridge=br-int)", text)]
+        print(f"{name}: OVSDB attach transactions {len(sizes)}, ports {sum(sizes)}, "
+              f"largest {max(sizes, default=0)}; agent log {t.log}")
     errors: list[Any] = this.errors[:5] + other.errors[:5]
     if errors:
         print("errors:", *errors, sep="\n  ")
