@@ -152,7 +152,16 @@ class GrpcControllerClient:
                 if err.code() == grpc.StatusCode.UNAVAILABLE and self.ready(self.reconnect_wait):
                     return self._call(self.stub.AllocatePort, req)  # controller came back
                 raise to_cni_error(err, self.target) from None
-        return PendingReply(result, fut.done)
+        def wait(timeout: float) -> bool:
+            try:
+                fut.exception(timeout=timeout)  # the error, or None: either way, answered
+            except grpc.FutureTimeoutError:
+                return False
+            except grpc.FutureCancelledError:
+                pass
+            return True
+
+        return PendingReply(result, fut.done, wait)
 
     def release(self, req: pb.ReleaseRequest) -> pb.ReleaseResponse:
         return self._call(self.stub.ReleasePort, req)

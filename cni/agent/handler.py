@@ -40,6 +40,10 @@ class AgentConfig:
     default_mtu: int = DEFAULT_MTU
     tx_checksum_off: bool = True   # userspace (netdev) datapath: TCP needs it (DESIGN.md)
     ofport_timeout: float = 2.0
+    # How long a veth made before its allocation waits for it before attaching without it:
+    # about what the second OVSDB change that attaching first costs (a commit round trip
+    # after the ofport, ~1-2 ms; docs/performance.md).
+    alloc_grace: float = 0.002
     gc_grace_seconds: float = 60.0  # GC leaves younger attachments alone (an ADD in flight)
     status_timeout: float = 0.5     # STATUS is polled every 5 s: an answer, not a wait
 
@@ -130,8 +134,10 @@ class CniHandler(Generic[PendingT]):
                 req.netns, req.ifname, req.conf.mtu or self.cfg.default_mtu, spec_host)
             # Usually the allocation beats the kernel's veth creation: then the host end is
             # attached once, with every id, after it (each OVSDB change costs ovs-vswitchd
-            # a pass over all its ports). Otherwise attach now and add the ids later.
-            if pend is not None and not pending_alloc.done():
+            # a pass over all its ports). An answer that is nearly there is waited for
+            # (alloc_grace): attaching first would cost a second change, and a commit round
+            # trip after the ofport, to save less. Otherwise attach now, add the ids later.
+            if pend is not None and not pending_alloc.wait(self.cfg.alloc_grace):
                 attach = self._pool.submit(self._attach, req, None, spec_host, proposed)
                 # pod-side sockets while OVS attaches; with the answer already there,
                 # finish_pod_end opens them instead, once the attach is under way

@@ -21,17 +21,24 @@ class PendingReply(Generic[T]):
     CniError; `done()` says, without waiting, whether the answer is there already (the
     handler attaches OVS once, with every id, when the allocation has beaten the veth)."""
 
-    __slots__ = ("_collect", "_done")
+    __slots__ = ("_collect", "_done", "_wait")
 
-    def __init__(self, collect: Callable[[], T], done: Callable[[], bool]) -> None:
+    def __init__(self, collect: Callable[[], T], done: Callable[[], bool],
+                 wait: Callable[[float], bool] | None = None) -> None:
         self._collect = collect
         self._done = done
+        self._wait = wait
 
     def __call__(self) -> T:
         return self._collect()
 
     def done(self) -> bool:
         return self._done()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the answer; whether it is there (without a
+        `wait` of its own: `done()`, at once)."""
+        return self._wait(timeout) if self._wait is not None else self._done()
 
 
 class ControllerClient(Protocol):
