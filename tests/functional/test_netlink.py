@@ -263,6 +263,31 @@ def test_the_monitor_names_both_ends_as_doom_read_them(netns: LabNetns, tap: str
         p.close()
 
 
+def test_the_monitor_tells_when_it_lost_reports(netns: LabNetns, tap: str) -> None:
+    """A monitor too slow for the kernel (its callback stuck, its buffer tiny) overruns:
+    it must say so (Teardown then asks the kernel), not stay silent."""
+    from cni.agent.netlink.monitor import LinkMonitor
+    p = PodNetlink()
+    stuck, overrun = threading.Event(), threading.Event()
+    other, peer = unique_name("tapo"), unique_name("tapq")
+    host = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    mon = LinkMonitor(host, lambda nsid, idx: stuck.wait(10), overrun.set, rcvbuf=1)
+    try:
+        p.setup_pod_interface(_spec(netns, tap))
+        ip("link", "add", other, "type", "veth", "peer", "name", peer)
+        p.delete_pod_interface(tap)              # its report holds the monitor's thread
+        for i in range(40):                      # meanwhile link reports pile up
+            ip("link", "set", other, "up" if i % 2 == 0 else "down")
+        stuck.set()
+        assert overrun.wait(10)
+    finally:
+        stuck.set()
+        mon.close()
+        os.close(host)
+        p.close()
+        ip("link", "del", "dev", other, check=False)
+
+
 def test_a_retried_add_reclaims_a_doomed_pair(nl: PodNetlink, netns: LabNetns,
                                               tap: str) -> None:
     """If a batch failed to remove a pair and an ADD reuses it, the next batch must not

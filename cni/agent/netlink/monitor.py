@@ -44,8 +44,10 @@ class LinkMonitor:
     """A thread reading RTM_DELLINK notifications from every netns; `on_gone` runs on it
     (keep it short: while it runs, nothing is read)."""
 
-    def __init__(self, host_fd: int, on_gone: OnGone, on_overrun: Callable[[], None]) -> None:
+    def __init__(self, host_fd: int, on_gone: OnGone, on_overrun: Callable[[], None],
+                 rcvbuf: int = RCVBUF) -> None:
         self._on_gone = on_gone
+        self._rcvbuf = rcvbuf
         self._on_overrun = on_overrun
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._ready = threading.Event()
@@ -64,7 +66,7 @@ class LinkMonitor:
         _setns(host_fd)  # a no-op normally; the socket must be the host netns's
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
             sock.bind((0, RTMGRP_LINK))
             sock.setsockopt(SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)
         except BaseException:
