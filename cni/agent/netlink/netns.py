@@ -180,20 +180,27 @@ def ifindex(sock: socket.socket, ifname: str) -> int:
     return int(_IFREQ_INDEX.unpack(fcntl.ioctl(sock.fileno(), _SIOCGIFINDEX, req))[1])
 
 
+def exchange(nl: socket.socket, data: bytes, seqs: set[int],
+             timeout: float = 10.0) -> dict[int, int]:
+    """Send rtnetlink requests in one sendmsg and read until each of `seqs` is acked:
+    seq -> errno (0: done). Raises OSError (a timeout too: the kernel always acks, so a bug)."""
+    acks: dict[int, int] = {}
+    nl.settimeout(timeout)
+    nl.send(data)
+    while not seqs <= acks.keys():
+        acks.update(parse_acks(nl.recv(65536)))
+    return acks
+
+
 def send_batch(nl: socket.socket, data: bytes, steps: Sequence[BatchStep],
                timeout: float = 10.0) -> None:
     """Send a batch of rtnetlink requests in one sendmsg and read every ack; the first
     step the kernel refused (beyond its "already so" errnos) raises StepFailed. The kernel
     acts on every message in order whatever an earlier one's outcome, so the caller's
     rollback (or a retried ADD) sees the whole batch done or named."""
-    acks: dict[int, int] = {}
-    want = {s.seq for s in steps}
     try:
-        nl.settimeout(timeout)
-        nl.send(data)
-        while not want <= acks.keys():
-            acks.update(parse_acks(nl.recv(65536)))
-    except OSError as exc:  # includes the timeout: the kernel always acks, so a bug
+        acks = exchange(nl, data, {s.seq for s in steps}, timeout)
+    except OSError as exc:
         raise StepFailed(f"{steps[0].what} (and {len(steps) - 1} more in one batch)",
                          exc) from exc
     for s in steps:
