@@ -28,6 +28,7 @@ from ipam.store import open_store
 from . import logconfig
 from .admission import AdmissionInterceptor
 from .authz import AuthzInterceptor
+from .calls import LoopThread
 from .listeners import (
     TlsFiles,
     add_health,
@@ -238,14 +239,36 @@ class IpControllerDaemon:
         if settings.onos_url:
             from .sync_runner import SyncRunner
             self.sync = SyncRunner(self.store, settings, self.ipam)
-        # A watch stream holds a thread for its life, mostly asleep on its mailbox: the pool
-        # has one per watcher on top of the workers; unary calls still run on at most
-        # `workers` threads and queue up to --max-concurrent-rpcs (ipcontroller.admission).
+        # The gRPC servers run on one event loop (ipcontroller.calls): a watch stream is a
+        # coroutine there, not a thread; unary handlers run on `workers` threads and queue
+        # up to --max-concurrent-rpcs (ipcontroller.admission).
         self.watch = WatchService(self.ipam, WatchSettings(max_watchers=settings.max_watchers))
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.workers + settings.max_watchers),
+        self.workers = futures.ThreadPoolExecutor(max_workers=settings.workers,
+                                                  thread_name_prefix="grpc-worker")
+        # Health: coroutines on the loop, so they answer while every worker waits on the
+        # database (a held lock, a slow disk); the same answers on --health-listen.
+        self.health = health.aio.HealthServicer()
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
+        self.port = 0
+        self._loop = LoopThread()
+        try:
+            self.server = self._loop.call(self._build_servers())
+        except BaseException:
+            self._loop.close()
+            self.workers.shutdown(wait=False)
+            raise
+        if settings.onos_password_file:
+            warn_if_exposed(settings.onos_password_file, "ONOS password file")
+        self._threads: list[threading.Thread] = []
+
+    async def _build_servers(self) -> grpc.aio.Server:
+        """The servers and their listeners, made on the loop they run on."""
+        settings = self.settings
+        server = grpc.aio.server(
+            migration_thread_pool=self.workers,
             options=[("grpc.so_reuseport", 0)],
-            interceptors=[AdmissionInterceptor(settings.workers, settings.max_concurrent_rpcs),
+            interceptors=[AdmissionInterceptor(self.workers, settings.max_concurrent_rpcs),
                           AuthzInterceptor(_PortNodes(self.ipam),
                                            plaintext_tcp_admin=settings.tls is None),
                           WireInterceptor()],
@@ -253,43 +276,41 @@ class IpControllerDaemon:
         on_change = self.sync.wake if self.sync is not None else None
         pb_grpc.add_IPControllerServicer_to_server(
             IPControllerServicer(self.ipam, settings.heartbeat_seconds, on_change,
-                                 watch=self.watch), self.server)
+                                 watch=self.watch), server)
         pb_grpc.add_IPAdminServicer_to_server(
-            IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), self.server)
-        # Health checks run on threads of their own, on the main listeners too: they answer
-        # while every worker waits on the database (a held lock, a slow disk).
-        self._health_pool = futures.ThreadPoolExecutor(max_workers=2,
-                                                       thread_name_prefix="health")
-        self.health = health.HealthServicer(experimental_thread_pool=self._health_pool)
-        add_health(self.server, self.health, self._health_pool)
+            IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), server)
+        add_health(server, self.health)
         # The same answers on a plaintext server of their own (kubelet's probe has no TLS).
-        self.health_server: grpc.Server | None = None
-        self.health_port = 0
         if settings.health_listen:
-            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-            add_health(self.health_server, self.health, self._health_pool)
+            self.health_server = grpc.aio.server()
+            add_health(self.health_server, self.health)
             for address in filter(None, settings.health_listen.split(",")):
                 bound = add_listener(self.health_server, address, None)
                 self.health_port = self.health_port or bound
-        self.port = 0
         for address in settings.listen.split(","):
-            bound = add_listener(self.server, address, settings.tls, settings.socket_group)
+            bound = add_listener(server, address, settings.tls, settings.socket_group)
             if bound and not self.port:
                 self.port = bound
             if settings.tls is None and not is_unix(address):
                 log.warning("plaintext gRPC on %s: every caller that reaches it is admin%s",
                             address, "" if is_loopback(address) else " (--insecure)")
-        if settings.onos_password_file:
-            warn_if_exposed(settings.onos_password_file, "ONOS password file")
-        self._threads: list[threading.Thread] = []
+        return server
+
+    async def _start_servers(self) -> None:
+        await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING)
+
+    def set_health(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus
+                   ) -> None:
+        """Set a health status from a thread (the servicer lives on the loop)."""
+        self._loop.call(self.health.set(service, status))
 
     def start(self) -> None:
         self.watch.start()
-        self.server.start()
-        if self.health_server is not None:
-            self.health_server.start()
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self.health.set("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING)
+        self._loop.call(self._start_servers())
         for target, name in ((self._sweeper, "sweeper"), (self._db_watch, "db-watch")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -345,21 +366,25 @@ class IpControllerDaemon:
             if ok == serving:
                 continue
             serving = ok
-            self.health.set("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING
+            self.set_health("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING
                             if ok else health_pb2.HealthCheckResponse.NOT_SERVING)
             if ok:
                 log.info("database answers again: serving")
             else:
                 log.warning("database unreachable, not serving until it answers: %s", why)
 
+    async def _stop_servers(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+
     def stop(self, grace: float = 2.0) -> None:
         self.stop_event.set()
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        self._loop.call(self._stop_servers(grace))
+        self._loop.close()
         self.watch.stop()
-        if self.health_server is not None:
-            self.health_server.stop(0).wait()
-        self._health_pool.shutdown(wait=False, cancel_futures=True)
+        self.workers.shutdown(wait=False, cancel_futures=True)
         for t in self._threads:
             t.join(timeout=5)
         self.store.close()
