@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -132,8 +133,14 @@ def entry(change: pb.TopologyChange) -> bytes:
 
 def event_bytes(revision: int, entries: list[bytes], *, reset: bool, complete: bool) -> bytes:
     """A serialized WatchTopologyEvent: the same bytes the message would serialize to."""
-    head = pb.WatchTopologyEvent(revision=revision, reset=reset, complete=complete)
-    return head.SerializeToString() + b"".join(entries)
+    return _head(revision, reset, complete) + b"".join(entries)
+
+
+@functools.lru_cache(maxsize=256)
+def _head(revision: int, reset: bool, complete: bool) -> bytes:
+    # Every stream of a batch sends the same header: built once, not once per stream.
+    return pb.WatchTopologyEvent(revision=revision, reset=reset,
+                                 complete=complete).SerializeToString()
 
 
 def _wire_size(item: pb.TopologyChange | bytes) -> int:
@@ -288,7 +295,8 @@ class Mailbox:
             if left <= 0:
                 return [], False
             try:
-                await asyncio.wait_for(self.ready.wait(), left)
+                async with asyncio.timeout(left):
+                    await self.ready.wait()
             except TimeoutError:
                 return [], False
 
@@ -474,13 +482,24 @@ class Stream:
 
     def deltas(self, rows: list[LogRow]) -> Iterator[bytes]:
         """Rows after the caller's revision, filtered, each subnet the node gains refreshed."""
-        rows = [r for r in rows if r.revision > self.revision]
-        if not rows:
-            return
+        admitted = self.admit(rows)
+        if admitted is not None:
+            out, gained, revision = admitted
+            yield from self.events(revision, out + self.refresh(gained))
+
+    def admit(self, rows: list[LogRow]) -> tuple[list[bytes], list[str], int] | None:
+        """The part of `deltas` that reads nothing (the live feed runs it on the event loop):
+        the entries the node is sent, the subnets it gained, the revision they bring it to;
+        None when every row is one it has."""
+        if not rows or rows[-1].revision <= self.revision:
+            return None
         out: list[bytes] = []
+        gained: list[str] = []
         rel = self.relevance
         wire = self.svc.wire
         for r in rows:
+            if r.revision <= self.revision:
+                continue
             c = r.change
             new = rel.gained(c)
             if self.catching_up and c.kind == ch.PORT and c.node == rel.node and rel.node:
@@ -490,17 +509,18 @@ class Stream:
             if rel.admit(c):
                 out.append(wire.get(r))
             for subnet in new:
-                self.refreshed.add(subnet)
-                ports = self.svc.ipam.topology.subnet_ports(subnet)
-                out += [entry(change_pb(p)) for p in ports]
-        yield from self.events(rows[-1].revision, out)
+                if subnet not in self.refreshed:
+                    self.refreshed.add(subnet)
+                    gained.append(subnet)
+        return out, gained, rows[-1].revision
 
-    def reads_store(self, rows: list[LogRow]) -> bool:
-        """Whether `deltas(rows)` may read the store: only an own port's row can make the
-        node gain a subnet (whose ports it then reads)."""
-        node = self.relevance.node
-        return bool(node) and any(r.change.kind == ch.PORT and r.change.node == node
-                                  for r in rows)
+    def refresh(self, subnets: list[str]) -> list[bytes]:
+        """The current ports of subnets the node gained (read from the store): sent after the
+        rows of their batch, so the newest state of each port is the last one applied."""
+        out: list[bytes] = []
+        for subnet in subnets:
+            out += [entry(change_pb(p)) for p in self.svc.ipam.topology.subnet_ports(subnet)]
+        return out
 
     def catch_up(self, upto: int) -> Iterator[bytes]:
         """The kept rows from the caller's revision up to `upto` (where the live feed
@@ -622,11 +642,15 @@ class WatchService:
                 continue
             # The live feed: filtering and joining shared bytes, on the loop; only a node
             # gaining a subnet reads the store (that subnet's ports), then on the pool.
-            events = stream.deltas(rows)
-            async for ev in (self._read(events) if stream.reads_store(rows)
-                             else _aiter(events)):
-                last_sent = time.monotonic()
-                yield ev
+            admitted = stream.admit(rows)
+            if admitted is not None:
+                out, gained, revision = admitted
+                if gained:
+                    out += await asyncio.get_running_loop().run_in_executor(
+                        self.pool, stream.refresh, gained)
+                for ev in stream.events(revision, out):
+                    last_sent = time.monotonic()
+                    yield ev
             if time.monotonic() - last_sent >= idle:
                 # Nothing for this node lately: say where the log is, so a reconnect resumes
                 # from here rather than replaying (or, compacted, snapshotting) what it
@@ -657,11 +681,6 @@ class WatchService:
             if ev is None:
                 return
             yield ev
-
-
-async def _aiter(events: Iterable[bytes]) -> AsyncIterator[bytes]:
-    for ev in events:
-        yield ev
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
