@@ -2,6 +2,10 @@
 
 Start-up does no scan of the store (no in-memory authority to rebuild, see peers.md on
 Kube-OVN's 200 s rebuilds): migrate, open the gRPC port, report SERVING.
+
+The gRPC servers are grpc.aio on one event loop in a thread of its own (ipcontroller.calls
+says why): the watch streams and health are coroutines there, the unary handlers run on
+`--workers` threads.
 """
 from __future__ import annotations
 
@@ -129,14 +133,15 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     # each call slower (context switches, lock handoffs). Measured on 2 cores through gRPC,
     # allocations/s with 16 concurrent clients: 16 workers ~1,550 (SQLite) / ~450
     # (PostgreSQL); 4 workers ~2,200 / ~900. Requests beyond that queue, they are not refused.
-    p.add_argument("--workers", type=int, default=4, help="gRPC worker threads")
+    p.add_argument("--workers", type=int, default=4,
+                   help="threads running the unary gRPC calls (streams need none)")
     p.add_argument("--max-concurrent-rpcs", type=int, default=256,
                    help="requests running or queued for a worker; beyond it a caller gets "
                         "RESOURCE_EXHAUSTED at once instead of an unbounded queue")
     p.add_argument("--max-watchers", type=int, default=1024,
-                   help="WatchTopology streams this replica serves at once (each holds a "
-                        "thread, mostly asleep); beyond it an agent is refused with "
-                        "UNAVAILABLE and retries, on this replica or another")
+                   help="WatchTopology streams this replica serves at once (each a coroutine "
+                        "on the server's event loop, no thread); beyond it an agent is "
+                        "refused with UNAVAILABLE and retries, on this replica or another")
     p.add_argument("--change-log-keep", type=int, default=100_000,
                    help="newest topology change-log rows kept; an agent whose revision is "
                         "older gets a snapshot when it reconnects")
@@ -156,8 +161,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     p.add_argument("--health-listen", default="",
                    help="plaintext HOST:PORT[,...] for probes (kubelet's gRPC probe has no TLS): "
                         "a server of its own that serves the health service alone (health "
-                        "runs on threads of its own on every listener, so it answers even "
-                        "while every worker waits on the database)")
+                        "runs on the servers' event loop, not on a worker, so it answers "
+                        "even while every worker waits on the database)")
     p.add_argument("--db-check-interval", type=float, default=2.0,
                    help="seconds between the database checks behind the health service "
                         "ecnet.v1.IPController (NOT_SERVING while the database does not "

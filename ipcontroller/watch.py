@@ -19,9 +19,11 @@ Pieces, one direction each:
   the node gains its first port in a subnet the stream sends that subnet's current ports.
   A subnet the node leaves stays relevant for the stream's life (the agent keeps entries it
   already has up to date; dropping them would need removals of every port there).
-- `WatchService.serve`: the RPC. From revision 0, from below the compaction floor, or from a
-  revision this log never had (a database restored or replaced), a snapshot in messages of
-  at most `max_message_bytes` (reset on the first, complete on the last), then deltas.
+- `WatchService.serve`: the RPC, a coroutine on the server's event loop (no thread per
+  stream; what reads the store runs on a few threads of the watch's own). From revision
+  0, from below the compaction floor, or from a revision this log never had (a database
+  restored or replaced), a snapshot in messages of at most `max_message_bytes` (reset on
+  the first, complete on the last), then deltas.
   From a kept revision: the rows after it (read from the log, then live), no snapshot.
 - Wire bytes, once: every row is turned into a protobuf and serialized once per replica
   (`WireCache`, by revision), not once per stream; a stream's message is its small header
@@ -417,9 +419,10 @@ def _set_all(events: list[asyncio.Event]) -> None:
 # one read then serves a batch, not one commit, for at most this much more latency.
 BATCH_DELAY = 0.01
 # ... plus this much per watcher, up to BATCH_DELAY_MAX: every batch is one message per
-# relevant stream, and a message costs the sync gRPC server a thread hand-off (tens of us
-# of the interpreter lock) whatever its size, so at 1,000 watchers the number of batches a
-# second, not the changes in them, is what the controller spends on.
+# relevant stream, and a message costs gRPC ~30 us of the event loop whatever its size
+# (docs/topology-watch.md; on the sync server it was a thread hand-off, more), so at 1,000
+# watchers the number of batches a second, not the changes in them, is what the
+# controller spends on.
 BATCH_DELAY_PER_WATCHER = 0.00005
 BATCH_DELAY_MAX = 0.1
 
