@@ -26,7 +26,7 @@ from ipam.service import IpamService
 from ipam.store import open_store
 
 from . import logconfig
-from .admission import AdmissionInterceptor
+from .admission import AdmissionInterceptor, WorkerPool
 from .authz import AuthzInterceptor
 from .listeners import (
     TlsFiles,
@@ -238,14 +238,17 @@ class IpControllerDaemon:
         if settings.onos_url:
             from .sync_runner import SyncRunner
             self.sync = SyncRunner(self.store, settings, self.ipam)
-        # A watch stream holds a thread for its life, mostly asleep on its mailbox: the pool
-        # has one per watcher on top of the workers; unary calls still run on at most
-        # `workers` threads and queue up to --max-concurrent-rpcs (ipcontroller.admission).
+        # A watch stream holds a thread for its life, mostly asleep on its mailbox: streams
+        # run on the watch's executor, unary calls on `workers` threads, queued up to
+        # --max-concurrent-rpcs (ipcontroller.admission).
         self.watch = WatchService(self.ipam, WatchSettings(max_watchers=settings.max_watchers))
+        workers = WorkerPool(settings.workers)
+        self._admission = AdmissionInterceptor(workers, settings.max_concurrent_rpcs,
+                                               self.watch.pool)
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.workers + settings.max_watchers),
+            workers,
             options=[("grpc.so_reuseport", 0)],
-            interceptors=[AdmissionInterceptor(settings.workers, settings.max_concurrent_rpcs),
+            interceptors=[self._admission,
                           AuthzInterceptor(_PortNodes(self.ipam),
                                            plaintext_tcp_admin=settings.tls is None),
                           WireInterceptor()],
@@ -357,6 +360,7 @@ class IpControllerDaemon:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.watch.stop()
+        self._admission.close()
         if self.health_server is not None:
             self.health_server.stop(0).wait()
         self._health_pool.shutdown(wait=False, cancel_futures=True)

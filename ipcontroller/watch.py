@@ -37,6 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -519,12 +520,17 @@ class WatchService:
         self.snapshots = SharedSnapshot(ipam, self.settings.snapshot_reuse_seconds)
         self.wire = WireCache(4 * self.settings.queue_rows)
         self._slots = threading.BoundedSemaphore(self.settings.max_watchers)
+        # The threads streams run on (each holds one for its life), apart from the server's
+        # workers so that unary calls keep their few threads (ipcontroller.admission).
+        self.pool = futures.ThreadPoolExecutor(max_workers=self.settings.max_watchers,
+                                               thread_name_prefix="watch")
 
     def start(self) -> None:
         self.tailer.start()
 
     def stop(self) -> None:
         self.tailer.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def serve(self, request: pb.WatchTopologyRequest, context: grpc.ServicerContext
               ) -> Iterator[bytes]:
