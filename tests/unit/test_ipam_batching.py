@@ -273,3 +273,32 @@ def test_a_savepoint_undoes_its_block_and_the_transaction_goes_on(svc: IpamServi
         svc._alloc._allocate_in(uow, cfg, _req("d"), time.time())
     assert {p.container_id for p, _ in svc.list_ports()} == {"a", "b", "d"}
     assert svc.topology.bounds()[1] - head == 2
+
+
+def test_a_savepoint_that_cannot_be_rolled_back_lets_nothing_commit(tmp_path: Any) -> None:
+    """The rollback to a savepoint failing (the driver's error, injected at the one seam,
+    uow._x: a real one needs a database that fails that one statement) leaves the block's
+    writes in the transaction: whoever took the error as the block's own and went on,
+    nothing of the transaction may commit then."""
+    import sqlite3
+
+    from ipam.store.sql import SqlStore
+    store = SqlStore(f"sqlite:///{tmp_path}/ipam.db")
+    s = IpamService(store)
+    s.create_pool("p", "dynamic", quarantine_seconds=0)
+    s.create_subnet("p", "10.95.0.0/24")
+    with pytest.raises(Busy, match="savepoint"), store.transaction() as uow:
+        real = uow._x
+
+        def failing(sql: str, params: tuple[Any, ...] = ()) -> Any:
+            if sql.startswith("ROLLBACK TO"):
+                raise sqlite3.OperationalError("disk I/O error")
+            return real(sql, params)
+        uow._x = failing  # type: ignore[method-assign]
+        cfg = s._alloc.config.current(uow)
+        s._alloc._allocate_in(uow, cfg, _req("a"), time.time())
+        with pytest.raises(sqlite3.OperationalError), uow.savepoint():
+            s._alloc._allocate_in(uow, cfg, _req("b"), time.time())
+            raise PolicyConflict("this request is refused")
+    assert s.list_ports() == []
+    store.close()

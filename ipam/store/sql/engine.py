@@ -169,6 +169,9 @@ class SqlEngine:
             with conn.begin():
                 uow = SqlUnitOfWork(conn, self.postgres, lambda exc: self._as_busy(conn, exc))
                 yield uow
+                if uow.lost:
+                    # A caller may have taken that savepoint's error as its own and gone on.
+                    raise Busy("a savepoint could not be rolled back; nothing committed")
                 deadline.check_before_commit()
                 uow.flush_changes(time.time())
         except (DBAPIError, self._driver_error) as exc:

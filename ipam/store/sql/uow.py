@@ -56,6 +56,7 @@ class SqlUnitOfWork:
         self.changes: list[changes.Change] = []
         self._as_busy = as_busy   # the engine's reading of a database error (engine.py)
         self._savepoints = 0
+        self.lost = False         # a savepoint could not be rolled back (engine.py)
 
     def _x(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.raw.execute(sql, params)
@@ -72,8 +73,12 @@ class SqlUnitOfWork:
             # A failed statement leaves a PostgreSQL transaction usable again only after
             # ROLLBACK TO; if that fails too (the connection is gone) the whole transaction
             # fails, and its caller learns it from that error.
-            self._x(f"ROLLBACK TO SAVEPOINT {name}")
-            self._x(f"RELEASE SAVEPOINT {name}")
+            try:
+                self._x(f"ROLLBACK TO SAVEPOINT {name}")
+                self._x(f"RELEASE SAVEPOINT {name}")
+            except BaseException:
+                self.lost = True   # the block's writes may remain: the engine commits nothing
+                raise
             del self.changes[mark:]
             busy = self._as_busy(exc) if isinstance(exc, Exception) else None
             if busy is not None:
