@@ -33,6 +33,11 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.max_pending = max_pending
         self._pending = 0     # only touched on the event loop: no lock
 
+    @property
+    def pending(self) -> int:
+        """Unary calls running or waiting for a worker now (read from any thread)."""
+        return self._pending
+
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails],
                                          Awaitable[grpc.RpcMethodHandler]],

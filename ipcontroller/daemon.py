@@ -270,10 +270,11 @@ class IpControllerDaemon:
     async def _build_servers(self) -> grpc.aio.Server:
         """The servers and their listeners, made on the loop they run on."""
         settings = self.settings
+        self.admission = AdmissionInterceptor(self.workers, settings.max_concurrent_rpcs)
         server = grpc.aio.server(
             migration_thread_pool=self.workers,
             options=[("grpc.so_reuseport", 0)],
-            interceptors=[AdmissionInterceptor(self.workers, settings.max_concurrent_rpcs),
+            interceptors=[self.admission,
                           AuthzInterceptor(_PortNodes(self.ipam),
                                            plaintext_tcp_admin=settings.tls is None),
                           WireInterceptor()],
