@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from itertools import groupby
 
-from . import addr, changes, limits, paging
-from .config import Clock, ConfigCache, PoolView, pool_named
+from . import addr, changes, deadline, limits, paging
+from .batching import GroupCommit, Pending
+from .config import Clock, ConfigCache, ConfigSnapshot, PoolView, pool_named
 from .domain import (
     AddressState,
     Allocation,
@@ -62,41 +64,72 @@ class Allocator:
         self.clock = clock
         self.config = config
         self.outbox = outbox
+        self._group: GroupCommit[AllocationRequest, Allocation] = GroupCommit(
+            self._allocate_alone, self._allocate_together)
 
     def allocate(self, req: AllocationRequest) -> Allocation:
-        """Give the pod interface its port; a retry of the same request gets the same port."""
+        """Give the pod interface its port; a retry of the same request gets the same port.
+        Concurrent calls share a transaction (ipam.batching), each answered on its own."""
         if not req.container_id or not req.ifname:
             raise InvalidArgument("container id and ifname are required")
         if req.port_id and not _is_uuid4(req.port_id):
             raise InvalidArgument(f"proposed port id {req.port_id!r} is not a lower-case uuid4")
+        return self._group.submit(req)
+
+    def _allocate_alone(self, req: AllocationRequest) -> Allocation:
         now = self.clock()
         with self.store.transaction() as uow:
+            return self._allocate_in(uow, self.config.current(uow), req, now)
+
+    def _allocate_together(self, reqs: Sequence[Pending[AllocationRequest]]
+                           ) -> list[Allocation | Exception]:
+        """One transaction for several requests, a savepoint each: a request that fails is
+        undone alone and answered with its error. A caller whose deadline passes before the
+        commit rolls the whole batch back (raised: each then runs alone, ipam.batching)."""
+        now = self.clock()
+        out: list[Allocation | Exception] = []
+        # The commit is for every caller: each deadline is checked here, not the leader's.
+        with deadline.until(None), self.store.transaction() as uow:
             cfg = self.config.current(uow)
-            existing = uow.port_by_request(req.container_id, req.ifname)
-            if existing is not None:
-                if req.pod.uid and existing.pod_uid and req.pod.uid != existing.pod_uid:
-                    raise PolicyConflict(
-                        f"container {req.container_id[:12]}/{req.ifname} already has port "
-                        f"{existing.id} for pod uid {existing.pod_uid}, not {req.pod.uid}")
-                view = cfg.view_by_id(uow, existing.pool_id)
-                return Allocation(existing, view.pool, view.subnets, True)
-            check_owner_scope(req)
-            pool = choose_pool(req, cfg.pools,
-                               cfg.namespace_defaults.get(req.pod.namespace)
-                               if req.pod.namespace else None,
-                               cfg.pool_of_ip(req) if not req.pool else None)
-            view = cfg.by_id[pool.id]
-            if not view.subnets:
-                raise PoolExhausted(f"pool {pool.name!r} has no subnets")
-            owner = owner_of(req, pool)
-            if owner is not None:
-                bound = uow.port_by_owner(pool.id, owner)
-                if bound is not None:
-                    check_owner_scope(req, bound)
-                    port = self._attach_bound(uow, view, bound, req, now)
-                    return Allocation(port, pool, view.subnets, False)
-            port = self.new_port(uow, view, req, owner, now, PortState.ACTIVE)
-            return Allocation(port, pool, view.subnets, False)
+            for job in reqs:
+                try:
+                    with uow.savepoint():
+                        deadline.check_before_commit(job.due)
+                        out.append(self._allocate_in(uow, cfg, job.item, now))
+                except Exception as exc:  # noqa: BLE001 - this request's own answer
+                    out.append(exc)
+            for job, answer in zip(reqs, out):
+                if not isinstance(answer, Exception):
+                    deadline.check_before_commit(job.due)
+        return out
+
+    def _allocate_in(self, uow: UnitOfWork, cfg: ConfigSnapshot, req: AllocationRequest,
+                     now: float) -> Allocation:
+        existing = uow.port_by_request(req.container_id, req.ifname)
+        if existing is not None:
+            if req.pod.uid and existing.pod_uid and req.pod.uid != existing.pod_uid:
+                raise PolicyConflict(
+                    f"container {req.container_id[:12]}/{req.ifname} already has port "
+                    f"{existing.id} for pod uid {existing.pod_uid}, not {req.pod.uid}")
+            view = cfg.view_by_id(uow, existing.pool_id)
+            return Allocation(existing, view.pool, view.subnets, True)
+        check_owner_scope(req)
+        pool = choose_pool(req, cfg.pools,
+                           cfg.namespace_defaults.get(req.pod.namespace)
+                           if req.pod.namespace else None,
+                           cfg.pool_of_ip(req) if not req.pool else None)
+        view = cfg.by_id[pool.id]
+        if not view.subnets:
+            raise PoolExhausted(f"pool {pool.name!r} has no subnets")
+        owner = owner_of(req, pool)
+        if owner is not None:
+            bound = uow.port_by_owner(pool.id, owner)
+            if bound is not None:
+                check_owner_scope(req, bound)
+                port = self._attach_bound(uow, view, bound, req, now)
+                return Allocation(port, pool, view.subnets, False)
+        port = self.new_port(uow, view, req, owner, now, PortState.ACTIVE)
+        return Allocation(port, pool, view.subnets, False)
 
     def release(self, container_id: str, ifname: str, pod_uid: str = "") -> ReleaseResult:
         """DEL: forgiving by contract; unknown requests are success."""

@@ -29,12 +29,30 @@ def caller_deadline(seconds_left: float | None) -> Iterator[None]:
         _deadline.reset(token)
 
 
-def passed() -> bool:
-    d = _deadline.get()
+@contextmanager
+def until(at: float | None) -> Iterator[None]:
+    """Run the block for a caller whose deadline is `at` (time.monotonic(); None: none): a
+    request handed to another thread (a group commit's leader) keeps its own deadline."""
+    token = _deadline.set(at)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def current() -> float | None:
+    """The running request's deadline (time.monotonic()), None when it has none."""
+    return _deadline.get()
+
+
+def passed(at: float | None = None) -> bool:
+    """Whether the running request's deadline (or `at`, another request's) has passed."""
+    d = _deadline.get() if at is None else at
     return d is not None and time.monotonic() >= d
 
 
-def check_before_commit() -> None:
-    """Raise `Busy` (the transaction rolls back) when the caller's deadline has passed."""
-    if passed():
+def check_before_commit(at: float | None = None) -> None:
+    """Raise `Busy` (the transaction rolls back) when the caller's deadline (or `at`, the
+    deadline of one request in a shared transaction) has passed."""
+    if passed(at):
         raise Busy("the caller's deadline passed before the commit; rolled back")

@@ -1,21 +1,19 @@
 """How many unary calls a replica runs and queues: the limits `--workers` and
-`--max-concurrent-rpcs` set, kept as they were once watch streams share the gRPC pool.
+`--max-concurrent-rpcs` set.
 
-A WatchTopology stream holds a pool thread for its life, so the pool has one thread per
-watcher on top of the workers. Without this gate every unary call would then find a free
-thread and run at once: many runnable threads under one interpreter lock make each call
-slower (daemon.py has the measurements), and nothing would refuse a flood. So every unary
-handler but the health service's first counts itself in: beyond
-`max_pending` calls running or waiting it is refused at once with RESOURCE_EXHAUSTED; then
-it waits for one of `workers` slots. Health checks run on an executor of their own
-(listeners.add_health) and pass untouched, so a probe answers while every slot is taken.
-Streams are limited by `--max-watchers` (ipcontroller
-.watch), not here.
+The server is asyncio (ipcontroller.calls): the streams live on its event loop and the
+sync unary handlers run on a pool of `workers` threads, never more (many runnable threads
+under one interpreter lock make each call slower; daemon.py has the measurements). This
+interceptor is where a unary call reaches that pool: beyond `max_pending` calls running or
+waiting for a thread it is refused at once with RESOURCE_EXHAUSTED, instead of an unbounded
+queue. Health checks are coroutines on the loop (grpc_health's aio servicer) and pass
+untouched, so a probe answers while every worker waits on the database. Streams are
+limited by `--max-watchers` (ipcontroller.watch), not here.
 """
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -23,47 +21,45 @@ import grpc
 from ecnet_api.v1 import ecnet_pb2 as pb
 
 from .authz import HEALTH_SERVICE
+from .calls import run_sync
 from .refusal import Refusal
 
 
-class AdmissionInterceptor(grpc.ServerInterceptor):
-    def __init__(self, workers: int, max_pending: int) -> None:
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """Runs every sync unary handler on `pool`, at most `max_pending` running or queued."""
+
+    def __init__(self, pool: futures.Executor, max_pending: int) -> None:
+        self.pool = pool
         self.max_pending = max_pending
-        self._slots = threading.BoundedSemaphore(workers)
-        self._lock = threading.Lock()
-        self._pending = 0
+        self._pending = 0     # only touched on the event loop: no lock
 
-    def _enter(self) -> bool:
-        with self._lock:
-            if self._pending >= self.max_pending:
-                return False
-            self._pending += 1
-            return True
+    @property
+    def pending(self) -> int:
+        """Unary calls running or waiting for a worker now (read from any thread)."""
+        return self._pending
 
-    def _leave(self) -> None:
-        with self._lock:
-            self._pending -= 1
-
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-                          details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler]],
+            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
         method: str = details.method  # type: ignore[attr-defined]
         if handler is None or handler.unary_unary is None or \
                 method.startswith(HEALTH_SERVICE):
             return handler
         inner = handler.unary_unary
 
-        def admitted(request: Any, context: grpc.ServicerContext) -> Any:
-            if not self._enter():
+        async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if self._pending >= self.max_pending:
                 refusal = Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, pb.ERROR_CODE_BUSY,
                                   f"{self.max_pending} requests are running or waiting "
                                   "(--max-concurrent-rpcs); retry")
-                refusal.abort(context)
+                await refusal.abort_async(context)
+            self._pending += 1
             try:
-                with self._slots:
-                    return inner(request, context)
+                return await run_sync(self.pool, inner, request, context)
             finally:
-                self._leave()
+                self._pending -= 1
 
         return grpc.unary_unary_rpc_method_handler(
             admitted, request_deserializer=handler.request_deserializer,

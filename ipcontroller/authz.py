@@ -19,7 +19,7 @@ Kept out of the servicers so no handler can forget it: every RPC passes here fir
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,7 +64,15 @@ class Identity:
         return f"{self.kind}:{self.name}"
 
 
-def identity_of(context: grpc.ServicerContext, plaintext_tcp_admin: bool) -> Identity:
+class Caller(Protocol):
+    """What the check reads of a call: grpc's context, sync or aio."""
+
+    def auth_context(self) -> Mapping[str, Sequence[bytes]]: ...
+
+    def peer(self) -> str: ...
+
+
+def identity_of(context: Caller, plaintext_tcp_admin: bool) -> Identity:
     """The caller, from the transport (see the module docstring for the rules)."""
     auth = context.auth_context()
     if auth.get("transport_security_type", [b""])[0] != b"ssl":
@@ -110,43 +118,49 @@ def check(identity: Identity, full_method: str, request: Any, ports: PortNodes) 
             raise PermissionDenied(f"node {identity.name!r} may not act for node {name!r}")
 
 
-def _refuse(context: grpc.ServicerContext, method: str, who: Identity,
-            exc: PermissionDenied) -> None:
+def _refusal(method: str, who: Identity, exc: PermissionDenied) -> Refusal:
     refusal = exc.refusal()
     log.warning("%s denied identity=%s code=%s msg=%s", method, who,
                 pb.ErrorCode.Name(refusal.code), refusal.message)
-    refusal.abort(context)
+    return refusal
 
 
-class AuthzInterceptor(grpc.ServerInterceptor):
-    """Runs `check` before every handler: unary ones and the server-streaming watch."""
+class AuthzInterceptor(grpc.aio.ServerInterceptor):
+    """Runs `check` before every handler: the sync unary ones (on a worker thread, where
+    they run: a check may read the store) and the watch, a coroutine on the event loop
+    (its check reads only the request)."""
 
     def __init__(self, ports: PortNodes, plaintext_tcp_admin: bool) -> None:
         self.ports = ports
         self.plaintext_tcp_admin = plaintext_tcp_admin
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-                          details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler]],
+            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
         method: str = details.method  # type: ignore[attr-defined]
         if handler is None or method.startswith(HEALTH_SERVICE):
-            # Health is open to every caller (`check`), and left as it is registered: it
-            # runs on its own executor, which a wrapped behaviour would lose.
-            return handler
+            return handler     # health is open to every caller (`check`)
 
-        def admit(request: Any, context: grpc.ServicerContext) -> None:
+        def denial(request: Any, context: Caller) -> Refusal | None:
             who = identity_of(context, self.plaintext_tcp_admin)
             try:
                 check(who, method, request, self.ports)
             except PermissionDenied as exc:
-                _refuse(context, method, who, exc)
+                return _refusal(method, who, exc)
+            return None
 
         if handler.unary_stream is not None:
             stream = handler.unary_stream
 
-            def guarded_stream(request: Any, context: grpc.ServicerContext) -> Any:
-                admit(request, context)
-                yield from stream(request, context)
+            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                                     ) -> AsyncIterator[Any]:
+                refusal = denial(request, context)
+                if refusal is not None:
+                    await refusal.abort_async(context)
+                async for message in stream(request, context):
+                    yield message
 
             return grpc.unary_stream_rpc_method_handler(
                 guarded_stream, request_deserializer=handler.request_deserializer,
@@ -156,7 +170,9 @@ class AuthzInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            admit(request, context)
+            refusal = denial(request, context)
+            if refusal is not None:
+                refusal.abort(context)
             return inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(

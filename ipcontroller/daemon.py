@@ -2,6 +2,10 @@
 
 Start-up does no scan of the store (no in-memory authority to rebuild, see peers.md on
 Kube-OVN's 200 s rebuilds): migrate, open the gRPC port, report SERVING.
+
+The gRPC servers are grpc.aio on one event loop in a thread of its own (ipcontroller.calls
+says why): the watch streams and health are coroutines there, the unary handlers run on
+`--workers` threads.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from ipam.store import open_store
 from . import logconfig
 from .admission import AdmissionInterceptor
 from .authz import AuthzInterceptor
+from .calls import LoopThread
 from .listeners import (
     TlsFiles,
     add_health,
@@ -128,14 +133,15 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     # each call slower (context switches, lock handoffs). Measured on 2 cores through gRPC,
     # allocations/s with 16 concurrent clients: 16 workers ~1,550 (SQLite) / ~450
     # (PostgreSQL); 4 workers ~2,200 / ~900. Requests beyond that queue, they are not refused.
-    p.add_argument("--workers", type=int, default=4, help="gRPC worker threads")
+    p.add_argument("--workers", type=int, default=4,
+                   help="threads running the unary gRPC calls (streams need none)")
     p.add_argument("--max-concurrent-rpcs", type=int, default=256,
                    help="requests running or queued for a worker; beyond it a caller gets "
                         "RESOURCE_EXHAUSTED at once instead of an unbounded queue")
     p.add_argument("--max-watchers", type=int, default=1024,
-                   help="WatchTopology streams this replica serves at once (each holds a "
-                        "thread, mostly asleep); beyond it an agent is refused with "
-                        "UNAVAILABLE and retries, on this replica or another")
+                   help="WatchTopology streams this replica serves at once (each a coroutine "
+                        "on the server's event loop, no thread); beyond it an agent is "
+                        "refused with UNAVAILABLE and retries, on this replica or another")
     p.add_argument("--change-log-keep", type=int, default=100_000,
                    help="newest topology change-log rows kept; an agent whose revision is "
                         "older gets a snapshot when it reconnects")
@@ -155,8 +161,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     p.add_argument("--health-listen", default="",
                    help="plaintext HOST:PORT[,...] for probes (kubelet's gRPC probe has no TLS): "
                         "a server of its own that serves the health service alone (health "
-                        "runs on threads of its own on every listener, so it answers even "
-                        "while every worker waits on the database)")
+                        "runs on the servers' event loop, not on a worker, so it answers "
+                        "even while every worker waits on the database)")
     p.add_argument("--db-check-interval", type=float, default=2.0,
                    help="seconds between the database checks behind the health service "
                         "ecnet.v1.IPController (NOT_SERVING while the database does not "
@@ -238,14 +244,37 @@ class IpControllerDaemon:
         if settings.onos_url:
             from .sync_runner import SyncRunner
             self.sync = SyncRunner(self.store, settings, self.ipam)
-        # A watch stream holds a thread for its life, mostly asleep on its mailbox: the pool
-        # has one per watcher on top of the workers; unary calls still run on at most
-        # `workers` threads and queue up to --max-concurrent-rpcs (ipcontroller.admission).
+        # The gRPC servers run on one event loop (ipcontroller.calls): a watch stream is a
+        # coroutine there, not a thread; unary handlers run on `workers` threads and queue
+        # up to --max-concurrent-rpcs (ipcontroller.admission).
         self.watch = WatchService(self.ipam, WatchSettings(max_watchers=settings.max_watchers))
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.workers + settings.max_watchers),
+        self.workers = futures.ThreadPoolExecutor(max_workers=settings.workers,
+                                                  thread_name_prefix="grpc-worker")
+        # Health: coroutines on the loop, so they answer while every worker waits on the
+        # database (a held lock, a slow disk); the same answers on --health-listen.
+        self.health = health.aio.HealthServicer()
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
+        self.port = 0
+        self._loop = LoopThread()
+        try:
+            self.server = self._loop.call(self._build_servers())
+        except BaseException:
+            self._loop.close()
+            self.workers.shutdown(wait=False)
+            raise
+        if settings.onos_password_file:
+            warn_if_exposed(settings.onos_password_file, "ONOS password file")
+        self._threads: list[threading.Thread] = []
+
+    async def _build_servers(self) -> grpc.aio.Server:
+        """The servers and their listeners, made on the loop they run on."""
+        settings = self.settings
+        self.admission = AdmissionInterceptor(self.workers, settings.max_concurrent_rpcs)
+        server = grpc.aio.server(
+            migration_thread_pool=self.workers,
             options=[("grpc.so_reuseport", 0)],
-            interceptors=[AdmissionInterceptor(settings.workers, settings.max_concurrent_rpcs),
+            interceptors=[self.admission,
                           AuthzInterceptor(_PortNodes(self.ipam),
                                            plaintext_tcp_admin=settings.tls is None),
                           WireInterceptor()],
@@ -253,43 +282,41 @@ class IpControllerDaemon:
         on_change = self.sync.wake if self.sync is not None else None
         pb_grpc.add_IPControllerServicer_to_server(
             IPControllerServicer(self.ipam, settings.heartbeat_seconds, on_change,
-                                 watch=self.watch), self.server)
+                                 watch=self.watch), server)
         pb_grpc.add_IPAdminServicer_to_server(
-            IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), self.server)
-        # Health checks run on threads of their own, on the main listeners too: they answer
-        # while every worker waits on the database (a held lock, a slow disk).
-        self._health_pool = futures.ThreadPoolExecutor(max_workers=2,
-                                                       thread_name_prefix="health")
-        self.health = health.HealthServicer(experimental_thread_pool=self._health_pool)
-        add_health(self.server, self.health, self._health_pool)
+            IPAdminServicer(self.ipam, self.sync, settings.heartbeat_seconds), server)
+        add_health(server, self.health)
         # The same answers on a plaintext server of their own (kubelet's probe has no TLS).
-        self.health_server: grpc.Server | None = None
-        self.health_port = 0
         if settings.health_listen:
-            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-            add_health(self.health_server, self.health, self._health_pool)
+            self.health_server = grpc.aio.server()
+            add_health(self.health_server, self.health)
             for address in filter(None, settings.health_listen.split(",")):
                 bound = add_listener(self.health_server, address, None)
                 self.health_port = self.health_port or bound
-        self.port = 0
         for address in settings.listen.split(","):
-            bound = add_listener(self.server, address, settings.tls, settings.socket_group)
+            bound = add_listener(server, address, settings.tls, settings.socket_group)
             if bound and not self.port:
                 self.port = bound
             if settings.tls is None and not is_unix(address):
                 log.warning("plaintext gRPC on %s: every caller that reaches it is admin%s",
                             address, "" if is_loopback(address) else " (--insecure)")
-        if settings.onos_password_file:
-            warn_if_exposed(settings.onos_password_file, "ONOS password file")
-        self._threads: list[threading.Thread] = []
+        return server
+
+    async def _start_servers(self) -> None:
+        await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING)
+
+    def set_health(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus
+                   ) -> None:
+        """Set a health status from a thread (the servicer lives on the loop)."""
+        self._loop.call(self.health.set(service, status))
 
     def start(self) -> None:
         self.watch.start()
-        self.server.start()
-        if self.health_server is not None:
-            self.health_server.start()
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self.health.set("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING)
+        self._loop.call(self._start_servers())
         for target, name in ((self._sweeper, "sweeper"), (self._db_watch, "db-watch")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -345,21 +372,25 @@ class IpControllerDaemon:
             if ok == serving:
                 continue
             serving = ok
-            self.health.set("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING
+            self.set_health("ecnet.v1.IPController", health_pb2.HealthCheckResponse.SERVING
                             if ok else health_pb2.HealthCheckResponse.NOT_SERVING)
             if ok:
                 log.info("database answers again: serving")
             else:
                 log.warning("database unreachable, not serving until it answers: %s", why)
 
+    async def _stop_servers(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+
     def stop(self, grace: float = 2.0) -> None:
         self.stop_event.set()
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        self._loop.call(self._stop_servers(grace))
+        self._loop.close()
         self.watch.stop()
-        if self.health_server is not None:
-            self.health_server.stop(0).wait()
-        self._health_pool.shutdown(wait=False, cancel_futures=True)
+        self.workers.shutdown(wait=False, cancel_futures=True)
         for t in self._threads:
             t.join(timeout=5)
         self.store.close()

@@ -6,8 +6,8 @@ primary group), in directories created 0750; whoever can open it is trusted as a
 (`ipcontroller.authz`), exactly like the containerd socket. Give the agents' group, not
 everyone, access to it.
 
-Health checks on every listener run on an executor of their own (`add_health`): the probe
-must answer while every worker waits on the database.
+Health checks on every listener are coroutines on the server's event loop (`add_health`):
+the probe must answer while every worker waits on the database.
 """
 from __future__ import annotations
 
@@ -15,14 +15,11 @@ import ipaddress
 import logging
 import os
 import shutil
-from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health, health_pb2_grpc
 
 from .secrets import warn_if_exposed
 
@@ -91,7 +88,7 @@ def _make_dirs(directory: Path) -> None:
         d.chmod(SOCKET_DIR_MODE)   # mkdir's mode passes through the umask
 
 
-def add_listener(server: grpc.Server, address: str, tls: TlsFiles | None,
+def add_listener(server: grpc.aio.Server, address: str, tls: TlsFiles | None,
                  socket_group: str = "") -> int:
     """Bind one address: TLS on TCP when configured, plaintext on a unix socket (0660, group
     `socket_group`). The port bound (0 for a unix socket); OSError when it cannot be bound."""
@@ -118,32 +115,8 @@ def add_listener(server: grpc.Server, address: str, tls: TlsFiles | None,
     return 0
 
 
-class OnPool:
-    """A gRPC behaviour that runs on an executor of its own: grpc's server reads
-    `experimental_thread_pool` off the behaviour of each call (grpc/_server.py,
-    `_select_thread_pool_for_behavior`); grpc_health sets it the same way on Watch."""
-
-    def __init__(self, behaviour: Callable[[Any, grpc.ServicerContext], Any],
-                 pool: futures.ThreadPoolExecutor) -> None:
-        self.behaviour = behaviour
-        self.experimental_thread_pool = pool
-
-    def __call__(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self.behaviour(request, context)
-
-
-def add_health(server: grpc.Server, servicer: health.HealthServicer,
-               pool: futures.ThreadPoolExecutor) -> None:
-    """Serve `servicer` on `server` with Check on `pool`, not the server's workers (a
-    servicer made with `experimental_thread_pool=pool` runs Watch there too)."""
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "grpc.health.v1.Health", {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                OnPool(servicer.Check, pool),
-                request_deserializer=health_pb2.HealthCheckRequest.FromString,
-                response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
-            "Watch": grpc.unary_stream_rpc_method_handler(
-                servicer.Watch,
-                request_deserializer=health_pb2.HealthCheckRequest.FromString,
-                response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
-        }),))
+def add_health(server: grpc.aio.Server, servicer: health.aio.HealthServicer) -> None:
+    """Serve `servicer` on `server`. Its Check and Watch are coroutines on the server's event
+    loop: they need no worker thread, so they answer while every worker waits on the
+    database (nothing on the loop waits for the store: ipcontroller.calls)."""
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

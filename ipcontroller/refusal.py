@@ -14,6 +14,7 @@ ipctl reads refusals with this module alone. The agent decodes the ErrorDetail i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -66,6 +67,11 @@ class Refusal:
         """End the call with this refusal (grpc raises out of `context.abort`)."""
         context.set_trailing_metadata(self.trailing_metadata())
         context.abort(self.status, self.message)
+
+    async def abort_async(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """`abort` for a coroutine handler on the asyncio server (raises grpc's AbortError)."""
+        context.set_trailing_metadata(self.trailing_metadata())
+        await context.abort(self.status, self.message)
 
 
 def gave_reason(err: grpc.RpcError) -> bool:

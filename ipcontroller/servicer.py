@@ -13,7 +13,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -190,14 +190,17 @@ class IPControllerServicer(pb_grpc.IPControllerServicer):
         self.activity = ActivitySummary()
         self.watch = watch
 
-    def WatchTopology(self, request: pb.WatchTopologyRequest, context: grpc.ServicerContext
-                      ) -> Iterator[bytes]:
+    async def WatchTopology(self, request: pb.WatchTopologyRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]
+                            ) -> AsyncIterator[bytes]:
         """The topology as a stream of change-log deltas (ipcontroller.watch), serialized
-        (the server registers the method with ipcontroller.watch.WireInterceptor)."""
+        (the server registers the method with ipcontroller.watch.WireInterceptor). A
+        coroutine on the server's event loop, unlike the other handlers (ipcontroller.calls)."""
         if self.watch is None:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller serves no watch")
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller serves no watch")
         assert self.watch is not None
-        return self.watch.serve(request, context)
+        async for ev in self.watch.serve(request, context):
+            yield ev
 
     @_handle
     def AllocatePort(self, request: pb.AllocateRequest, context: grpc.ServicerContext

@@ -19,9 +19,11 @@ Pieces, one direction each:
   the node gains its first port in a subnet the stream sends that subnet's current ports.
   A subnet the node leaves stays relevant for the stream's life (the agent keeps entries it
   already has up to date; dropping them would need removals of every port there).
-- `WatchService.serve`: the RPC. From revision 0, from below the compaction floor, or from a
-  revision this log never had (a database restored or replaced), a snapshot in messages of
-  at most `max_message_bytes` (reset on the first, complete on the last), then deltas.
+- `WatchService.serve`: the RPC, a coroutine on the server's event loop (no thread per
+  stream; what reads the store runs on a few threads of the watch's own). From revision
+  0, from below the compaction floor, or from a revision this log never had (a database
+  restored or replaced), a snapshot in messages of at most `max_message_bytes` (reset on
+  the first, complete on the last), then deltas.
   From a kept revision: the rows after it (read from the log, then live), no snapshot.
 - Wire bytes, once: every row is turned into a protobuf and serialized once per replica
   (`WireCache`, by revision), not once per stream; a stream's message is its small header
@@ -32,11 +34,14 @@ Pieces, one direction each:
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -74,8 +79,8 @@ class WatchSettings:
     queue_rows: int = 20_000          # a watcher's backlog, after coalescing
     batch_rows: int = 5_000           # rows per read of the log
     idle_progress_seconds: float = 5.0   # an empty event so an idle watcher's revision moves
-    wait_seconds: float = 1.0         # a stream checks its caller is still there this often
     snapshot_reuse_seconds: float = 2.0   # one snapshot serves the streams of this window
+    read_threads: int = 4             # the streams' store reads (snapshots, catch-ups)
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -130,8 +135,14 @@ def entry(change: pb.TopologyChange) -> bytes:
 
 def event_bytes(revision: int, entries: list[bytes], *, reset: bool, complete: bool) -> bytes:
     """A serialized WatchTopologyEvent: the same bytes the message would serialize to."""
-    head = pb.WatchTopologyEvent(revision=revision, reset=reset, complete=complete)
-    return head.SerializeToString() + b"".join(entries)
+    return _head(revision, reset, complete) + b"".join(entries)
+
+
+@functools.lru_cache(maxsize=256)
+def _head(revision: int, reset: bool, complete: bool) -> bytes:
+    # Every stream of a batch sends the same header: built once, not once per stream.
+    return pb.WatchTopologyEvent(revision=revision, reset=reset,
+                                 complete=complete).SerializeToString()
 
 
 def _wire_size(item: pb.TopologyChange | bytes) -> int:
@@ -227,10 +238,14 @@ def _same(a: Change, b: Change) -> bool:
 # ------------------------------------------------------------- mailbox, tailer
 
 class Mailbox:
-    """One watcher's backlog of log rows, bounded (see the module docstring)."""
+    """One watcher's backlog of log rows, bounded (see the module docstring). A stream on an
+    event loop (`loop`) waits with `wait`; the tailer, a thread, wakes it through the loop
+    (`wake_loops`: one hand-off per loop and batch, not one per stream)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.limit = limit
+        self.loop = loop
+        self.ready = asyncio.Event() if loop is not None else None
         self._cond = threading.Condition()
         self._rows: list[LogRow] = []
         self._overflow = False
@@ -265,6 +280,27 @@ class Mailbox:
             rows, over = self._rows, self._overflow
             self._rows, self._overflow = [], False
             return rows, over
+
+    async def wait(self, timeout: float) -> tuple[list[LogRow], bool]:
+        """`take` for a stream on the event loop the box was made for."""
+        assert self.ready is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if self._rows or self._overflow or self._closed:
+                    rows, over = self._rows, self._overflow
+                    self._rows, self._overflow = [], False
+                    return rows, over
+                # Cleared under the lock an offer appends under: its wake-up comes after.
+                self.ready.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return [], False
+            try:
+                async with asyncio.timeout(left):
+                    await self.ready.wait()
+            except TimeoutError:
+                return [], False
 
     def close(self) -> None:
         with self._cond:
@@ -317,6 +353,7 @@ class Tailer:
                 self.position = head
                 for box in self._boxes:
                     box.overflow()
+                wake_loops(self._boxes)
             log.warning("change-log tailer fell below the floor floor=%d resumed_at=%d",
                         floor, head)
             return 0
@@ -331,6 +368,7 @@ class Tailer:
             self.position = rows[-1].revision
             for box in self._boxes:
                 box.offer(rows)
+            wake_loops(self._boxes)
         return len(rows)
 
     def _run(self) -> None:
@@ -358,13 +396,33 @@ class Tailer:
             self._thread.join(timeout=5)
 
 
+def wake_loops(boxes: Iterable[Mailbox]) -> None:
+    """Wake the streams of `boxes` that wait on an event loop: one call into each loop
+    (a write to its wake-up pipe), whatever the number of streams on it."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
+    for box in boxes:
+        if box.loop is not None and box.ready is not None:
+            by_loop.setdefault(box.loop, []).append(box.ready)
+    for loop, events in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, events)
+        except RuntimeError:     # the loop closed (a server stopping): nobody to wake
+            pass
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for e in events:
+        e.set()
+
+
 # Seconds a tailer waits after a wake-up before it reads: at hundreds of commits a second
 # one read then serves a batch, not one commit, for at most this much more latency.
 BATCH_DELAY = 0.01
 # ... plus this much per watcher, up to BATCH_DELAY_MAX: every batch is one message per
-# relevant stream, and a message costs the sync gRPC server a thread hand-off (tens of us
-# of the interpreter lock) whatever its size, so at 1,000 watchers the number of batches a
-# second, not the changes in them, is what the controller spends on.
+# relevant stream, and a message costs gRPC ~30 us of the event loop whatever its size
+# (docs/topology-watch.md; on the sync server it was a thread hand-off, more), so at 1,000
+# watchers the number of batches a second, not the changes in them, is what the
+# controller spends on.
 BATCH_DELAY_PER_WATCHER = 0.00005
 BATCH_DELAY_MAX = 0.1
 
@@ -427,13 +485,24 @@ class Stream:
 
     def deltas(self, rows: list[LogRow]) -> Iterator[bytes]:
         """Rows after the caller's revision, filtered, each subnet the node gains refreshed."""
-        rows = [r for r in rows if r.revision > self.revision]
-        if not rows:
-            return
+        admitted = self.admit(rows)
+        if admitted is not None:
+            out, gained, revision = admitted
+            yield from self.events(revision, out + self.refresh(gained))
+
+    def admit(self, rows: list[LogRow]) -> tuple[list[bytes], list[str], int] | None:
+        """The part of `deltas` that reads nothing (the live feed runs it on the event loop):
+        the entries the node is sent, the subnets it gained, the revision they bring it to;
+        None when every row is one it has."""
+        if not rows or rows[-1].revision <= self.revision:
+            return None
         out: list[bytes] = []
+        gained: list[str] = []
         rel = self.relevance
         wire = self.svc.wire
         for r in rows:
+            if r.revision <= self.revision:
+                continue
             c = r.change
             new = rel.gained(c)
             if self.catching_up and c.kind == ch.PORT and c.node == rel.node and rel.node:
@@ -443,10 +512,18 @@ class Stream:
             if rel.admit(c):
                 out.append(wire.get(r))
             for subnet in new:
-                self.refreshed.add(subnet)
-                ports = self.svc.ipam.topology.subnet_ports(subnet)
-                out += [entry(change_pb(p)) for p in ports]
-        yield from self.events(rows[-1].revision, out)
+                if subnet not in self.refreshed:
+                    self.refreshed.add(subnet)
+                    gained.append(subnet)
+        return out, gained, rows[-1].revision
+
+    def refresh(self, subnets: list[str]) -> list[bytes]:
+        """The current ports of subnets the node gained (read from the store): sent after the
+        rows of their batch, so the newest state of each port is the last one applied."""
+        out: list[bytes] = []
+        for subnet in subnets:
+            out += [entry(change_pb(p)) for p in self.svc.ipam.topology.subnet_ports(subnet)]
+        return out
 
     def catch_up(self, upto: int) -> Iterator[bytes]:
         """The kept rows from the caller's revision up to `upto` (where the live feed
@@ -510,7 +587,10 @@ class SharedSnapshot:
 
 
 class WatchService:
-    """The replica's watch: the tailer and the streams it feeds."""
+    """The replica's watch: the tailer and the streams it feeds. A stream is a coroutine on
+    the server's event loop; what it reads from the store (a snapshot, the log to catch up,
+    a subnet a node gains) runs on `pool`, a few threads of the watch's own, so neither the
+    loop nor the unary workers wait for it."""
 
     def __init__(self, ipam: IpamService, settings: WatchSettings | None = None) -> None:
         self.ipam = ipam
@@ -518,38 +598,75 @@ class WatchService:
         self.tailer = Tailer(ipam, ipam.store.change_signal(), self.settings.batch_rows)
         self.snapshots = SharedSnapshot(ipam, self.settings.snapshot_reuse_seconds)
         self.wire = WireCache(4 * self.settings.queue_rows)
-        self._slots = threading.BoundedSemaphore(self.settings.max_watchers)
+        self.pool = futures.ThreadPoolExecutor(max_workers=self.settings.read_threads,
+                                               thread_name_prefix="watch-read")
+        self._watchers = 0    # only counted on the event loop
 
     def start(self) -> None:
         self.tailer.start()
 
     def stop(self) -> None:
         self.tailer.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def serve(self, request: pb.WatchTopologyRequest, context: grpc.ServicerContext
-              ) -> Iterator[bytes]:
+    async def serve(self, request: pb.WatchTopologyRequest,
+                    context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
         """Serialized WatchTopologyEvents (the module docstring says why bytes)."""
-        if not self._slots.acquire(blocking=False):
-            _abort(context, Busy(f"this replica serves {self.settings.max_watchers} watchers "
-                                 "already; retry later or on another replica"))
+        if self._watchers >= self.settings.max_watchers:
+            await _abort(context, Busy(f"this replica serves {self.settings.max_watchers} "
+                                       "watchers already; retry later or on another replica"))
+        self._watchers += 1
         WATCHERS.inc()
-        box = Mailbox(self.settings.queue_rows)
-        context.add_callback(box.close)
+        box = Mailbox(self.settings.queue_rows, asyncio.get_running_loop())
         try:
-            yield from self._serve(request, context, box)
+            async for ev in self._serve(request, box):
+                yield ev
         except Exception as exc:  # noqa: BLE001 - the one edge where errors become statuses
-            _abort(context, exc)
+            await _abort(context, exc)
         finally:
+            box.close()
             self.tailer.unsubscribe(box)
             WATCHERS.dec()
-            self._slots.release()
+            self._watchers -= 1
 
-    def _serve(self, request: pb.WatchTopologyRequest, context: grpc.ServicerContext,
-               box: Mailbox) -> Iterator[bytes]:
+    async def _serve(self, request: pb.WatchTopologyRequest, box: Mailbox
+                     ) -> AsyncIterator[bytes]:
         stream = Stream(self, request.node)
+        async for ev in self._read(self._begin(stream, request.from_revision, box)):
+            yield ev
+        last_sent = time.monotonic()
+        idle = self.settings.idle_progress_seconds
+        while True:
+            rows, overflowed = await box.wait(max(0.0, last_sent + idle - time.monotonic()))
+            if overflowed:
+                async for ev in self._read(stream.snapshot("behind")):
+                    yield ev
+                last_sent = time.monotonic()
+                continue
+            # The live feed: filtering and joining shared bytes, on the loop; only a node
+            # gaining a subnet reads the store (that subnet's ports), then on the pool.
+            admitted = stream.admit(rows)
+            if admitted is not None:
+                out, gained, revision = admitted
+                if gained:
+                    out += await asyncio.get_running_loop().run_in_executor(
+                        self.pool, stream.refresh, gained)
+                for ev in stream.events(revision, out):
+                    last_sent = time.monotonic()
+                    yield ev
+            if time.monotonic() - last_sent >= idle:
+                # Nothing for this node lately: say where the log is, so a reconnect resumes
+                # from here rather than replaying (or, compacted, snapshotting) what it
+                # would filter out anyway. Doubles as a keepalive.
+                for ev in stream.events(stream.revision, [], force=True):
+                    yield ev
+                last_sent = time.monotonic()
+
+    def _begin(self, stream: Stream, start: int, box: Mailbox) -> Iterator[bytes]:
+        """Subscribe, then the caller's first events: from a kept revision the log after it,
+        else a snapshot (a generator for `_read`: it reads the store)."""
         position = self.tailer.subscribe(box)
         floor, head = self.ipam.topology.bounds()
-        start = request.from_revision
         # A revision up to the head is this log's, even if the tailer has not read that far
         # yet (the caller came from a replica a few ms ahead): the rows after `position`
         # come through the mailbox and those up to `start` are skipped.
@@ -558,29 +675,22 @@ class WatchService:
             yield from stream.catch_up(position)
         else:
             yield from stream.snapshot("first" if not start else "resync")
-        last_sent = time.monotonic()
-        while context.is_active() and not box.closed:
-            rows, overflowed = box.take(self.settings.wait_seconds)
-            if overflowed:
-                yield from stream.snapshot("behind")
-                last_sent = time.monotonic()
-                continue
-            for ev in stream.deltas(rows):
-                last_sent = time.monotonic()
-                yield ev
-            if time.monotonic() - last_sent > self.settings.idle_progress_seconds:
-                # Nothing for this node lately: say where the log is, so a reconnect resumes
-                # from here rather than replaying (or, compacted, snapshotting) what it
-                # would filter out anyway. Doubles as a keepalive.
-                yield from stream.events(stream.revision, [], force=True)
-                last_sent = time.monotonic()
+
+    async def _read(self, events: Iterator[bytes]) -> AsyncIterator[bytes]:
+        """`events`, each produced on the watch's pool (they read the store)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            ev = await loop.run_in_executor(self.pool, next, events, None)
+            if ev is None:
+                return
+            yield ev
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
     refusal = refusal_for(exc)
     log.warning("WatchTopology refused code=%s error=%s msg=%s", refusal.status.name,
                 pb.ErrorCode.Name(refusal.code), refusal.message)
-    refusal.abort(context)
+    await refusal.abort_async(context)
 
 
 WATCH_METHOD = "/ecnet.v1.IPController/WatchTopology"
@@ -590,14 +700,16 @@ def _wire(message: bytes | pb.WatchTopologyEvent) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
-class WireInterceptor(grpc.ServerInterceptor):
+class WireInterceptor(grpc.aio.ServerInterceptor):
     """Registers WatchTopology's responses as the bytes `serve` already serialized (the
     generated registration would serialize a message per stream, the cost this module
     avoids); the wire is the same for every client."""
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-                          details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler]],
+            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
         if handler is None or details.method != WATCH_METHOD:  # type: ignore[attr-defined]
             return handler
         return grpc.unary_stream_rpc_method_handler(

@@ -296,7 +296,8 @@ class CniHandler(Generic[PendingT]):
         gone (a runtime may ADD the same ifname into the same netns next) and its address is
         released (or kept, for bound policies). Deleting a veth pair costs the kernel ~16 ms
         of RCU grace periods, so concurrent DELs share one batched request (`Teardown`, a
-        group commit); the controller's release runs while that request is in flight."""
+        group commit), and DEL waits only until the kernel reports both ends unregistered
+        (~1-3 ms in), not for the grace periods; the controller's release runs meanwhile."""
         t0 = time.perf_counter()
         doomed = self._take_off_node(req.container_id, req.ifname, req.netns)
         t1 = time.perf_counter()
@@ -312,7 +313,7 @@ class CniHandler(Generic[PendingT]):
     def _take_off_node(self, container_id: str, ifname: str, netns: str) -> bool:
         """Delete the attachment's OVS port and doom its veth pair; True when there is a
         pair whose batched delete the caller must wait for (DEL's and reclaim's first step;
-        the reaper starts at once, so the caller's release overlaps it)."""
+        the group delete starts at once, so the caller's release overlaps it)."""
         doomed = False
         try:
             found = self.ovs.find_interfaces(**{"ecnet/container": container_id,
@@ -330,8 +331,8 @@ class CniHandler(Generic[PendingT]):
                                  (now.external_ids.get("ecnet/container", "?")[:12]
                                   if now is not None else "none"))
                         continue
-                    # Doomed first: the reaper's deletion (the kernel's RCU grace periods,
-                    # most of DEL) runs while the OVS port goes; a pair without its veth
+                    # Doomed first: the kernel's deletion of the pair (once most of DEL)
+                    # runs while the OVS port goes; a pair without its veth
                     # is off the network already.
                     doomed |= self.teardown.start(container_id, [iface.name], None, ifname)
                     self.ovs.delete_port(self.cfg.bridge, iface.name)

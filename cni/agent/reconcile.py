@@ -48,6 +48,7 @@ class Attachment:
     host_if: str = ""
     mac: str = ""
     ips: str = ""
+    pod: str = ""      # "namespace/name", as ADD writes ecnet/pod
 
     @property
     def key(self) -> tuple[str, str]:
@@ -140,8 +141,13 @@ def from_ovs(ifaces: Sequence[OvsInterface]) -> tuple[Attachment, ...]:
 
 def from_controller(ports: Sequence[pb.Port]) -> tuple[Attachment, ...]:
     return tuple(Attachment(p.container_id, p.ifname, p.netns, p.id, p.pod.uid, "", p.mac,
-                            bare_addresses(ip.address for ip in p.ips))
+                            bare_addresses(ip.address for ip in p.ips), pod_ref(p.pod))
                  for p in ports if p.container_id and p.state == "active")
+
+
+def pod_ref(pod: pb.PodRef) -> str:
+    """The ecnet/pod value ADD writes ("namespace/name"), "" for a port without a pod name."""
+    return f"{pod.namespace}/{pod.name}" if pod.name else ""
 
 
 class NodePorts(Protocol):
@@ -237,11 +243,12 @@ class Reconciler:
         name = host_ifname(a.port_id)
         log.warning("re-plugging %s (container=%s): OVSDB had lost its port", name,
                     a.container_id[:12])
-        # what ADD wrote and GC needs: the network (from the pod's interface), the pod's uid
+        # what ADD wrote and GC needs: the network (from the pod's interface), the pod
         network = self.network_of(a.netns, a.ifname)
         if not network:
             log.warning("re-plugged %s without its network (no record on the pod's "
                         "interface): CNI GC will not see it", name)
         ids = port_external_ids(a.port_id, a.container_id, a.ifname, a.netns,
-                                network=network, mac=a.mac, ips=a.ips, pod_uid=a.pod_uid)
+                                network=network, mac=a.mac, ips=a.ips, pod=a.pod,
+                                pod_uid=a.pod_uid)
         self.ovs.add_port(self.bridge, name, ids, wait_ofport=None)

@@ -10,7 +10,7 @@ from typing import Generic, Protocol, TypeVar
 
 from ecnet_api.v1 import ecnet_pb2 as pb
 
-from .netlink.plan import PodInterfaceResult, PodInterfaceSpec
+from .netlink.plan import PodInterfaceResult, PodInterfaceSpec, VethEnds
 
 T = TypeVar("T")
 PendingT = TypeVar("PendingT")
@@ -74,12 +74,18 @@ class OvsClient(Protocol):
 
 
 class VethReaper(Protocol):
-    """The part of the netlink layer the batched teardown uses."""
+    """The part of the netlink layer the batched teardown uses. `reap_doomed` may be called
+    from several threads at once; `watch_unregistered`'s callbacks run on a thread of the
+    netlink layer's, with the nsid (None: the agent's own netns) and ifindexes of links the
+    kernel unregistered, in the order it did."""
 
     def delete_pod_interface(self, host_ifname: str, netns: str | None = None,
                              ifname: str | None = None) -> bool: ...
-    def doom_host_end(self, host_ifname: str) -> bool: ...
+    def doom_host_end(self, host_ifname: str) -> VethEnds | None: ...
     def reap_doomed(self) -> bool: ...
+    def watch_unregistered(self, on_gone: Callable[[int | None, list[int]], None],
+                           on_overrun: Callable[[], None]) -> None: ...
+    def links_gone(self, host_indexes: list[int]) -> set[int]: ...
 
 
 class PodNetlinkClient(VethReaper, Protocol[PendingT]):

@@ -118,6 +118,14 @@ class UnitOfWork(Protocol):
         """Set ready=False on every ready node last seen before `cutoff` and return them:
         a conditional update, so each transition is reported once across replicas."""
 
+    # partial rollback ------------------------------------------------------
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A block whose writes (rows, outbox rows, change-log rows) are undone if it raises,
+        the exception passing on; the rest of the transaction stays and may commit. One
+        transaction then carries several requests, each failing alone (ipam.batching).
+        A store-level failure raised inside surfaces as `Busy` when transient, as it would
+        from the whole transaction."""
+
     # topology change log (ipam.changes) -------------------------------------
     def record_change(self, change: Change) -> None:
         """Append a row to the change log, committed with this transaction (its revision

@@ -65,6 +65,18 @@ class _MemoryUow:
         # objects whose pending rows go on commit, before this transaction's rows are added
         self.superseded: list[tuple[str, str]] = []
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A copy of the state to go back to (a test store: the copy's cost is no matter)."""
+        saved = copy.deepcopy(self.st)
+        marks = len(self.pending), len(self.outbox), len(self.superseded)
+        try:
+            yield
+        except BaseException:
+            self.st = saved
+            del self.pending[marks[0]:], self.outbox[marks[1]:], self.superseded[marks[2]:]
+            raise
+
     # configuration
     def config_generation(self) -> int:
         """The store lock already serialises everything; the number is what matters."""

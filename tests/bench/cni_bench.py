@@ -12,7 +12,8 @@ the pod's interface still there (the CNI spec says none may), which CNI binary t
 installed, agent and controller RSS, the ratios, and CPU per pod and per process (the CNI
 binaries exec'd, agent, controller, ovs-vswitchd, ovsdb-server: utime+stime deltas over each
 phase from /proc/<pid>/stat, the exec'd binaries' from RUSAGE_CHILDREN around each exec) with
-`--agent-debug` runs the agent at DEBUG and reports its own `total_ms` per ADD and its OVSDB
+`--agent-debug` runs the agent at DEBUG and reports its own phase timings per ADD and per DEL
+(and how each doomed veth pair was found gone) and its OVSDB
 transactions (how many ports each attach carried: the group commit); the log lines cost
 CPU per pod, so the other figures are from runs without it.
 Not part of the test run (no test_ names; tests/bench is never collected for assertions).
@@ -299,6 +300,21 @@ def report(data: dict[str, Any], rate: float, agent_rss: float, ctl_rss: float,
         print(f"{'agent total_ms p50 / p99, burst ADDs':52} "
               f"{pct([float(p[3]) for p in burst], 50):10.2f} "
               f"{pct([float(p[3]) for p in burst], 99):10.2f}")
+        dphases = re.findall(r"DEL container=.* off_node_ms=([0-9.]+) release_ms=([0-9.]+) "
+                             r"veth_wait_ms=([0-9.]+) total_ms=([0-9.]+)", agent_log)
+        dseq = dphases[args.warmup:args.warmup + args.pods]
+        for i, name in enumerate(("off_node_ms", "release_ms", "veth_wait_ms", "total_ms")):
+            if dseq:
+                print(f"{'agent ' + name + ' p50 / p99, sequential DELs':52} "
+                      f"{pct([float(p[i]) for p in dseq], 50):10.2f} "
+                      f"{pct([float(p[i]) for p in dseq], 99):10.2f}")
+        gone = re.findall(r"veth pair gone host_ifname=\S+ by=(\w+(?: \w+)*) ms=([0-9.]+)",
+                          agent_log)
+        if gone:   # how each doomed pair was found gone, and when after its doom
+            for how in sorted({g[0] for g in gone}):
+                ms = [float(g[1]) for g in gone if g[0] == how]
+                print(f"{'veth pairs gone by ' + how + ': n, p50 ms':52} {len(ms):10d} "
+                      f"{pct(ms, 50):10.2f}")
         sizes = [int(n) if n else 1 for n in re.findall(
             r"ovsdb transact what='add_port(?:s n=(\d+)| bridge=br-int)", agent_log)]
         print(f"{'OVSDB attach transactions / ports attached':52} {len(sizes):10d} "

@@ -11,12 +11,14 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cni.agent.netlink.plan import (
     InterfaceConflict,
     PodInterfaceResult,
     PodInterfaceSpec,
+    VethEnds,
     normalize_mac,
     normalize_netns_path,
     parse_address,
@@ -52,6 +54,7 @@ class HostEnd:
     ifname: str                    # its peer's name there
     up: bool = False
     doomed: bool = False
+    index: int = field(default_factory=itertools.count(2).__next__)  # pod end's: +1
 
 
 @dataclass
@@ -73,6 +76,8 @@ class FakeNetlink:
         self.open_handles: set[int] = set()   # pod-side sockets not closed yet
         self.faults = Faults()
         self._ids = itertools.count(1)
+        self._nsids: dict[str, int] = {}
+        self._on_gone: Callable[[int | None, list[int]], None] | None = None
 
     # ----------------------------------------------------------------- test helpers
     def add_netns(self, netns: str) -> str:
@@ -110,7 +115,13 @@ class FakeNetlink:
         if link is None:
             return False
         self.namespaces.get(link.netns, {}).pop(link.ifname, None)
+        if self._on_gone is not None:   # as the kernel reports it: host end, then pod end
+            self._on_gone(None, [link.index])
+            self._on_gone(self._nsid(link.netns), [link.index + 1])
         return True
+
+    def _nsid(self, path: str) -> int:
+        return self._nsids.setdefault(path, len(self._nsids))
 
     def _configure(self, end: PodEnd, spec: PodInterfaceSpec) -> None:
         plan = plan_interface(spec)
@@ -221,14 +232,14 @@ class FakeNetlink:
             end = self.namespaces.get(normalize_netns_path(netns), {}).get(ifname)
             return end is not None and self._delete_pair(end.host)
 
-    def doom_host_end(self, host_ifname: str) -> bool:
+    def doom_host_end(self, host_ifname: str) -> VethEnds | None:
         self.faults.check("doom_host_end")
         with self._lock:
             link = self.host_links.get(validate_ifname(host_ifname, "host interface name"))
             if link is None:
-                return False
+                return None
             link.doomed = True
-            return True
+            return VethEnds(link.index, self._nsid(link.netns), link.index + 1)
 
     def reap_doomed(self) -> bool:
         self.faults.check("reap_doomed")
@@ -237,6 +248,14 @@ class FakeNetlink:
             for name in doomed:
                 self._delete_pair(name)
             return bool(doomed)
+
+    def watch_unregistered(self, on_gone: Callable[[int | None, list[int]], None],
+                           on_overrun: Callable[[], None]) -> None:
+        self._on_gone = on_gone
+
+    def links_gone(self, host_indexes: list[int]) -> set[int]:
+        with self._lock:
+            return set(host_indexes) - {h.index for h in self.host_links.values()}
 
     # ------------------------------------------------------------------------ CHECK
     def check_pod_interface(self, netns: str, ifname: str, mac: str,

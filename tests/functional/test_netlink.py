@@ -184,9 +184,9 @@ def test_doomed_pairs_go_in_one_batch(nl: PodNetlink) -> None:
         for ns, t in zip(spaces, taps, strict=True):
             nl.setup_pod_interface(_spec(LabNetns(ns), t))
         nl.setup_pod_interface(_spec(LabNetns(spaces[0]), keep, ifname="eth1"))
-        assert all(nl.doom_host_end(t) for t in taps)
+        assert all(nl.doom_host_end(t) is not None for t in taps)
         assert all(not host_link_gone(t) for t in taps)       # marked, not yet deleted
-        assert nl.doom_host_end(unique_name("tapn")) is False  # nothing by that name
+        assert nl.doom_host_end(unique_name("tapn")) is None   # nothing by that name
         assert nl.reap_doomed() is True
         assert all(host_link_gone(t) for t in taps)
         for ns in spaces:
@@ -199,6 +199,93 @@ def test_doomed_pairs_go_in_one_batch(nl: PodNetlink) -> None:
         for t in (*taps, keep):
             if not host_link_gone(t):
                 ip("link", "del", "dev", t, check=False)
+
+
+def test_a_del_returns_with_the_pod_netns_empty(netns: LabNetns) -> None:
+    """The teardown lets a DEL go on the kernel's reports of both ends (not the request's
+    answer): by then the pod's netns has no interface of the pod and no address. Three DELs
+    one after another, each with a fresh PodNetlink-backed Teardown's real monitor."""
+    from cni.agent.teardown import Teardown
+    p = PodNetlink()
+    td = Teardown(p)
+    spaces = [make_netns() for _ in range(3)]
+    taps = [unique_name("tapr") for _ in spaces]
+    try:
+        for ns, t in zip(spaces, taps, strict=True):
+            p.setup_pod_interface(_spec(LabNetns(ns), t))
+            assert {a["local"] for a in _json("addr", netns=ns)[1]["addr_info"]} >= {IP4, IP6}
+            assert td.start(f"c-{t}", [t], None, "eth0")
+            td.wait_for(f"c-{t}", timeout=10)
+            assert [link["ifname"] for link in _json("link", netns=ns)] == ["lo"]
+            addrs = [a["local"] for link in _json("addr", netns=ns)
+                     for a in link.get("addr_info", [])]
+            assert IP4 not in addrs and IP6 not in addrs
+            assert host_link_gone(t)
+        td.drain(timeout=10)
+        # the kernel reports host end, then pod end, within the request (the path the
+        # teardown is for); the request's answer comes after
+        assert td.finished["notified"] >= 1, td.finished
+    finally:
+        td.stop()
+        p.close()
+        for ns in spaces:
+            del_netns(ns)
+        for t in taps:
+            if not host_link_gone(t):
+                ip("link", "del", "dev", t, check=False)
+
+
+def test_the_monitor_names_both_ends_as_doom_read_them(netns: LabNetns, tap: str) -> None:
+    """What `doom_host_end` reads (host ifindex; the peer's ifindex and nsid) is what the
+    kernel's RTM_DELLINK reports carry, host end first."""
+    p = PodNetlink()
+    seen: list[tuple[int | None, int]] = []
+    cv = threading.Condition()
+
+    def gone(nsid: int | None, indexes: list[int]) -> None:
+        with cv:
+            seen.extend((nsid, i) for i in indexes)
+            cv.notify_all()
+    try:
+        p.watch_unregistered(gone, lambda: None)
+        p.setup_pod_interface(_spec(netns, tap))
+        ends = p.doom_host_end(tap)
+        assert ends is not None and ends.pod_nsid is not None and ends.pod_index > 0
+        assert p.links_gone([ends.host_index]) == set()
+        assert p.reap_doomed() is True
+        want = [(None, ends.host_index), (ends.pod_nsid, ends.pod_index)]
+        with cv:
+            assert cv.wait_for(lambda: all(w in seen for w in want), timeout=10), seen
+        assert seen.index(want[0]) < seen.index(want[1])
+        assert p.links_gone([ends.host_index]) == {ends.host_index}
+        assert p.reap_doomed() is False                      # an empty group
+    finally:
+        p.close()
+
+
+def test_the_monitor_tells_when_it_lost_reports(netns: LabNetns, tap: str) -> None:
+    """A monitor too slow for the kernel (its callback stuck, its buffer tiny) overruns:
+    it must say so (Teardown then asks the kernel), not stay silent."""
+    from cni.agent.netlink.monitor import LinkMonitor
+    p = PodNetlink()
+    stuck, overrun = threading.Event(), threading.Event()
+    other, peer = unique_name("tapo"), unique_name("tapq")
+    host = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    mon = LinkMonitor(host, lambda nsid, idx: stuck.wait(10), overrun.set, rcvbuf=1)
+    try:
+        p.setup_pod_interface(_spec(netns, tap))
+        ip("link", "add", other, "type", "veth", "peer", "name", peer)
+        p.delete_pod_interface(tap)              # its report holds the monitor's thread
+        for i in range(40):                      # meanwhile link reports pile up
+            ip("link", "set", other, "up" if i % 2 == 0 else "down")
+        stuck.set()
+        assert overrun.wait(10)
+    finally:
+        stuck.set()
+        mon.close()
+        os.close(host)
+        p.close()
+        ip("link", "del", "dev", other, check=False)
 
 
 def test_a_retried_add_reclaims_a_doomed_pair(nl: PodNetlink, netns: LabNetns,
@@ -218,7 +305,7 @@ def test_doom_refuses_what_is_not_a_veth(nl: PodNetlink) -> None:
     name = unique_name("tapb")
     ip("link", "add", name, "type", "bridge")
     try:
-        assert nl.doom_host_end(name) is False
+        assert nl.doom_host_end(name) is None
         nl.reap_doomed()
         assert not host_link_gone(name)
     finally:

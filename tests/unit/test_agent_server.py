@@ -60,11 +60,17 @@ class FakeController:
 
 
 class NoNetlink:
-    def doom_host_end(self, name: str) -> bool:
-        return False
+    def doom_host_end(self, name: str) -> None:
+        return None
 
     def reap_doomed(self) -> bool:
         return False
+
+    def watch_unregistered(self, *callbacks: Any) -> None:
+        pass
+
+    def links_gone(self, host_indexes: list[int]) -> set[int]:
+        return set(host_indexes)
 
     def delete_pod_interface(self, *a: Any) -> bool:
         return False

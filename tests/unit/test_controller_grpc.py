@@ -14,6 +14,7 @@ from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 from ipam import errors as ipam_errors
 from ipam.onos import errors as onos_errors
 from tests.lab.controller import running_controller, sqlite_url
+from tests.lab.helpers import wait_for
 
 
 @pytest.fixture
@@ -297,3 +298,52 @@ def test_start_up_failures_an_operator_fixes_are_one_line(tmp_path: Path) -> Non
                         "--metrics-listen", "127.0.0.1:metrics"], cwd=root,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--metrics-listen takes HOST:PORT" in p.stderr
+
+
+def test_watch_streams_hold_threads_of_their_own_not_the_workers(tmp_path: Path) -> None:
+    """One worker and two open watch streams: unary calls still run (a stream is a coroutine
+    on the server's loop, ipcontroller.calls); on the workers they would wait forever."""
+    with running_controller(sqlite_url(tmp_path), "--workers", "1") as ctl:
+        ch = grpc.insecure_channel(f"127.0.0.1:{ctl.port}")
+        ctl_stub, admin = pb_grpc.IPControllerStub(ch), pb_grpc.IPAdminStub(ch)
+        admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
+        admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.97.0.0/24"))
+        streams = [ctl_stub.WatchTopology(pb.WatchTopologyRequest(node=f"n{i}"), timeout=30)
+                   for i in range(2)]
+        for s in streams:
+            next(s)   # each stream is open and served: it holds its thread now
+        assert ctl_stub.AllocatePort(alloc("c1"), timeout=10).port.id
+        assert admin.ListPools(pb.ListPoolsRequest(), timeout=10).pools
+        for s in streams:
+            s.cancel()
+        ch.close()
+
+
+def test_calls_beyond_the_backlog_limit_are_refused_at_once_with_busy(tmp_path: Path) -> None:
+    """--max-concurrent-rpcs counts the calls the workers run or queue (ipcontroller.admission):
+    with one there (held by SQLite's write lock, taken by another connection), the next is
+    refused at once with
+    RESOURCE_EXHAUSTED and the reason BUSY; once the first is done, calls pass again and
+    the count is back to zero."""
+    import sqlite3
+    db = sqlite_url(tmp_path)
+    with running_controller(db, "--workers", "1", "--max-concurrent-rpcs", "1") as ctl:
+        ch = grpc.insecure_channel(f"127.0.0.1:{ctl.port}")
+        ctl_stub, admin = pb_grpc.IPControllerStub(ch), pb_grpc.IPAdminStub(ch)
+        admin.CreatePool(pb.CreatePoolRequest(pool=pb.Pool(name="p", policy="dynamic")))
+        admin.CreateSubnet(pb.CreateSubnetRequest(pool="p", cidr="10.98.0.0/24"))
+        other = sqlite3.connect(db[len("sqlite:///"):], isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")   # the file's write lock: the allocation waits
+        slow = ctl_stub.AllocatePort.future(alloc("slow"), timeout=30)
+        admission = ctl.admission
+        wait_for(lambda: admission.pending == 1, 10, "the allocation to hold the worker")
+        with pytest.raises(grpc.RpcError) as err:
+            admin.ListPools(pb.ListPoolsRequest(), timeout=10)
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert reason(err.value) == pb.ERROR_CODE_BUSY
+        other.execute("ROLLBACK")
+        other.close()
+        assert slow.result(timeout=30).port.id
+        wait_for(lambda: admission.pending == 0, 10, "the worker to be free")
+        assert admin.ListPools(pb.ListPoolsRequest(), timeout=10).pools
+        ch.close()

@@ -142,8 +142,8 @@ def test_requests_beyond_the_concurrency_limit_are_refused_at_once(pg_url: str) 
 
 
 def test_health_checks_answer_while_every_worker_waits(pg_url: str) -> None:
-    """On --health-listen and on the main listener alike: health has threads of its own
-    there too (it used to queue behind the stuck worker: DEADLINE_EXCEEDED)."""
+    """On --health-listen and on the main listener alike: health runs on the servers' event
+    loop, not on a worker (it used to queue behind the stuck worker: DEADLINE_EXCEEDED)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     with running_controller(pg_url, *NO_SWEEPS, "--workers", "2",
                             "--health-listen", "127.0.0.1:0") as ctl:

@@ -75,12 +75,13 @@ def test_netns_gone_only_when_we_can_tell(tmp_path: Path) -> None:
     assert netns_gone("/proc/999999999/ns/net")
 
 
-def test_a_replugged_port_gets_back_the_network_and_uid_gc_needs() -> None:
+def test_a_replugged_port_gets_back_the_network_pod_and_uid_gc_needs() -> None:
     """OVSDB lost the port; the controller knows the attachment, the pod's interface knows
     its network (the alias ADD wrote): the port comes back with both, so GC sees it."""
     ovs = FakeAgentOvs()
     port = pb.Port(id=PID, mac="02:00:00:00:00:01", container_id="c1", ifname="eth0",
-                   netns="/run/netns/a", state="active", pod=pb.PodRef(uid="uid-c1"),
+                   netns="/run/netns/a", state="active",
+                   pod=pb.PodRef(namespace="default", name="web-0", uid="uid-c1"),
                    ips=[pb.IPConfig(address="10.0.0.5/24")])
     asked: list[tuple[str, str]] = []
 
@@ -98,8 +99,8 @@ def test_a_replugged_port_gets_back_the_network_and_uid_gc_needs() -> None:
     assert [a.container_id for a in r.start_up().replug] == ["c1"]
     ids = ovs.ports()[host_ifname(PID)]
     assert asked == [("/run/netns/a", "eth0")]
-    assert (ids["ecnet/network"], ids["ecnet/pod-uid"], ids["iface-id"],
-            ids["ecnet/ips"]) == ("ecnet-k8s", "uid-c1", PID, "10.0.0.5")
+    assert (ids["ecnet/network"], ids["ecnet/pod"], ids["ecnet/pod-uid"], ids["iface-id"],
+            ids["ecnet/ips"]) == ("ecnet-k8s", "default/web-0", "uid-c1", PID, "10.0.0.5")
     assert ovs.find_interfaces(**{"ecnet/network": "ecnet-k8s"})   # what CNI GC looks up
 
 

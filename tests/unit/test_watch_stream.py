@@ -3,13 +3,15 @@ from a kept revision (no snapshot), from a compacted or unknown one (a snapshot)
 watcher whose backlog overflows (a fresh snapshot, bounded memory), the tailer over a
 rolled-back transaction's gap and below a compacted floor, a node gaining a subnet.
 
-The stream is a generator: not calling next() is exactly a watcher that does not read, so
-backpressure is tested without timing. The gRPC context is the one stand-in (a stream that
-stays open); the RPC over real gRPC is in tests/integration/test_watch.py.
+The stream is an async generator (a coroutine on the server's event loop): not asking it
+for the next event is exactly a watcher that does not read, so backpressure is tested
+without timing. The gRPC context is the one stand-in (a stream that stays open); the RPC
+over real gRPC is in tests/integration/test_watch.py.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,17 +26,7 @@ from ipcontroller.watch import Mailbox, Tailer, WatchService, WatchSettings
 class OpenStream:
     """What serve() asks of a gRPC context, for a caller that stays connected."""
 
-    def __init__(self) -> None:
-        self.callbacks: list[Callable[[], None]] = []
-
-    def is_active(self) -> bool:
-        return True
-
-    def add_callback(self, cb: Callable[[], None]) -> bool:
-        self.callbacks.append(cb)
-        return True
-
-    def abort(self, code: Any, details: str) -> None:
+    async def abort(self, code: Any, details: str) -> None:
         raise AssertionError(f"aborted: {code} {details}")
 
     def set_trailing_metadata(self, md: Any) -> None:
@@ -62,9 +54,9 @@ class Client:
 
     def __init__(self, watch: WatchService, node: str, frm: int = 0) -> None:
         self.watch = watch
-        self.ctx = OpenStream()
+        self.loop = asyncio.new_event_loop()    # the server's loop: runs while we read
         self.stream = watch.serve(pb.WatchTopologyRequest(node=node, from_revision=frm),
-                                  self.ctx)  # type: ignore[arg-type]
+                                  OpenStream())  # type: ignore[arg-type]
         self.ports: dict[str, str] = {}
         self.revision = 0
         self.resets = 0
@@ -72,7 +64,7 @@ class Client:
     def read_until(self, revision: int) -> None:
         """Read messages until the view is complete at `revision` or later."""
         while True:
-            ev = pb.WatchTopologyEvent.FromString(next(self.stream))
+            ev = self.next()
             if ev.reset:
                 self.resets += 1
                 self.ports.clear()
@@ -86,15 +78,20 @@ class Client:
                 if ev.revision >= revision:
                     return
 
+    def next(self) -> pb.WatchTopologyEvent:
+        """The stream's next event, the loop running until it is there."""
+        return pb.WatchTopologyEvent.FromString(
+            self.loop.run_until_complete(anext(self.stream)))
+
     def close(self) -> None:
-        for cb in self.ctx.callbacks:
-            cb()
-        self.stream.close()
+        """The caller goes away: the stream ends (its mailbox unsubscribed)."""
+        self.loop.run_until_complete(self.stream.aclose())
+        self.loop.close()
 
 
 def _service(svc: IpamService, start: bool = True, **kw: Any) -> WatchService:
     """The watch; without `start` its tailer only reads when the test says (poll_once)."""
-    w = WatchService(svc, WatchSettings(wait_seconds=0.05, **kw))
+    w = WatchService(svc, WatchSettings(**kw))
     if start:
         w.start()
     return w
@@ -147,7 +144,7 @@ def test_resume_from_ahead_of_this_replicas_tailer_is_no_snapshot(svc: IpamServi
         again_from = _head(svc)
         again = Client(watch, "n1", frm=again_from)
         again.ports = _expected(svc, "a")              # its view at that revision
-        first_event = pb.WatchTopologyEvent.FromString(next(again.stream))  # no snapshot
+        first_event = again.next()  # no snapshot
         assert not first_event.reset and first_event.revision == again_from
         _alloc(svc, "after")
         watch.tailer.poll_once()

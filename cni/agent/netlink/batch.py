@@ -15,12 +15,15 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .plan import IFA_F_NODAD, IFF_UP, RT_SCOPE_LINK, AddressPlan, InterfacePlan, RoutePlan
 
 NLMSG_ERROR = 2
 RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_SETLINK = 19
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 NLM_F_REQUEST = 0x1
@@ -32,6 +35,7 @@ IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_IFALIAS = 20
 IFLA_LINKINFO = 18
+IFLA_GROUP = 27
 IFLA_NET_NS_FD = 28
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
@@ -108,6 +112,21 @@ def veth_add(seq: int, name: str, mtu: int, up: bool, peer: str, peer_nsfd: int)
     return _msg(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, seq, body)
 
 
+def group_delete(seq: int, group: int) -> bytes:
+    """RTM_DELLINK of every link in `group` (`ip link delete group G`): one request, one
+    pass of the kernel's unregistering for the whole batch."""
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_GROUP,
+                                                                 struct.pack("=I", group))
+    return _msg(RTM_DELLINK, 0, seq, body)
+
+
+def link_probe(seq: int, index: int) -> bytes:
+    """RTM_SETLINK of link `index` that changes nothing: ENODEV when it is gone. Unlike a
+    lookup, it takes the RTNL, so it waits for an unregistering in progress: a link it
+    finds gone has been through its NETDEV_UNREGISTER (addresses and routes removed)."""
+    return _msg(RTM_SETLINK, 0, seq, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0))
+
+
 def addr_add(seq: int, index: int, a: AddressPlan) -> bytes:
     """RTM_NEWADDR as `ip addr add` (IPv4: IFA_LOCAL too; IPv6 without DAD)."""
     flags = IFA_F_NODAD if a.version == 6 else 0
@@ -155,20 +174,36 @@ def pod_side_batch(plan: InterfacePlan, index: int,
     return b"".join(out), steps
 
 
-def parse_acks(data: bytes) -> dict[int, int]:
-    """seq -> errno (0: done) of every NLMSG_ERROR (the kernel's ack) in `data`."""
-    acks: dict[int, int] = {}
+def _messages(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(offset, type, seq) of each netlink message in `data`."""
     off = 0
     while off + _NLMSGHDR.size <= len(data):
         length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
         if length < _NLMSGHDR.size:
             raise ValueError(f"netlink message of length {length} at offset {off}")
-        if kind == NLMSG_ERROR:
-            (code,) = struct.unpack_from("=i", data, off + _NLMSGHDR.size)
-            acks[seq] = -code
+        yield off, kind, seq
         off += _align(length)
-    return acks
 
 
-__all__ = ["BatchStep", "addr_add", "link_up", "parse_acks", "pod_side_batch", "route_add",
-           "veth_add"]
+def parse_acks(data: bytes) -> dict[int, int]:
+    """seq -> errno (0: done) of every NLMSG_ERROR (the kernel's ack) in `data`."""
+    return {seq: -struct.unpack_from("=i", data, off + _NLMSGHDR.size)[0]
+            for off, kind, seq in _messages(data) if kind == NLMSG_ERROR}
+
+
+def parse_unregistered(data: bytes) -> list[int]:
+    """The ifindexes of the RTM_DELLINK notifications (links unregistered) in `data`.
+
+    Only AF_UNSPEC ones: a bridge sends an AF_BRIDGE RTM_DELLINK for a port leaving it, while
+    the port itself lives on."""
+    out: list[int] = []
+    for off, kind, _seq in _messages(data):
+        if kind == RTM_DELLINK and off + _NLMSGHDR.size + _IFINFOMSG.size <= len(data):
+            family, _type, index, _f, _c = _IFINFOMSG.unpack_from(data, off + _NLMSGHDR.size)
+            if family == socket.AF_UNSPEC:
+                out.append(index)
+    return out
+
+
+__all__ = ["BatchStep", "addr_add", "group_delete", "link_probe", "link_up", "parse_acks",
+           "parse_unregistered", "pod_side_batch", "route_add", "veth_add"]

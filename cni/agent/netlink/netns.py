@@ -180,20 +180,27 @@ def ifindex(sock: socket.socket, ifname: str) -> int:
     return int(_IFREQ_INDEX.unpack(fcntl.ioctl(sock.fileno(), _SIOCGIFINDEX, req))[1])
 
 
+def exchange(nl: socket.socket, data: bytes, seqs: set[int],
+             timeout: float = 10.0) -> dict[int, int]:
+    """Send rtnetlink requests in one sendmsg and read until each of `seqs` is acked:
+    seq -> errno (0: done). Raises OSError (a timeout too: the kernel always acks, so a bug)."""
+    acks: dict[int, int] = {}
+    nl.settimeout(timeout)
+    nl.send(data)
+    while not seqs <= acks.keys():
+        acks.update(parse_acks(nl.recv(65536)))
+    return acks
+
+
 def send_batch(nl: socket.socket, data: bytes, steps: Sequence[BatchStep],
                timeout: float = 10.0) -> None:
     """Send a batch of rtnetlink requests in one sendmsg and read every ack; the first
     step the kernel refused (beyond its "already so" errnos) raises StepFailed. The kernel
     acts on every message in order whatever an earlier one's outcome, so the caller's
     rollback (or a retried ADD) sees the whole batch done or named."""
-    acks: dict[int, int] = {}
-    want = {s.seq for s in steps}
     try:
-        nl.settimeout(timeout)
-        nl.send(data)
-        while not want <= acks.keys():
-            acks.update(parse_acks(nl.recv(65536)))
-    except OSError as exc:  # includes the timeout: the kernel always acks, so a bug
+        acks = exchange(nl, data, {s.seq for s in steps}, timeout)
+    except OSError as exc:
         raise StepFailed(f"{steps[0].what} (and {len(steps) - 1} more in one batch)",
                          exc) from exc
     for s in steps:
@@ -222,6 +229,7 @@ class HostWorker:
     def __init__(self, host_fd: int) -> None:
         self._host_fd = host_fd
         self._ipr: Any = None
+        self._raw: socket.socket | None = None  # a plain netlink socket for send_batch
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecnet-netlink-host")
         self.run(lambda ipr: None)  # open now: fail at start-up, not on the first pod
 
@@ -231,12 +239,19 @@ class HostWorker:
             self._ipr = IPRoute()
         return fn(self._ipr)
 
+    def _raw_job(self, fn: Callable[[socket.socket], T]) -> T:
+        if self._raw is None:
+            _setns(self._host_fd)
+            self._raw = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
+        return fn(self._raw)
+
+    def run_raw(self, fn: Callable[[socket.socket], T]) -> T:
+        """`fn` on this thread's plain host netlink socket (for requests pyroute2's
+        per-call machinery would cost more than the kernel: the veth creation)."""
+        return self._on_thread(self._raw_job, fn)
+
     def run(self, fn: Callable[[Any], T]) -> T:
-        try:
-            fut = self._pool.submit(self._job, fn)
-        except RuntimeError:  # submit after shutdown
-            raise PlumbingError("the agent's netlink seam is closed") from None
-        return fut.result()
+        return self._on_thread(self._job, fn)
 
     def raw_socket(self) -> socket.socket:
         """A new plain netlink socket of the host netns, made on this thread: a socket keeps
@@ -244,11 +259,21 @@ class HostWorker:
         return self.run(lambda _ipr: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
                                                    _NETLINK_ROUTE))
 
+    def _on_thread(self, job: Callable[[Callable[[Any], T]], T], fn: Callable[[Any], T]) -> T:
+        try:
+            fut = self._pool.submit(job, fn)
+        except RuntimeError:  # submit after shutdown
+            raise PlumbingError("the agent's netlink seam is closed") from None
+        return fut.result()
+
     def close(self) -> None:
         def _close() -> None:
             if self._ipr is not None:
                 self._ipr.close()
                 self._ipr = None
+            if self._raw is not None:
+                self._raw.close()
+                self._raw = None
         try:
             self._pool.submit(_close).result()
         except RuntimeError:  # already shut down

@@ -72,6 +72,19 @@ class PodInterfaceResult:
 
 
 @dataclass(frozen=True)
+class VethEnds:
+    """What identifies both ends of a doomed veth pair in the kernel's RTM_DELLINK
+    notifications, read off the host end before it is doomed: the host end's ifindex in the
+    agent's netns, and its peer's ifindex (IFLA_LINK) in the netns the agent knows by
+    `pod_nsid` (IFLA_LINK_NETNSID; None: the peer is in the agent's netns too). A
+    `pod_index` of 0 means no peer was reported: only the host end is waited for."""
+
+    host_index: int
+    pod_nsid: int | None
+    pod_index: int
+
+
+@dataclass(frozen=True)
 class AddressPlan:
     version: int
     address: str
@@ -331,8 +344,8 @@ def network_from_alias(alias: str) -> str:
 
 __all__ = [
     "DOOMED_GROUP", "AddressPlan", "InterfaceConflict", "InterfacePlan", "InvalidInterfaceSpec",
-    "PodInterfaceResult", "PodInterfaceSpec", "RoutePlan", "address_request", "build_routes",
-    "errno_text", "family_version", "network_alias", "network_from_alias", "normalize_mac",
-    "normalize_netns_path", "parse_address", "parse_route", "plan_interface",
+    "PodInterfaceResult", "PodInterfaceSpec", "RoutePlan", "VethEnds", "address_request",
+    "build_routes", "errno_text", "family_version", "network_alias", "network_from_alias",
+    "normalize_mac", "normalize_netns_path", "parse_address", "parse_route", "plan_interface",
     "pod_link_changes", "route_request", "validate_ifname",
 ]

@@ -15,9 +15,12 @@ Deleting a pair is batched (`doom_host_end`, `reap_doomed`; the handler's Teardo
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
+import queue
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,8 +32,9 @@ from typing import Any, Self
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ...errors import NetnsNotFound, PlumbingError
-from .batch import BatchStep, pod_side_batch, veth_add
+from .batch import BatchStep, group_delete, link_probe, pod_side_batch, veth_add
 from .check import check_pod_interface
+from .monitor import LinkMonitor, OnGone
 from .netns import (
     ETHTOOL_STXCSUM,
     GONE,
@@ -44,6 +48,7 @@ from .netns import (
     ethtool_value,
     exc_errno,
     exc_text,
+    exchange,
     get_link,
     ifindex,
     is_netns_fd,
@@ -61,6 +66,7 @@ from .plan import (
     InterfacePlan,
     PodInterfaceResult,
     PodInterfaceSpec,
+    VethEnds,
     address_request,
     network_from_alias,
     plan_interface,
@@ -73,6 +79,11 @@ log = logging.getLogger(__name__)
 
 _LINK_ATTR = {"address": "MAC", "mtu": "MTU", "state": "state",   # for error messages
               "ifalias": "alias"}
+# Group deletes in flight at once: each request holds its socket ~15 ms (the kernel's RCU
+# barrier after it let go of the RTNL), so the next DEL's must not queue behind it.
+REAP_SOCKETS = 4
+REAP_TIMEOUT = 60.0   # a deletion's RCU barrier on a loaded machine; the kernel always acks
+_seqs = itertools.count(1000)  # unique per request: a late ack is never taken for another's
 
 
 @dataclass
@@ -110,9 +121,17 @@ class PodNetlink:
             undo.callback(self._host.close)
             self._sockets = HostSockets(self._host)
             undo.callback(self._sockets.close)
-            # Batched deletes wait out the kernel's RCU grace periods; on their own thread
-            # and socket so pod creation never queues behind them.
-            self._reaper = HostWorker(self._ns.fd)
+            # Batched deletes wait out the kernel's RCU grace periods; on sockets of their
+            # own (made on the host thread, so in the host netns), used by the caller's
+            # thread, so pod creation never queues behind them.
+            self._reap_socks: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+            self._all_reap_socks: list[socket.socket] = []
+            for _ in range(REAP_SOCKETS):
+                sock = self._host.raw_socket()
+                self._all_reap_socks.append(sock)
+                undo.callback(sock.close)
+                self._reap_socks.put(sock)
+            self._monitor: LinkMonitor | None = None
             undo.pop_all()
 
     def __enter__(self) -> Self:
@@ -126,9 +145,12 @@ class PodNetlink:
             if self._closed:
                 return
             self._closed = True
+        if self._monitor is not None:
+            self._monitor.close()
         self._sockets.close()
         self._host.close()
-        self._reaper.close()
+        for sock in self._all_reap_socks:
+            sock.close()
         self._ns.close()
 
     # --------------------------------------------------------------------- host queries
@@ -446,30 +468,73 @@ class PodNetlink:
                  netns, ifname, host_ifname)
         return True
 
-    def doom_host_end(self, host_ifname: str) -> bool:
-        """Mark a pod's host veth end for the next `reap_doomed`; True if there was one.
+    def doom_host_end(self, host_ifname: str) -> VethEnds | None:
+        """Mark a pod's host veth end for the next `reap_doomed`; what identifies both ends
+        (for `watch_unregistered`), or None if there was no such veth.
 
         Deleting a veth pair makes the kernel wait out RCU grace periods, about 16 ms per
         pair here, but one request deleting a whole link group pays them once for the batch
         (forty pairs in ~26 ms). Moving a link into a group is a plain attribute change,
         cheap enough for DEL's own path."""
         host_ifname = validate_ifname(host_ifname, "host interface name")
-        return self._on_host_veth(host_ifname, "marking host interface {} for deletion",
-                                  lambda ipr, index: ipr.link("set", index=index,
-                                                              group=DOOMED_GROUP))
+        found: list[VethEnds] = []
+
+        def doom(ipr: Any, link: Any) -> None:
+            found.append(VethEnds(host_index=int(link["index"]),
+                                  pod_nsid=attr(link, "IFLA_LINK_NETNSID"),
+                                  pod_index=int(attr(link, "IFLA_LINK") or 0)))
+            ipr.link("set", index=link["index"], group=DOOMED_GROUP)
+
+        if not self._on_host_veth(host_ifname, "marking host interface {} for deletion", doom):
+            return None
+        return found[0]
 
     def reap_doomed(self) -> bool:
-        """Delete every doomed pair in one request; False if there was none."""
-        def job(ipr: Any) -> bool:
-            return unless_gone(lambda: ipr.link("del", group=DOOMED_GROUP))
-        return plumbing(lambda: self._reaper.run(job), "deleting the doomed veth pairs")
+        """Delete every doomed pair in one request; False if there was none. Several calls
+        may be in flight at once (REAP_SOCKETS), each on a socket of its own."""
+        what = "deleting the doomed veth pairs"
+        seq = next(_seqs)
+        nl = self._reap_socks.get()
+        try:
+            code = exchange(nl, group_delete(seq, DOOMED_GROUP), {seq}, REAP_TIMEOUT)[seq]
+        except OSError as exc:
+            raise PlumbingError(f"{what} failed: {exc_text(exc)}", exc_text(exc)) from exc
+        finally:
+            self._reap_socks.put(nl)
+        if code in GONE:
+            return False
+        if code:
+            err = OSError(code, os.strerror(code))
+            raise PlumbingError(f"{what} failed: {exc_text(err)}", exc_text(err))
+        return True
+
+    def watch_unregistered(self, on_gone: OnGone, on_overrun: Callable[[], None]) -> None:
+        """Start reporting the links the kernel unregisters, here and in every pod's netns
+        (netlink.monitor); `on_overrun` when some reports were lost."""
+        if self._monitor is not None:
+            raise RuntimeError("the link monitor is already running")
+        self._monitor = LinkMonitor(self._ns.fd, on_gone, on_overrun)
+
+    def links_gone(self, host_indexes: list[int]) -> set[int]:
+        """Which of these links of the agent's netns are gone, unregistering done (a veth's
+        pod end goes in the same pass as its host end). One request each, in one sendmsg."""
+        if not host_indexes:
+            return set()
+        seqs = {next(_seqs): index for index in host_indexes}
+        data = b"".join(link_probe(seq, index) for seq, index in seqs.items())
+        try:
+            acks = self._host.run_raw(lambda nl: exchange(nl, data, set(seqs)))
+        except OSError as exc:
+            raise PlumbingError(f"checking {len(seqs)} doomed links failed: {exc_text(exc)}",
+                                exc_text(exc)) from exc
+        return {seqs[seq] for seq, code in acks.items() if seq in seqs and code in GONE}
 
     def _delete_host_end(self, host_ifname: str) -> bool:
         return self._on_host_veth(host_ifname, "deleting host interface {}",
-                                  lambda ipr, index: ipr.link("del", index=index))
+                                  lambda ipr, link: ipr.link("del", index=link["index"]))
 
     def _on_host_veth(self, host_ifname: str, what: str,
-                      action: Callable[[Any, int], object]) -> bool:
+                      action: Callable[[Any, Any], object]) -> bool:
         """Run `action` on our host veth end by that name; False if there is none (or it is
         not a veth: never ours to touch), or it vanished meanwhile."""
         def job(ipr: Any) -> bool:
@@ -480,7 +545,7 @@ class PodNetlink:
                 log.warning("not touching host interface that is not a veth host_ifname=%s "
                             "kind=%s", host_ifname, kind(link))
                 return False
-            return unless_gone(lambda: action(ipr, link["index"]))
+            return unless_gone(lambda: action(ipr, link))
         return plumbing(lambda: self._host.run(job), what.format(host_ifname))
 
     # -------------------------------------------------------------------------- CHECK

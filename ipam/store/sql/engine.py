@@ -167,22 +167,32 @@ class SqlEngine:
         """One transaction on `conn`; contention of any kind becomes `Busy`."""
         try:
             with conn.begin():
-                uow = SqlUnitOfWork(conn, self.postgres)
+                uow = SqlUnitOfWork(conn, self.postgres, lambda exc: self._as_busy(conn, exc))
                 yield uow
+                if uow.lost:
+                    # A caller may have taken that savepoint's error as its own and gone on.
+                    raise Busy("a savepoint could not be rolled back; nothing committed")
                 deadline.check_before_commit()
                 uow.flush_changes(time.time())
-        except DBAPIError as exc:
-            if self._is_transient(exc):
-                raise _busy("database contention", exc) from exc
+        except (DBAPIError, self._driver_error) as exc:
+            busy = self._as_busy(conn, exc)
+            if busy is not None:
+                raise busy from exc
             raise
-        except self._driver_error as exc:
+
+    def _as_busy(self, conn: Connection, exc: BaseException) -> Busy | None:
+        """The `Busy` a database error means (contention of any kind, a lost connection),
+        None for any other error: for a whole transaction and for one savepoint in it."""
+        if isinstance(exc, DBAPIError):
+            return _busy("database contention", exc) if self._is_transient(exc) else None
+        if isinstance(exc, self._driver_error):
             # Raised by the raw statements of the pod path, which Core never saw.
             if self.postgres and driver_connection(conn).broken:
                 conn.invalidate(exc)
-                raise _busy("database connection lost", exc) from exc
+                return _busy("database connection lost", exc)
             if self._is_transient_driver(exc):
-                raise _busy("database contention", exc) from exc
-            raise
+                return _busy("database contention", exc)
+        return None
 
     def _is_transient(self, exc: DBAPIError) -> bool:
         if isinstance(exc, IntegrityError):

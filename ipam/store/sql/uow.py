@@ -9,7 +9,8 @@ that finds its row changed raises `Busy`, which the caller retries.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
@@ -44,7 +45,8 @@ def driver_connection(conn: Connection) -> Any:
 class SqlUnitOfWork:
     """The store protocol's primitives inside one transaction on `conn`."""
 
-    def __init__(self, conn: Connection, postgres: bool) -> None:
+    def __init__(self, conn: Connection, postgres: bool,
+                 as_busy: Callable[[BaseException], Busy | None] = lambda exc: None) -> None:
         self.c = conn
         self.pg = postgres
         self.q = STATEMENTS[postgres]
@@ -52,9 +54,37 @@ class SqlUnitOfWork:
         self.raw = driver_connection(conn)
         # Change-log rows of this transaction, written by `flush_changes` just before commit.
         self.changes: list[changes.Change] = []
+        self._as_busy = as_busy   # the engine's reading of a database error (engine.py)
+        self._savepoints = 0
+        self.lost = False         # a savepoint could not be rolled back (engine.py)
 
     def _x(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.raw.execute(sql, params)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._savepoints += 1
+        name = f"ecnet_sp{self._savepoints}"
+        mark = len(self.changes)
+        self._x(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException as exc:
+            # A failed statement leaves a PostgreSQL transaction usable again only after
+            # ROLLBACK TO; if that fails too (the connection is gone) the whole transaction
+            # fails, and its caller learns it from that error.
+            try:
+                self._x(f"ROLLBACK TO SAVEPOINT {name}")
+                self._x(f"RELEASE SAVEPOINT {name}")
+            except BaseException:
+                self.lost = True   # the block's writes may remain: the engine commits nothing
+                raise
+            del self.changes[mark:]
+            busy = self._as_busy(exc) if isinstance(exc, Exception) else None
+            if busy is not None:
+                raise busy from exc
+            raise
+        self._x(f"RELEASE SAVEPOINT {name}")
 
     # --------------------------------------------------------- configuration
     def config_generation(self) -> int:
