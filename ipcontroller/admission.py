@@ -12,8 +12,6 @@ limited by `--max-watchers` (ipcontroller.watch), not here.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -21,14 +19,15 @@ import grpc
 from ecnet_api.v1 import ecnet_pb2 as pb
 
 from .authz import HEALTH_SERVICE
-from .calls import run_sync
+from .calls import WorkerPool, run_sync
 from .refusal import Refusal
 
 
-class AdmissionInterceptor(grpc.aio.ServerInterceptor):
-    """Runs every sync unary handler on `pool`, at most `max_pending` running or queued."""
+class AdmissionInterceptor:
+    """Runs every sync unary handler on `pool`, at most `max_pending` running or queued
+    (a layer of `calls.WrapOnce`: each method is wrapped once, not per call)."""
 
-    def __init__(self, pool: futures.Executor, max_pending: int) -> None:
+    def __init__(self, pool: WorkerPool, max_pending: int) -> None:
         self.pool = pool
         self.max_pending = max_pending
         self._pending = 0     # only touched on the event loop: no lock
@@ -38,14 +37,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         """Unary calls running or waiting for a worker now (read from any thread)."""
         return self._pending
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler]],
-            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or handler.unary_unary is None or \
-                method.startswith(HEALTH_SERVICE):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is None or method.startswith(HEALTH_SERVICE):
             return handler
         inner = handler.unary_unary
 

@@ -19,7 +19,7 @@ Kept out of the servicers so no handler can forget it: every RPC passes here fir
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -125,22 +125,18 @@ def _refusal(method: str, who: Identity, exc: PermissionDenied) -> Refusal:
     return refusal
 
 
-class AuthzInterceptor(grpc.aio.ServerInterceptor):
+class AuthzInterceptor:
     """Runs `check` before every handler: the sync unary ones (on a worker thread, where
     they run: a check may read the store) and the watch, a coroutine on the event loop
-    (its check reads only the request)."""
+    (its check reads only the request). A layer of `calls.WrapOnce`, which every RPC
+    passes: each method is wrapped once, not per call."""
 
     def __init__(self, ports: PortNodes, plaintext_tcp_admin: bool) -> None:
         self.ports = ports
         self.plaintext_tcp_admin = plaintext_tcp_admin
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler]],
-            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or method.startswith(HEALTH_SERVICE):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if method.startswith(HEALTH_SERVICE):
             return handler     # health is open to every caller (`check`)
 
         def denial(request: Any, context: Caller) -> Refusal | None:

@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from ipam.store import open_store
 from . import logconfig
 from .admission import AdmissionInterceptor
 from .authz import AuthzInterceptor
-from .calls import LoopThread
+from .calls import LoopThread, WorkerPool, WrapOnce
 from .listeners import (
     TlsFiles,
     add_health,
@@ -248,8 +247,7 @@ class IpControllerDaemon:
         # coroutine there, not a thread; unary handlers run on `workers` threads and queue
         # up to --max-concurrent-rpcs (ipcontroller.admission).
         self.watch = WatchService(self.ipam, WatchSettings(max_watchers=settings.max_watchers))
-        self.workers = futures.ThreadPoolExecutor(max_workers=settings.workers,
-                                                  thread_name_prefix="grpc-worker")
+        self.workers = WorkerPool(settings.workers)
         # Health: coroutines on the loop, so they answer while every worker waits on the
         # database (a held lock, a slow disk); the same answers on --health-listen.
         self.health = health.aio.HealthServicer()
@@ -261,7 +259,7 @@ class IpControllerDaemon:
             self.server = self._loop.call(self._build_servers())
         except BaseException:
             self._loop.close()
-            self.workers.shutdown(wait=False)
+            self.workers.shutdown()
             raise
         if settings.onos_password_file:
             warn_if_exposed(settings.onos_password_file, "ONOS password file")
@@ -271,13 +269,14 @@ class IpControllerDaemon:
         """The servers and their listeners, made on the loop they run on."""
         settings = self.settings
         self.admission = AdmissionInterceptor(self.workers, settings.max_concurrent_rpcs)
+        # No migration_thread_pool: every sync handler reaches the workers through
+        # admission, with a context whose abort raises (ipcontroller.calls).
         server = grpc.aio.server(
-            migration_thread_pool=self.workers,
             options=[("grpc.so_reuseport", 0)],
-            interceptors=[self.admission,
-                          AuthzInterceptor(_PortNodes(self.ipam),
-                                           plaintext_tcp_admin=settings.tls is None),
-                          WireInterceptor()],
+            interceptors=[WrapOnce([self.admission,
+                                    AuthzInterceptor(_PortNodes(self.ipam),
+                                                     plaintext_tcp_admin=settings.tls is None),
+                                    WireInterceptor()])],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs + settings.max_watchers)
         on_change = self.sync.wake if self.sync is not None else None
         pb_grpc.add_IPControllerServicer_to_server(
@@ -390,7 +389,7 @@ class IpControllerDaemon:
         self._loop.call(self._stop_servers(grace))
         self._loop.close()
         self.watch.stop()
-        self.workers.shutdown(wait=False, cancel_futures=True)
+        self.workers.shutdown()
         for t in self._threads:
             t.join(timeout=5)
         self.store.close()

@@ -40,7 +40,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -700,17 +700,13 @@ def _wire(message: bytes | pb.WatchTopologyEvent) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
-class WireInterceptor(grpc.aio.ServerInterceptor):
+class WireInterceptor:
     """Registers WatchTopology's responses as the bytes `serve` already serialized (the
     generated registration would serialize a message per stream, the cost this module
-    avoids); the wire is the same for every client."""
+    avoids); the wire is the same for every client. A layer of `calls.WrapOnce`."""
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler]],
-            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method != WATCH_METHOD:  # type: ignore[attr-defined]
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if method != WATCH_METHOD:
             return handler
         return grpc.unary_stream_rpc_method_handler(
             handler.unary_stream, request_deserializer=handler.request_deserializer,
