@@ -19,7 +19,7 @@ from ..domain import AddressState, Node, Pool, Port, PortAddress, PortState, Sub
 from ..errors import AlreadyExists
 from ..onos.memory_outbox import MemoryOutbox
 from .base import PortFilter
-from .signal import EventSignal, SignalHub
+from .signal import EventSignal
 
 
 @dataclass
@@ -376,7 +376,7 @@ class MemoryStore(MemoryOutbox):
         self._tx_lock = threading.RLock()
         self._data = _State()
         self._log = _ChangeLog()
-        self._signals = SignalHub()
+        self._signals: list[EventSignal] = []
 
     @contextmanager
     def transaction(self) -> Iterator[_MemoryUow]:
@@ -389,7 +389,8 @@ class MemoryStore(MemoryOutbox):
                 self._log.rows.append(changes.LogRow(self._log.next_revision, ch))
                 self._log.next_revision += 1
             if uow.pending:
-                self._signals.fire()
+                for sig in self._signals:
+                    sig.fire()
             for kind, object_id in uow.superseded:
                 self.supersede(kind, object_id)
             for row in uow.outbox:
@@ -404,7 +405,9 @@ class MemoryStore(MemoryOutbox):
         return self.read()   # one lock serialises everything already
 
     def change_signal(self) -> EventSignal:
-        return self._signals.add(EventSignal())
+        sig = EventSignal()
+        self._signals.append(sig)
+        return sig
 
     def close(self) -> None:
         pass
