@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 
 from .errors import Busy
@@ -19,14 +19,9 @@ from .errors import Busy
 _deadline: ContextVar[float | None] = ContextVar("ecnet_caller_deadline", default=None)
 
 
-@contextmanager
-def caller_deadline(seconds_left: float | None) -> Iterator[None]:
+def caller_deadline(seconds_left: float | None) -> AbstractContextManager[None]:
     """Run the block for a caller with `seconds_left` (None: no deadline)."""
-    token = _deadline.set(None if seconds_left is None else time.monotonic() + seconds_left)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
+    return until(None if seconds_left is None else time.monotonic() + seconds_left)
 
 
 @contextmanager
