@@ -229,7 +229,6 @@ class HostWorker:
     def __init__(self, host_fd: int) -> None:
         self._host_fd = host_fd
         self._ipr: Any = None
-        self._raw: socket.socket | None = None  # a plain netlink socket for send_batch
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecnet-netlink-host")
         self.run(lambda ipr: None)  # open now: fail at start-up, not on the first pod
 
@@ -238,17 +237,6 @@ class HostWorker:
             _setns(self._host_fd)  # a no-op normally; makes "host" explicit for this thread
             self._ipr = IPRoute()
         return fn(self._ipr)
-
-    def _raw_job(self, fn: Callable[[socket.socket], T]) -> T:
-        if self._raw is None:
-            _setns(self._host_fd)
-            self._raw = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
-        return fn(self._raw)
-
-    def run_raw(self, fn: Callable[[socket.socket], T]) -> T:
-        """`fn` on this thread's plain host netlink socket (for requests pyroute2's
-        per-call machinery would cost more than the kernel: the veth creation)."""
-        return self._on_thread(self._raw_job, fn)
 
     def run(self, fn: Callable[[Any], T]) -> T:
         return self._on_thread(self._job, fn)
@@ -271,9 +259,6 @@ class HostWorker:
             if self._ipr is not None:
                 self._ipr.close()
                 self._ipr = None
-            if self._raw is not None:
-                self._raw.close()
-                self._raw = None
         try:
             self._pool.submit(_close).result()
         except RuntimeError:  # already shut down

@@ -18,9 +18,7 @@ import errno
 import itertools
 import logging
 import os
-import queue
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -79,9 +77,6 @@ log = logging.getLogger(__name__)
 
 _LINK_ATTR = {"address": "MAC", "mtu": "MTU", "state": "state",   # for error messages
               "ifalias": "alias"}
-# Group deletes in flight at once: each request holds its socket ~15 ms (the kernel's RCU
-# barrier after it let go of the RTNL), so the next DEL's must not queue behind it.
-REAP_SOCKETS = 4
 REAP_TIMEOUT = 60.0   # a deletion's RCU barrier on a loaded machine; the kernel always acks
 _seqs = itertools.count(1000)  # unique per request: a late ack is never taken for another's
 
@@ -121,16 +116,6 @@ class PodNetlink:
             undo.callback(self._host.close)
             self._sockets = HostSockets(self._host)
             undo.callback(self._sockets.close)
-            # Batched deletes wait out the kernel's RCU grace periods; on sockets of their
-            # own (made on the host thread, so in the host netns), used by the caller's
-            # thread, so pod creation never queues behind them.
-            self._reap_socks: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
-            self._all_reap_socks: list[socket.socket] = []
-            for _ in range(REAP_SOCKETS):
-                sock = self._host.raw_socket()
-                self._all_reap_socks.append(sock)
-                undo.callback(sock.close)
-                self._reap_socks.put(sock)
             self._monitor: LinkMonitor | None = None
             undo.pop_all()
 
@@ -149,8 +134,6 @@ class PodNetlink:
             self._monitor.close()
         self._sockets.close()
         self._host.close()
-        for sock in self._all_reap_socks:
-            sock.close()
         self._ns.close()
 
     # --------------------------------------------------------------------- host queries
@@ -491,16 +474,16 @@ class PodNetlink:
 
     def reap_doomed(self) -> bool:
         """Delete every doomed pair in one request; False if there was none. Several calls
-        may be in flight at once (REAP_SOCKETS), each on a socket of its own."""
+        may be in flight at once (teardown.SENDERS), each on a lent socket of its own: the
+        request holds it ~15 ms (the kernel's RCU barrier after it let go of the RTNL), and
+        the next DEL's must not queue behind it, nor pod creation."""
         what = "deleting the doomed veth pairs"
         seq = next(_seqs)
-        nl = self._reap_socks.get()
         try:
-            code = exchange(nl, group_delete(seq, DOOMED_GROUP), {seq}, REAP_TIMEOUT)[seq]
+            with self._sockets.lend() as nl:
+                code = exchange(nl, group_delete(seq, DOOMED_GROUP), {seq}, REAP_TIMEOUT)[seq]
         except OSError as exc:
             raise PlumbingError(f"{what} failed: {exc_text(exc)}", exc_text(exc)) from exc
-        finally:
-            self._reap_socks.put(nl)
         if code in GONE:
             return False
         if code:
@@ -523,7 +506,8 @@ class PodNetlink:
         seqs = {next(_seqs): index for index in host_indexes}
         data = b"".join(link_probe(seq, index) for seq, index in seqs.items())
         try:
-            acks = self._host.run_raw(lambda nl: exchange(nl, data, set(seqs)))
+            with self._sockets.lend() as nl:
+                acks = exchange(nl, data, set(seqs))
         except OSError as exc:
             raise PlumbingError(f"checking {len(seqs)} doomed links failed: {exc_text(exc)}",
                                 exc_text(exc)) from exc
