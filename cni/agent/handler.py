@@ -186,8 +186,7 @@ class CniHandler(Generic[PendingT]):
                     # thread and the pod side goes beside it: on a busy machine a woken pool
                     # thread waits milliseconds for a CPU, and that wait belongs on the
                     # shorter leg.
-                    pending = pend
-                    pod_side = self._pool.submit(self.netlink.finish_pod_end, pending, spec, "")
+                    pod_side = self._pool.submit(self.netlink.finish_pod_end, pend, spec, "")
                     attach = _settled(lambda: self._attach(req, port, host_if, port.id))
                     attach.result()
                     pod_side.result()
@@ -277,7 +276,7 @@ class CniHandler(Generic[PendingT]):
             port_id, req.container_id, req.ifname, req.netns, network=req.conf.name,
             mac=port.mac if port is not None else None,
             ips=bare_addresses(ip.address for ip in port.ips) if port is not None else None,
-            pod=f"{req.args.pod_namespace}/{req.args.pod_name}" if req.args.pod_name else "",
+            pod=pod_ref(req.args.pod_namespace, req.args.pod_name),
             pod_uid=req.args.pod_uid)
 
     def _release_quietly(self, req: CniRequest) -> None:
@@ -472,6 +471,12 @@ def port_external_ids(port_id: str, container_id: str, ifname: str, netns: str, 
     if pod_uid:
         ids["ecnet/pod-uid"] = pod_uid
     return ids
+
+
+def pod_ref(namespace: str, name: str) -> str:
+    """The ecnet/pod value ("namespace/name"), "" without a pod name: ADD and the restart
+    reconcile's re-plug write the same."""
+    return f"{namespace}/{name}" if name else ""
 
 
 def bare_addresses(cidrs: Iterable[str]) -> str:

@@ -29,7 +29,7 @@ from ovs_driver import OvsError
 
 from .. import errors as ce
 from ..result import host_ifname
-from .handler import bare_addresses, port_external_ids
+from .handler import bare_addresses, pod_ref, port_external_ids
 from .seams import OvsClient, OvsInterface
 
 log = logging.getLogger(__name__)
@@ -141,13 +141,10 @@ def from_ovs(ifaces: Sequence[OvsInterface]) -> tuple[Attachment, ...]:
 
 def from_controller(ports: Sequence[pb.Port]) -> tuple[Attachment, ...]:
     return tuple(Attachment(p.container_id, p.ifname, p.netns, p.id, p.pod.uid, "", p.mac,
-                            bare_addresses(ip.address for ip in p.ips), pod_ref(p.pod))
+                            bare_addresses(ip.address for ip in p.ips),
+                            pod_ref(p.pod.namespace, p.pod.name))
                  for p in ports if p.container_id and p.state == "active")
 
-
-def pod_ref(pod: pb.PodRef) -> str:
-    """The ecnet/pod value ADD writes ("namespace/name"), "" for a port without a pod name."""
-    return f"{pod.namespace}/{pod.name}" if pod.name else ""
 
 
 class NodePorts(Protocol):

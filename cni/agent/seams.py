@@ -18,8 +18,8 @@ PendingT = TypeVar("PendingT")
 
 class PendingReply(Generic[T]):
     """An RPC in flight: calling it waits for (and returns) the answer or raises its
-    CniError; `done()` says, without waiting, whether the answer is there already (the
-    handler attaches OVS once, with every id, when the allocation has beaten the veth)."""
+    CniError; `wait(t)` says whether the answer came within `t` seconds (the handler
+    attaches OVS once, with every id, when the allocation is there by the veth's end)."""
 
     __slots__ = ("_collect", "_done", "_wait")
 
@@ -32,12 +32,9 @@ class PendingReply(Generic[T]):
     def __call__(self) -> T:
         return self._collect()
 
-    def done(self) -> bool:
-        return self._done()
-
     def wait(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the answer; whether it is there (without a
-        `wait` of its own: `done()`, at once)."""
+        `wait` of its own: whether it is there now)."""
         return self._wait(timeout) if self._wait is not None else self._done()
 
 
