@@ -59,12 +59,6 @@ class CallContext:
     def peer(self) -> str:
         return self._call.peer()
 
-    def invocation_metadata(self) -> Any:
-        return self._call.invocation_metadata()
-
-    def is_active(self) -> bool:
-        return not self._call.cancelled()
-
 
 async def send_abort(call: grpc.aio.ServicerContext[Any, Any], aborted: Aborted) -> None:
     """End an aio call with what a sync handler aborted with (raises grpc's AbortError)."""
@@ -98,7 +92,8 @@ class WorkerPool:
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run `fn(*args)` on a worker; its result or exception, on the running loop."""
         loop = asyncio.get_running_loop()
-        self._loop = loop   # one loop serves every call (ipcontroller.daemon)
+        if self._loop is None:
+            self._loop = loop   # one loop serves every call (ipcontroller.daemon)
         fut = loop.create_future()
         self._jobs.put((fut, fn, args))
         return fut

@@ -272,14 +272,22 @@ class Mailbox:
             self._rows, self._overflow = [], True
             self._cond.notify()
 
+    def _drain(self) -> tuple[list[LogRow], bool] | None:
+        """Under the lock: (rows, overflowed), emptied, or None when there is nothing yet."""
+        if not (self._rows or self._overflow or self._closed):
+            return None
+        rows, over = self._rows, self._overflow
+        self._rows, self._overflow = [], False
+        return rows, over
+
     def take(self, timeout: float) -> tuple[list[LogRow], bool]:
         """(rows, overflowed) waiting up to `timeout` for either."""
         with self._cond:
-            if not (self._rows or self._overflow or self._closed):
+            got = self._drain()
+            if got is None:
                 self._cond.wait(timeout)
-            rows, over = self._rows, self._overflow
-            self._rows, self._overflow = [], False
-            return rows, over
+                got = self._drain()
+            return got or ([], False)
 
     async def wait(self, timeout: float) -> tuple[list[LogRow], bool]:
         """`take` for a stream on the event loop the box was made for."""
@@ -287,10 +295,9 @@ class Mailbox:
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
-                if self._rows or self._overflow or self._closed:
-                    rows, over = self._rows, self._overflow
-                    self._rows, self._overflow = [], False
-                    return rows, over
+                got = self._drain()
+                if got is not None:
+                    return got
                 # Cleared under the lock an offer appends under: its wake-up comes after.
                 self.ready.clear()
             left = deadline - time.monotonic()
@@ -307,10 +314,6 @@ class Mailbox:
             self._closed = True
             self._rows = []
             self._cond.notify()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
 
 class Tailer:
