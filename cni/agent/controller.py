@@ -9,6 +9,7 @@ name into the same ErrorCode, for one release.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,27 +131,43 @@ class GrpcControllerClient:
         self.stub = pb_grpc.IPControllerStub(self.channel)
 
     def _call(self, fn: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        """One call within one budget (`timeout`, else --controller-timeout): the wait for a
+        restarted controller's channel and the one retry come out of it, so a pod's verb
+        never waits longer than the operator said."""
+        deadline = time.monotonic() + (timeout or self.timeout)
         try:
-            return fn(request, timeout=timeout or self.timeout, wait_for_ready=False)
+            return fn(request, timeout=deadline - time.monotonic(), wait_for_ready=False)
         except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.UNAVAILABLE or not self.ready(self.reconnect_wait):
+            if not self._back_in_time(err, deadline):
                 raise to_cni_error(err, self.target) from None
-        # The channel was in reconnect backoff (controller restarted) and is back: one retry.
+        return self._retry(fn, request, deadline)
+
+    def _back_in_time(self, err: grpc.RpcError, deadline: float) -> bool:
+        """Whether `err` was the channel in reconnect backoff (controller restarted) and the
+        controller answers again before `deadline`, leaving time for one retry."""
+        if not isinstance(err, grpc.Call) or err.code() != grpc.StatusCode.UNAVAILABLE:
+            return False
+        wait = min(self.reconnect_wait, deadline - time.monotonic())
+        return wait > 0 and self.ready(wait) and deadline - time.monotonic() > 0
+
+    def _retry(self, fn: Callable[..., T], request: Any, deadline: float) -> T:
         try:
-            return fn(request, timeout=timeout or self.timeout, wait_for_ready=False)
+            return fn(request, timeout=max(0.0, deadline - time.monotonic()),
+                      wait_for_ready=False)
         except grpc.RpcError as err:
             raise to_cni_error(err, self.target) from None
 
     def allocate_async(self, req: pb.AllocateRequest) -> PendingReply[pb.AllocateResponse]:
         """Start the allocation now, collect it later: the agent builds the veth meanwhile."""
+        deadline = time.monotonic() + self.timeout
         fut = self.stub.AllocatePort.future(req, timeout=self.timeout, wait_for_ready=False)
 
         def result() -> pb.AllocateResponse:
             try:
                 return fut.result()  # type: ignore[no-any-return]
             except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.UNAVAILABLE and self.ready(self.reconnect_wait):
-                    return self._call(self.stub.AllocatePort, req)  # controller came back
+                if self._back_in_time(err, deadline):
+                    return self._retry(self.stub.AllocatePort, req, deadline)
                 raise to_cni_error(err, self.target) from None
         def wait(timeout: float) -> bool:
             try:
