@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import resource
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -46,6 +47,11 @@ def _proc_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _client(args: tuple[int, list[str], int, float]) -> tuple[int, int, list[tuple[str, str]]]:
@@ -122,10 +128,13 @@ def _one(replicas: int, clients: int, threads: int, seconds: float, tmp: Path,
             v.wait_for(lambda w: w.complete)
         pg0, ctl0 = _pg_cpu_seconds(), [_proc_cpu_seconds(p.pid) for p in procs]
         t0 = time.monotonic()
+        load0 = _children_cpu_seconds()
         with mp.get_context("spawn").Pool(clients) as pool:
             results = pool.map(_client, [(i, targets, threads, seconds)
                                          for i in range(clients)])
         took = time.monotonic() - t0
+        # The pool's processes are reaped when its block ends: their CPU is counted now.
+        load_cpu = _children_cpu_seconds() - load0
         pg1, ctl1 = _pg_cpu_seconds(), [_proc_cpu_seconds(p.pid) for p in procs]
         allocs = sum(r[0] for r in results)
         errors = sum(r[1] for r in results)
@@ -142,7 +151,10 @@ def _one(replicas: int, clients: int, threads: int, seconds: float, tmp: Path,
             v.wait_for(lambda w, h=head: w.revision >= h, timeout=120)
         return {"replicas": replicas, "allocs": allocs, "errors": errors,
                 "per_s": allocs / seconds, "took": took,
-                "pg_cores": (pg1 - pg0) / seconds,
+                "pg_cores": (pg1 - pg0) / seconds, "load_cores": load_cpu / took,
+                "pg_ms": (pg1 - pg0) * 1e3 / max(1, allocs),
+                "ctl_ms": sum(b - a for a, b in zip(ctl0, ctl1, strict=True)) * 1e3
+                / max(1, allocs),
                 "ctl_cores": [(b - a) / seconds for a, b in zip(ctl0, ctl1, strict=True)],
                 "dup_held": len(ips) - len(set(ips)), "dup_db": int(dup_rows),
                 "watch_msgs": [v.messages for v in views],
@@ -167,14 +179,22 @@ def main() -> None:
     print(f"\n{a.clients} load processes x {a.threads} threads, {a.seconds:g} s each, "
           f"{os.cpu_count()} CPUs")
     print("| replicas | allocations/s | vs 1 | PostgreSQL CPU (cores) | controllers' CPU "
-          "(cores each) | errors | duplicates (held / db) | watch messages per watcher |")
-    print("|---|---|---|---|---|---|---|---|")
+          "(cores each) | load generator CPU (cores) | controller CPU per allocation (ms, "
+          "all replicas) | PostgreSQL CPU per allocation (ms) | errors | duplicates "
+          "(held / db) | watch messages per watcher |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['replicas']} | {r['per_s']:.0f} | {r['per_s'] / base:.2f}x | "
               f"{r['pg_cores']:.2f} | {', '.join(f'{c:.2f}' for c in r['ctl_cores'])} | "
+              f"{r['load_cores']:.2f} | {r['ctl_ms']:.2f} | {r['pg_ms']:.2f} | "
               f"{r['errors']} | {r['dup_held']} / {r['dup_db']} | "
               f"{', '.join(map(str, r['watch_msgs']))} (errors {r['watch_errors']}) |")
-
+    # What the table means on a machine with fewer cores than the processes it runs: when
+    # PostgreSQL + controllers + load use every core whatever the replica count, the rate
+    # cannot scale here; a flat controller CPU per allocation says it would with the cores.
+    busy = [r["pg_cores"] + sum(r["ctl_cores"]) + r["load_cores"] for r in rows]
+    print(f"CPU in use (PostgreSQL + controllers + load), cores: "
+          f"{', '.join(f'{b:.2f}' for b in busy)} of {os.cpu_count()}")
 
 if __name__ == "__main__":
     main()
