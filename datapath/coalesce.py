@@ -25,26 +25,31 @@ class ApplyWindow:
     """Throttle with a leading and a trailing edge. ``window`` 0 applies every change."""
 
     window: float
-    last: float | None = None   # when the last apply went out (the caller's clock)
-    pending: bool = False       # a change is held for the window's end
+    last: float | None = None     # when the last apply went out (the caller's clock)
+    due_at: float | None = None   # when the held changes go; None: nothing held
 
-    def offer(self, now: float) -> bool:
+    def offer(self, now: float, *, hold: bool = False) -> bool:
         """A change arrived at ``now``: True when what is held is to be applied now (the
         caller then applies it and calls :meth:`applied`), False when it waits for the
-        window's end. Held changes that are due go now, so a steady stream of changes
-        cannot hold them past the window."""
-        self.pending = True
-        return self.due_in(now) == 0.0
+        window's end. ``hold``: the change may wait a whole window even after a quiet
+        spell (a port of this node, whose own ADD is attaching it right now). Either
+        way no change waits longer than ``window``, however many follow it."""
+        if hold:
+            due = now + self.window
+        elif self.last is None or now - self.last >= self.window:
+            due = now
+        else:
+            due = self.last + self.window
+        self.due_at = due if self.due_at is None else min(self.due_at, due)
+        return self.due_at <= now
 
     def due_in(self, now: float) -> float | None:
         """Seconds until the held changes are due (0 when due); None when none are held."""
-        if not self.pending:
+        if self.due_at is None:
             return None
-        if self.last is None:
-            return 0.0
-        return max(0.0, self.last + self.window - now)
+        return max(0.0, self.due_at - now)
 
     def applied(self, now: float) -> None:
         """Everything offered so far is in OVS (or will be replaced whole after a failure)."""
         self.last = now
-        self.pending = False
+        self.due_at = None

@@ -196,6 +196,7 @@ class StandaloneDatapath:
                 items.append(events.get_nowait())
             except queue.Empty:
                 break
+        hold = True
         for item in items:
             if isinstance(item, Unimplemented):
                 self.mode = "poll"
@@ -206,15 +207,38 @@ class StandaloneDatapath:
             if isinstance(item, Disconnected):
                 self.watched.on_disconnect()
                 continue
+            hold = hold and self._only_local_ports(item)
             applied: Applied | None = self.watched.on_event(item)
             if applied is not None:
                 self._held_reset = self._held_reset or applied.reset
                 self._held_ports |= applied.ports
         if not self.watched.whole:
             return False    # nothing whole yet: keep what is programmed
-        if self._window.offer(self._clock()):
+        if self._window.offer(self._clock(), hold=hold):
             return self._apply_held()
         return False
+
+    def _only_local_ports(self, ev: pb.WatchTopologyEvent) -> bool:
+        """Whether a delta only adds, changes or removes ports of this node (as the view
+        knew them before it; a port the view never had counts as ours). Such a change
+        comes from this agent's own ADD or DEL, which is attaching or detaching the port
+        right now: its flows cannot be whole before the attach gives it an ofport, the pod
+        is not in use before its ADD returns, and br-int's NORMAL forwards meanwhile, so
+        it waits for the window's end rather than compete with the attach for vswitchd."""
+        if ev.reset or not ev.complete or not ev.changes:
+            return False
+        for c in ev.changes:
+            kind = c.WhichOneof("change")
+            if kind == "port":
+                if c.port.node != self.s.node:
+                    return False
+            elif kind == "port_removed":
+                known = self.watched.live.ports.get(c.port_removed)
+                if known is not None and known.node != self.s.node:
+                    return False
+            else:
+                return False
+        return True
 
     def _apply_held(self) -> bool:
         """Program what the stream delivered since the last apply."""

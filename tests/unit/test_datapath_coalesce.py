@@ -32,7 +32,7 @@ class Clock:
 class Fixture:
     def __init__(self, window: float = WINDOW) -> None:
         self.clock = Clock()
-        ovs = FakeOvsdb()
+        self.ovs = ovs = FakeOvsdb()
         ovs.ensure_bridge("br-int")
         self.br_int, self.br_tun = FakeFlowTable("br-int"), FakeFlowTable("br-tun")
         self.dp = StandaloneDatapath(
@@ -142,6 +142,34 @@ def test_a_steady_stream_holds_no_change_longer_than_the_window(f: Fixture) -> N
     assert f.br_int.bundles - before <= 12
 
 
+def test_a_port_of_this_node_waits_for_the_window_and_goes_in_whole(f: Fixture) -> None:
+    """This agent's own ADD is attaching the port as its change arrives: applied then, the
+    port would get its ARP answer now and its unicast flow (it needs the ofport) at some
+    later apply; held for the window, both go in one bundle once the attach is done."""
+    mac = "0a:00:00:00:00:03"           # port() derives it from ip(1) = 10.70.0.3
+    before = f.br_int.bundles
+    assert not f.deliver(port("mine", "h1", ip(1)))
+    assert f.br_int.bundles == before and ip(1) not in f.br_int.arp_entries()
+    ofport = f.ovs.add_port("br-int", "tapmine", {"iface-id": "mine", "attached-mac": mac})
+    f.clock.now += WINDOW
+    assert f.idle_step()
+    assert f.br_int.bundles == before + 1
+    assert f.br_int.arp_entries()[ip(1)] == mac
+    assert f.br_int.actions(f"dl_dst={mac}") == [f"output:{ofport}"]
+
+
+def test_a_remote_port_with_it_goes_at_once_and_takes_the_held_one_along(
+        f: Fixture) -> None:
+    assert not f.deliver(port("mine", "h1", ip(1)))
+    assert f.deliver(port("theirs", "h2", ip(2)))
+    assert {ip(1), ip(2)} <= set(f.br_int.arp_entries())
+    assert not f.deliver(pb.TopologyChange(port_removed="mine"))   # ours: held
+    assert ip(1) in f.br_int.arp_entries()
+    f.clock.now += WINDOW
+    assert f.idle_step()
+    assert ip(1) not in f.br_int.arp_entries()
+
+
 def test_window_zero_applies_every_change() -> None:
     fx = Fixture(window=0.0)
     fx.deliver(node("h1"), node("h2"), subnet("s1", "10.70.0.0/16"), reset=True)
@@ -166,6 +194,15 @@ def test_apply_window_edges(steps: list[float], expect: list[bool]) -> None:
         if now:
             w.applied(t)
     assert got == expect
+
+
+def test_a_held_change_waits_one_window_from_its_arrival() -> None:
+    w = ApplyWindow(0.05)
+    assert not w.offer(0.0, hold=True)
+    assert w.due_in(0.0) == pytest.approx(0.05)
+    assert not w.offer(0.04, hold=True)             # a later one does not push it back
+    assert w.due_in(0.04) == pytest.approx(0.01)
+    assert w.offer(0.045)                           # not held, quiet spell: goes now
 
 
 def test_apply_window_due_in() -> None:
