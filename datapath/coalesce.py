@@ -7,13 +7,17 @@ in the agent and in vswitchd), and the controller now pushes each pod's port to 
 agent within a millisecond or two of its allocation, while that pod's own ADD is still
 attaching it to OVS. Applying per change put one exec and one vswitchd pass into every
 ADD; a burst of ADDs paid one per pod. Applying at most once per ``window`` gives a burst
-one apply per window, however many pods it holds, and a lone change still goes at once.
+one apply per window, however many pods it holds, and a lone change still goes at once,
+except one to this node's own ports (``hold``): it comes from this agent's ADD, which is
+attaching the port right then (the port's unicast flow needs the ofport the attach gives
+it), so it waits for the window's end and goes in whole, after the attach.
 
-What it costs: a change that arrives within ``window`` of the previous apply reaches the
-switch up to ``window`` later (never more: the apply is due ``window`` after the last one,
-and more changes do not push it back). Nothing waits on these flows: br-int keeps NORMAL,
-so a pod forwards by MAC learning before its flows exist (:mod:`datapath.model`); the
-flows add the ARP answers and pin MACs that moved hosts.
+What it costs: a change that arrives within ``window`` of the previous apply (or a held
+one) reaches the switch up to ``window`` later, never more: the apply is due ``window``
+after the last one (or after the held change), and more changes do not push it back.
+Nothing waits on these flows: br-int keeps NORMAL, so a pod forwards by MAC learning
+before its flows exist (:mod:`datapath.model`); the flows add the ARP answers and pin
+MACs that moved hosts.
 """
 from __future__ import annotations
 

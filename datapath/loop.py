@@ -11,10 +11,10 @@ what it touched (a port's own flows; a node's tunnel and the flows that use it),
 change costs the same at 100 ports as at 100,000; a snapshot (first connect, or a
 revision the controller compacted away) re-plans every flow. A change after a quiet
 spell is applied at once; those within ``apply_window`` of the last apply go together at
-the window's end, one ``ovs-ofctl`` exec for a burst (:mod:`datapath.coalesce`). Between
-events the loop
-wakes every ``interval`` to pick up what OVSDB says changed locally (a pod plugged, a
-tunnel's ofport): cache reads, no RPC. A controller that answers WatchTopology
+the window's end, one ``ovs-ofctl`` exec for a burst, and a change to this node's own
+ports waits for the window's end (:mod:`datapath.coalesce`). Between events the loop wakes
+every ``interval`` to pick up what OVSDB says changed locally (a pod plugged, a tunnel's
+ofport): cache reads, no RPC. A controller that answers WatchTopology
 UNIMPLEMENTED (older than the agent) gets the GetTopology poll instead: an unchanged
 cluster costs one small RPC per interval there, a change the whole snapshot.
 

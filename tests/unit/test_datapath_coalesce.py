@@ -87,6 +87,9 @@ def test_a_lone_delta_applies_at_once(f: Fixture) -> None:
     assert f.deliver(port("p1", "h2", ip(1)))
     assert ip(1) in f.br_int.arp_entries()
     assert f.bundles() == 2                     # br-int and br-tun, one bundle each
+    f.clock.now += 10
+    assert f.deliver(pb.TopologyChange(port_removed="p0"))    # a remote pod's, at once too
+    assert ip(0) not in f.br_int.arp_entries()
 
 
 def test_a_burst_is_at_most_two_applies_and_nothing_is_left_after_the_window(
