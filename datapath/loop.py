@@ -9,9 +9,12 @@ A watch, not a poll: :mod:`datapath.watch` holds a WatchTopology stream open and
 applies its events to the view (:mod:`datapath.view`). A delta re-plans only the flows of
 what it touched (a port's own flows; a node's tunnel and the flows that use it), so a
 change costs the same at 100 ports as at 100,000; a snapshot (first connect, or a
-revision the controller compacted away) re-plans every flow. Between events the loop
-wakes every ``interval`` to pick up what OVSDB says changed locally (a pod plugged, a
-tunnel's ofport): cache reads, no RPC. A controller that answers WatchTopology
+revision the controller compacted away) re-plans every flow. A change after a quiet
+spell is applied at once; those within ``apply_window`` of the last apply go together at
+the window's end, one ``ovs-ofctl`` exec for a burst, and a change to this node's own
+ports waits for the window's end (:mod:`datapath.coalesce`). Between events the loop wakes
+every ``interval`` to pick up what OVSDB says changed locally (a pod plugged, a tunnel's
+ofport): cache reads, no RPC. A controller that answers WatchTopology
 UNIMPLEMENTED (older than the agent) gets the GetTopology poll instead: an unchanged
 cluster costs one small RPC per interval there, a change the whole snapshot.
 
@@ -24,6 +27,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 from pyroute2.netlink.exceptions import NetlinkError
@@ -31,6 +35,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ecnet_api.v1 import ecnet_pb2 as pb
 from ovs_driver import OpenFlowBridge, OvsError
 
+from .coalesce import ApplyWindow
 from .errors import DatapathConfigError, DatapathError, TopologyUnavailable
 from .host import HostNetwork
 from .model import (
@@ -73,9 +78,11 @@ def fetch_topology(source: TopologySource, node: str, since: int, target: str = 
 class StandaloneDatapath:
     def __init__(self, s: DatapathSettings, ovs: OvsdbPorts, topology: TopologySource,
                  stop_event: threading.Event, *, flows: tuple[FlowTable, FlowTable] | None = None,
-                 host: HostNet | None = None) -> None:
+                 host: HostNet | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``flows`` (br-int's, br-tun's table) and ``host`` default to the real ones:
-        ``ovs-ofctl`` on the bridges' management sockets, and netlink."""
+        ``ovs-ofctl`` on the bridges' management sockets, and netlink; ``clock`` is what
+        the apply window (:mod:`datapath.coalesce`) is measured by."""
         self.s = s
         self.source = topology
         self.stop_event = stop_event
@@ -93,6 +100,11 @@ class StandaloneDatapath:
         self._poll_revision = 0
         self._gw_addrs: list[str] | None = None
         self._next_resync = 0.0
+        # Changes taken into the view but not yet programmed (datapath.coalesce).
+        self._clock = clock
+        self._window = ApplyWindow(s.apply_window)
+        self._held_reset = False
+        self._held_ports: set[str] = set()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -168,18 +180,23 @@ class StandaloneDatapath:
                 self.watcher.close()
 
     def watch_step(self, events: queue.Queue[Item], wait: float) -> bool:
-        """Apply what the stream delivered (everything queued, as one batch), or after
-        ``wait`` seconds of silence look at the local state; True when OVS changed."""
+        """Take in what the stream delivered (everything queued, as one batch) and apply it
+        now or, within ``apply_window`` of the last apply, at the window's end
+        (:mod:`datapath.coalesce`); after ``wait`` seconds of silence look at the local
+        state. True when OVS changed."""
+        due = self._window.due_in(self._clock())
         try:
-            items = [events.get(timeout=wait)]
+            items = [events.get(timeout=wait if due is None else min(wait, due))]
         except queue.Empty:
+            if due is not None:
+                return self._apply_held()
             return self._program(frozenset()) if self.watched.whole else False
         while len(items) < self.s.watch_queue:
             try:
                 items.append(events.get_nowait())
             except queue.Empty:
                 break
-        reset, ports = False, set[str]()
+        hold = True
         for item in items:
             if isinstance(item, Unimplemented):
                 self.mode = "poll"
@@ -190,13 +207,49 @@ class StandaloneDatapath:
             if isinstance(item, Disconnected):
                 self.watched.on_disconnect()
                 continue
+            hold = hold and self._only_local_ports(item)
             applied: Applied | None = self.watched.on_event(item)
             if applied is not None:
-                reset = reset or applied.reset
-                ports |= applied.ports
+                self._held_reset = self._held_reset or applied.reset
+                self._held_ports |= applied.ports
         if not self.watched.whole:
             return False    # nothing whole yet: keep what is programmed
-        return self._program(None if reset else frozenset(ports))
+        if self._window.offer(self._clock(), hold=hold):
+            return self._apply_held()
+        return False
+
+    def _only_local_ports(self, ev: pb.WatchTopologyEvent) -> bool:
+        """Whether a delta only adds, changes or removes ports of this node (as the view
+        knew them before it; a port the view never had counts as ours). Such a change
+        comes from this agent's own ADD or DEL, which is attaching or detaching the port
+        right now: its flows cannot be whole before the attach gives it an ofport, the pod
+        is not in use before its ADD returns, and br-int's NORMAL forwards meanwhile, so
+        it waits for the window's end rather than compete with the attach for vswitchd."""
+        if ev.reset or not ev.complete or not ev.changes:
+            return False
+        for c in ev.changes:
+            kind = c.WhichOneof("change")
+            if kind == "port":
+                if c.port.node != self.s.node:
+                    return False
+            elif kind == "port_removed":
+                known = self.watched.live.ports.get(c.port_removed)
+                if known is not None and known.node != self.s.node:
+                    return False
+            else:
+                return False
+        return True
+
+    def _apply_held(self) -> bool:
+        """Program what the stream delivered since the last apply."""
+        ports = None if self._held_reset else frozenset(self._held_ports)
+        self._held_reset, self._held_ports = False, set()
+        try:
+            return self._program(ports)
+        finally:
+            # A failure counts too: the run loop forgets the tables, and whatever programs
+            # next replaces them whole from the view, which has every change.
+            self._window.applied(self._clock())
 
     def sync_once(self) -> bool:
         """One GetTopology poll (the fallback); True when it changed something in OVS."""

@@ -21,6 +21,7 @@ class DatapathSettings:
     backoff_cap: float = 5.0
     watch_silence: float = 60.0    # a stream quiet this long is presumed dead: reconnect
     resync_seconds: float = 30.0
+    apply_window: float = 0.05     # watch changes within this of the last apply go together
     vni: int = DEFAULT_VNI
     underlay_ip: str = ""          # bare or CIDR; CIDR tells the prefix to put on the bridge
     underlay_iface: str = ""

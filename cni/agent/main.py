@@ -56,6 +56,7 @@ class AgentSettings:
     gateway_mac: str = GATEWAY_MAC
     gateway_port: str = "ecgw0"
     topology_interval: float = 0.5
+    flow_apply_window: float = 0.05
     ovs_rundir: str = ""
     gc_grace_seconds: float = 60.0
     controller_timeout: float = 10.0
@@ -92,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                    help="standalone datapath: seconds between looks at local OVS state "
                         "while following WatchTopology, or between GetTopology polls when "
                         "the controller has no watch")
+    p.add_argument("--flow-apply-window", type=float, default=0.05, metavar="SECONDS",
+                   help="standalone datapath: topology changes that arrive within this of "
+                        "the last flow apply are applied together at its end (one "
+                        "ovs-ofctl exec for a burst); after a quiet spell a change goes at "
+                        "once; 0 applies every change on its own")
     p.add_argument("--ovs-rundir", default="",
                    help="where ovs-vswitchd's <bridge>.mgmt sockets are (default: "
                         "$OVS_RUNDIR, else the directory of the --ovsdb unix socket)")
@@ -149,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
         p.error("--ovsdb-timeout must be in 0.1..120")
     if not 0.05 <= a.topology_interval <= 60:
         p.error("--topology-interval must be in 0.05..60")
+    if not 0 <= a.flow_apply_window <= 1:
+        p.error("--flow-apply-window must be in 0..1")
     for cidr in a.gateway_cidr:
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -167,6 +175,7 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
                          underlay_bridge=a.underlay_bridge, tunnel_bridge=a.tunnel_bridge,
                          gateway_cidrs=tuple(a.gateway_cidr), gateway_mac=a.gateway_mac.lower(),
                          gateway_port=a.gateway_port, topology_interval=a.topology_interval,
+                         flow_apply_window=a.flow_apply_window,
                          ovs_rundir=a.ovs_rundir or default_rundir(a.ovsdb),
                          gc_grace_seconds=a.gc_grace_seconds,
                          controller_timeout=a.controller_timeout,
@@ -213,6 +222,7 @@ class Agent:
                 node=s.node, int_bridge=s.bridge, tun_bridge=s.tunnel_bridge,
                 datapath_type=self.ovs.datapath_type(s.bridge) or "system",
                 ovs_rundir=s.ovs_rundir, interval=s.topology_interval,
+                apply_window=s.flow_apply_window,
                 underlay_ip=s.underlay_ip, underlay_iface=s.underlay_iface,
                 underlay_bridge=s.underlay_bridge, gateway=s.gateway,
                 gateway_port=s.gateway_port, gateway_mac=s.gateway_mac, mtu=s.mtu,

@@ -19,7 +19,7 @@ from ..domain import AddressState, Node, Pool, Port, PortAddress, PortState, Sub
 from ..errors import AlreadyExists
 from ..onos.memory_outbox import MemoryOutbox
 from .base import PortFilter
-from .signal import EventSignal
+from .signal import EventSignal, SignalHub
 
 
 @dataclass
@@ -376,7 +376,7 @@ class MemoryStore(MemoryOutbox):
         self._tx_lock = threading.RLock()
         self._data = _State()
         self._log = _ChangeLog()
-        self._signals: list[EventSignal] = []
+        self._signals = SignalHub()
 
     @contextmanager
     def transaction(self) -> Iterator[_MemoryUow]:
@@ -389,8 +389,7 @@ class MemoryStore(MemoryOutbox):
                 self._log.rows.append(changes.LogRow(self._log.next_revision, ch))
                 self._log.next_revision += 1
             if uow.pending:
-                for sig in self._signals:
-                    sig.fire()
+                self._signals.fire()
             for kind, object_id in uow.superseded:
                 self.supersede(kind, object_id)
             for row in uow.outbox:
@@ -405,9 +404,7 @@ class MemoryStore(MemoryOutbox):
         return self.read()   # one lock serialises everything already
 
     def change_signal(self) -> EventSignal:
-        sig = EventSignal()
-        self._signals.append(sig)
-        return sig
+        return self._signals.add(EventSignal())
 
     def close(self) -> None:
         pass

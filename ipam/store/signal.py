@@ -3,8 +3,9 @@
 A tailer waits on one between reads of the log. PostgreSQL pushes (LISTEN/NOTIFY, the
 NOTIFY sent in the writing transaction, so it arrives after the commit), with a fallback
 poll for a lost notification or connection; a SQLite file is shared with other processes
-that cannot signal us, so it is polled often (a read of the log's newest rows is one
-indexed lookup); the memory store signals on commit.
+that cannot signal us, so it is polled (a read of the log's newest rows is one indexed
+lookup), and this process's own commits push as well, so the common case (one controller on
+its file) does not wait for the poll; the memory store signals on commit.
 """
 from __future__ import annotations
 
@@ -47,3 +48,34 @@ class EventSignal:
 
     def close(self) -> None:
         self._event.set()
+
+
+class PushedPollSignal(EventSignal):
+    """Pushed by this process's commits, and 'maybe' every `interval` seconds for writers
+    that cannot push (another process on the same SQLite file)."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+
+    def wait(self, timeout: float) -> None:
+        super().wait(min(timeout, self.interval))
+
+
+class SignalHub:
+    """The signals a store's commits fire: one per tailer that asked for one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._signals: list[EventSignal] = []
+
+    def add(self, sig: EventSignal) -> EventSignal:
+        with self._lock:
+            self._signals.append(sig)
+        return sig
+
+    def fire(self) -> None:
+        with self._lock:
+            signals = list(self._signals)
+        for sig in signals:
+            sig.fire()

@@ -211,6 +211,10 @@ def test_agent_datapath_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     s = parse_args(["--ovsdb", "unix:/run/x/db.sock"])
     assert s.datapath == "standalone" and s.topology_interval == 0.5
     assert s.ovs_rundir == "/run/x" and s.tunnel_bridge == "br-tun"
+    assert s.flow_apply_window == 0.05
+    assert parse_args(["--flow-apply-window", "0"]).flow_apply_window == 0.0
+    with pytest.raises(SystemExit):
+        parse_args(["--flow-apply-window", "-0.1"])
     s = parse_args(["--datapath", "onos", "--gateway", "--gateway-cidr", "172.30.0.0/24",
                     "--underlay-ip", "172.31.0.1/24", "--underlay-iface", "ul0",
                     "--underlay-bridge", "br-phy"])

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
-from ..signal import ChangeSignal, PollSignal
+from ..signal import ChangeSignal, PushedPollSignal
 from .engine import PgTimeouts
 from .outbox import SqlOutbox
 from .uow import SqlUnitOfWork
 
 __all__ = ["PgTimeouts", "SqlStore"]
 
-# Seconds between reads of a SQLite change log: other processes on the file cannot signal,
-# and the read is one indexed lookup of the newest rows.
+# Seconds between reads of a SQLite change log for writers that cannot signal (other
+# processes on the file; this process's commits push, engine.py): one indexed lookup.
 SQLITE_LOG_POLL = 0.05
 
 
@@ -48,4 +48,4 @@ class SqlStore(SqlOutbox):
         if self.postgres:
             from .listen import PgListener
             return PgListener(self.url)
-        return PollSignal(SQLITE_LOG_POLL)
+        return self.commits.add(PushedPollSignal(SQLITE_LOG_POLL))

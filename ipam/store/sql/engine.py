@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from ... import deadline
 from ...errors import Busy
+from ..signal import SignalHub
 from .uow import SqlUnitOfWork, driver_connection
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class SqlEngine:
         # transaction, so writes spread over a pool would each start cold (measured: ~3x the
         # CPU per allocation under concurrent load); the one writer keeps its cache warm.
         self._writer: Connection | None = None
+        # The change-log signals of this process's tailers (SQLite: PostgreSQL notifies).
+        self.commits = SignalHub()
         if self.sqlite:
             self._setup_sqlite()
 
@@ -138,6 +141,8 @@ class SqlEngine:
                 try:
                     with self._in_tx(writer) as uow:
                         yield uow
+                    if uow.logged:
+                        self.commits.fire()   # the tailers read the log now, not at the poll
                 except BaseException:
                     # A failed rollback must not leave the one writer inside a transaction
                     # (every later BEGIN would fail): drop it, the next write opens another.

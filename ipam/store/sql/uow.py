@@ -57,6 +57,7 @@ class SqlUnitOfWork:
         self._as_busy = as_busy   # the engine's reading of a database error (engine.py)
         self._savepoints = 0
         self.lost = False         # a savepoint could not be rolled back (engine.py)
+        self.logged = False       # change-log rows written (engine.py tells the tailers)
 
     def _x(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.raw.execute(sql, params)
@@ -444,6 +445,7 @@ class SqlUnitOfWork:
         if self.pg:
             self._x(self.q.log_notify)   # delivered at commit, with the rows
         self.changes = []
+        self.logged = True
 
     def changes_after(self, revision: int, limit: int,
                       settle: bool = False) -> list[changes.LogRow]:
