@@ -6,11 +6,13 @@ Each tree is a checkout of this project (a `git worktree` of another commit, say
 controller is started from that tree (`python -m ipcontroller.daemon` with the tree as the
 working directory, this interpreter, unless `--python` names one per tree) on a fresh SQLite
 file, with the flags the lab's bench gives it (`--log-level warning`, plaintext loopback),
-and gets the load of `cni_bench`'s allocation row (tests.bench.ipam_scale.run_load: 2 client
+(or, with `--backend postgres`, a fresh database of its own on ECNET_TEST_PG_URL's server,
+dropped afterwards) and gets the load of `cni_bench`'s allocation row (tests.bench.ipam_scale.run_load: 2 client
 processes x 8 calls in flight, 2 rounds of 2 s allocating then releasing). Runs are
 interleaved (tree A, tree B, A, B, ...) so a busy moment of the shared machine hits both.
 Reported per run: allocations/s, releases/s, the controller's CPU (% of a core) and CPU ms per
-call (utime+stime of the whole process over the load, divided by allocations + releases).
+call (utime+stime of the whole process over the load, divided by allocations + releases), and
+the machine's 1-minute load average when the run began.
 Not a test: pytest never collects this module (no test_ names).
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.bench.cni_bench import proc_cpu_ms
-from tests.bench.ipam_scale import run_load
+from tests.bench.ipam_scale import _pg_db, run_load
 from tests.lab.helpers import free_port
 
 
@@ -38,6 +40,7 @@ class Run:
     cpu_pct: float
     cpu_ms_per_call: float
     errors: int
+    load_avg: float = 0.0
 
 
 def _start(tree: Path, python: str, db: str, log: Path, extra: list[str]
@@ -74,9 +77,20 @@ def _wait_ready(proc: subprocess.Popen[bytes], target: str) -> None:
 
 
 def one_run(tree: Path, python: str, work: Path, extra: list[str], clients: int,
-            rounds: int, window: float, profile: Path | None = None, gil: bool = False) -> Run:
+            rounds: int, window: float, profile: Path | None = None, gil: bool = False,
+            backend: str = "sqlite") -> Run:
     d = Path(tempfile.mkdtemp(prefix="db-", dir=work))
-    proc, target = _start(tree, python, f"sqlite:///{d}/ipam.db", d / "controller.log", extra)
+    if backend == "postgres":
+        with _pg_db() as url:
+            return _one_run(tree, python, d, url, extra, clients, rounds, window, profile, gil)
+    return _one_run(tree, python, d, f"sqlite:///{d}/ipam.db", extra, clients, rounds, window,
+                    profile, gil)
+
+
+def _one_run(tree: Path, python: str, d: Path, db: str, extra: list[str], clients: int,
+             rounds: int, window: float, profile: Path | None, gil: bool) -> Run:
+    load_avg = os.getloadavg()[0]
+    proc, target = _start(tree, python, db, d / "controller.log", extra)
     try:
         _wait_ready(proc, target)
         _ipctl(tree, python, target, "pool", "create", "rate", "--policy", "dynamic",
@@ -105,7 +119,7 @@ def one_run(tree: Path, python: str, work: Path, extra: list[str], clients: int,
     allocs = load.alloc_per_s * rounds * window
     calls = 2 * allocs   # every allocation is released again within its round
     return Run(str(tree), load.alloc_per_s, load.rel_per_s, cpu / wall / 10,
-               cpu / calls if calls else float("nan"), load.errors)
+               cpu / calls if calls else float("nan"), load.errors, load_avg)
 
 
 def _rng(xs: list[float], fmt: str) -> str:
@@ -125,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--window", type=float, default=2.0)
     p.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
                    help="extra controller argument for every tree (repeat)")
+    p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
+                   help="the controllers' database (postgres: a scratch database per run)")
     p.add_argument("--py-spy", default="", metavar="DIR",
                    help="record each run's controller with py-spy (collapsed stacks, "
                         "DIR/<n>-<tree>.txt; py-spy on PATH)")
@@ -142,14 +158,16 @@ def main(argv: list[str] | None = None) -> None:
                 prof = (Path(args.py_spy) / f"{i + 1}-{tree.name}.txt" if args.py_spy
                         else None)
                 r = one_run(tree, py, Path(work), args.controller_arg, args.clients,
-                            args.rounds, args.window, prof, args.py_spy_gil)
+                            args.rounds, args.window, prof, args.py_spy_gil, args.backend)
                 runs.append(r)
-                print(f"  run {i + 1} {tree}: {r.alloc_per_s:.0f} alloc/s, "
+                print(f"  run {i + 1} {tree} (load {r.load_avg:.1f}): {r.alloc_per_s:.0f} alloc/s, "
                       f"{r.rel_per_s:.0f} rel/s, controller {r.cpu_pct:.0f} % of a core, "
                       f"{r.cpu_ms_per_call:.3f} ms CPU per call, {r.errors} errors",
                       file=sys.stderr, flush=True)
     print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}; {args.clients} clients x 8 in flight, "
+          f"load average {os.getloadavg()[0]:.1f} (at each run's start "
+          f"{_rng([r.load_avg for r in runs], '.1f')}); {args.backend}; "
+          f"{args.clients} clients x 8 in flight, "
           f"{args.rounds} rounds of {args.window:g}s, {args.runs} interleaved runs per tree")
     print(f"{'tree':40} {'alloc/s':>11} {'release/s':>11} {'ctl % core':>11} "
           f"{'CPU ms/call':>12} {'errors':>6}")
