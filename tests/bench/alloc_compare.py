@@ -1,14 +1,15 @@
 """AllocatePort rate of one controller process, several code trees side by side in one run.
 
     .venv/bin/python -m tests.bench.alloc_compare --tree /tmp/old --tree . --runs 3
+    .venv/bin/python -m tests.bench.alloc_compare --backend postgres --tree /tmp/old --tree .
 
 Each tree is a checkout of this project (a `git worktree` of another commit, say): its
 controller is started from that tree (`python -m ipcontroller.daemon` with the tree as the
 working directory, this interpreter, unless `--python` names one per tree) on a fresh SQLite
-file, with the flags the lab's bench gives it (`--log-level warning`, plaintext loopback),
-(or, with `--backend postgres`, a fresh database of its own on ECNET_TEST_PG_URL's server,
-dropped afterwards) and gets the load of `cni_bench`'s allocation row (tests.bench.ipam_scale.run_load: 2 client
-processes x 8 calls in flight, 2 rounds of 2 s allocating then releasing). Runs are
+file (with `--backend postgres`: a fresh database on ECNET_TEST_PG_URL's server, dropped
+afterwards), with the flags the lab's bench gives it (`--log-level warning`, plaintext
+loopback), and gets the load of `cni_bench`'s allocation row (tests.bench.ipam_scale.run_load:
+2 client processes x 8 calls in flight, 2 rounds of 2 s allocating then releasing). Runs are
 interleaved (tree A, tree B, A, B, ...) so a busy moment of the shared machine hits both.
 Reported per run: allocations/s, releases/s, the controller's CPU (% of a core) and CPU ms per
 call (utime+stime of the whole process over the load, divided by allocations + releases), and

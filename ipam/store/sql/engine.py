@@ -199,18 +199,30 @@ class SqlEngine:
                 conn.info["ecnet_begin"] = "DEFERRED"
             if consistent and self.postgres:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            with self._in_tx(conn) as uow:
+            with self._in_tx(conn, own_begin=self.postgres and not consistent) as uow:
                 yield uow
 
     @contextmanager
-    def _in_tx(self, conn: Connection) -> Iterator[SqlUnitOfWork]:
-        """One transaction on `conn`; contention of any kind becomes `Busy`."""
+    def _in_tx(self, conn: Connection, own_begin: bool = False) -> Iterator[SqlUnitOfWork]:
+        """One transaction on `conn`; contention of any kind becomes `Busy`.
+
+        `own_begin` (PostgreSQL): the transaction's BEGIN is ours, queued to go with its first
+        statement in one round trip, instead of psycopg's, which is a round trip of its own.
+        The driver is in autocommit mode meanwhile (it sends no BEGIN; it still sends COMMIT
+        or ROLLBACK for a transaction in progress), and every statement of the transaction
+        goes after the queued BEGIN: the unit of work's own and, through the `before_execute`
+        listener, Core's. A statement that would run outside it raises (uow.py)."""
         uow: SqlUnitOfWork | None = None
+        raw = driver_connection(conn) if own_begin else None
+        if raw is not None:
+            raw.autocommit = True
         try:
             with conn.begin():
                 uow = SqlUnitOfWork(conn, self.postgres, lambda exc: self._as_busy(conn, exc))
                 if self.postgres:
                     conn.info[_QUEUED_ON] = uow
+                if raw is not None:
+                    uow.begin_later()
                 yield uow
                 if uow.lost:
                     # A caller may have taken that savepoint's error as its own and gone on.
@@ -227,6 +239,18 @@ class SqlEngine:
                 uow.discard_queued()
                 if self.postgres and not conn.invalidated:
                     conn.info.pop(_QUEUED_ON, None)
+            if raw is not None and not conn.invalidated:
+                self._leave_autocommit(conn, raw)
+
+    @staticmethod
+    def _leave_autocommit(conn: Connection, raw: Any) -> None:
+        """Back to the driver's own transactions for whoever uses the connection next (a
+        migration, a consistent read); a connection that cannot is not pooled again."""
+        try:
+            raw.autocommit = False
+        except Exception as exc:  # noqa: BLE001 - psycopg's error for a connection not idle
+            log.debug("connection left in autocommit mode, dropped: %s", exc)
+            conn.invalidate(exc)
 
     def _as_busy(self, conn: Connection, exc: BaseException) -> Busy | None:
         """The `Busy` a database error means (contention of any kind, a lost connection),
