@@ -237,7 +237,11 @@ class IpControllerDaemon:
         if settings.onos_url and settings.db.startswith("memory"):
             raise SystemExit("ecnet-ipcontroller: --onos-url needs a database (the sync keeps "
                              "its outbox, lease and state there); --db memory:// has none")
-        self.store = open_store(settings.db)
+        # Every worker holds a pooled connection through its transaction, and the sweeps, the
+        # watch's tailer, the sync and the health check take theirs: connections beyond the
+        # pool's size are opened and closed per transaction (a PostgreSQL backend forked each
+        # time), so the pool follows --workers.
+        self.store = open_store(settings.db, pool_size=max(8, settings.workers + 4))
         self.ipam = IpamService(self.store, sync_enabled=bool(settings.onos_url))
         self.sync = None
         if settings.onos_url:
