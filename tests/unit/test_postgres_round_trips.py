@@ -169,3 +169,24 @@ def test_a_pooled_connection_the_server_closed_is_replaced_at_checkout(
     alloc = svc.allocate(_req("after-terminate"))   # no Busy: no dead connection handed out
     assert not alloc.existing and time.monotonic() - t0 < 5
     svc.release("after-terminate", "eth0")
+
+
+def test_the_default_workers_follow_the_database_and_the_pool_follows_them() -> None:
+    from ipcontroller.daemon import PG_WORKERS, SQLITE_WORKERS, parse_args
+    assert parse_args(["--db", "sqlite:////tmp/x/ipam.db"]).workers == SQLITE_WORKERS
+    assert parse_args(["--db", "postgresql+psycopg://u@h/db"]).workers == PG_WORKERS
+    assert parse_args(["--db", "postgresql+psycopg://u@h/db", "--workers", "3"]).workers == 3
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "-1"])
+
+
+def test_the_controllers_pool_has_a_connection_for_every_worker(pg_url: str) -> None:
+    from ipam.store import open_store
+    from ipcontroller.daemon import PG_WORKERS, pool_size_for
+    assert pool_size_for(PG_WORKERS) == PG_WORKERS + 4 and pool_size_for(1) == 8
+    store = open_store(pg_url, pool_size=pool_size_for(PG_WORKERS))
+    try:
+        assert isinstance(store, SqlStore)
+        assert store.engine.pool.size() == PG_WORKERS + 4  # type: ignore[attr-defined]
+    finally:
+        store.close()
