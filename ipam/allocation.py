@@ -95,7 +95,10 @@ class Allocator:
                 try:
                     with uow.savepoint():
                         deadline.check_before_commit(job.due)
-                        out.append(self._allocate_in(uow, cfg, job.item, now))
+                        got = self._allocate_in(uow, cfg, job.item, now)
+                    # Answered only once the savepoint is released: a write sent with the
+                    # release (ipam.store.sql.uow) may still fail this request.
+                    out.append(got)
                 except Exception as exc:  # noqa: BLE001 - this request's own answer
                     out.append(exc)
             for job, answer in zip(reqs, out):

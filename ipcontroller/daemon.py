@@ -87,6 +87,17 @@ class DaemonSettings:
     change_log_keep: int = 100_000
 
 
+# Unary-call worker threads by database (--workers 0, the default).
+SQLITE_WORKERS = 4
+PG_WORKERS = 16
+
+
+def pool_size_for(workers: int) -> int:
+    """Pooled database connections for `workers` unary-call threads: one each, and room for
+    the sweeps, the watch's tailer, the ONOS sync and the health check."""
+    return max(8, workers + 4)
+
+
 def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     p = argparse.ArgumentParser(prog="ecnet-ipcontroller", description=__doc__)
     p.add_argument("--listen", default=os.environ.get("ECNET_LISTEN", "127.0.0.1:7400"),
@@ -128,12 +139,17 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
                    help="a node silent (no heartbeat) this long (at least 6 heartbeats) is "
                         "gone and its ports are released by policy; 0 = only nodes deleted "
                         "with `ipctl node delete`")
-    # Few: the server is bound by one interpreter lock, and every extra runnable thread makes
-    # each call slower (context switches, lock handoffs). Measured on 2 cores through gRPC,
-    # allocations/s with 16 concurrent clients: 16 workers ~1,550 (SQLite) / ~450
-    # (PostgreSQL); 4 workers ~2,200 / ~900. Requests beyond that queue, they are not refused.
-    p.add_argument("--workers", type=int, default=4,
-                   help="threads running the unary gRPC calls (streams need none)")
+    # Few on SQLite: the server is bound by one interpreter lock, and every extra runnable
+    # thread makes each call slower (context switches, lock handoffs). Measured on 2 cores
+    # through gRPC, allocations/s with 16 concurrent clients: 16 workers ~1,550 (SQLite),
+    # 4 workers ~2,200 (sync server, 2026-11-29). On PostgreSQL a worker waits on the
+    # server's answers and the group commit's batches are as large as the workers allow:
+    # 16 workers gave a median ~476 allocations/s against ~345 with 4 (6 runs each,
+    # 2026-12-01, docs/performance.md "The pod path's round trips on PostgreSQL").
+    # Requests beyond the workers queue, they are not refused.
+    p.add_argument("--workers", type=int, default=0,
+                   help="threads running the unary gRPC calls (streams need none); default "
+                        f"{SQLITE_WORKERS}, or {PG_WORKERS} on PostgreSQL")
     p.add_argument("--max-concurrent-rpcs", type=int, default=256,
                    help="requests running or queued for a worker; beyond it a caller gets "
                         "RESOURCE_EXHAUSTED at once instead of an unbounded queue")
@@ -209,9 +225,12 @@ def parse_args(argv: list[str] | None = None) -> DaemonSettings:
     if a.onos_url and a.onos_lease_ttl < 3 * a.onos_timeout:
         p.error(f"--onos-lease-ttl ({a.onos_lease_ttl:g}s) must be at least 3 x "
                 f"--onos-timeout ({a.onos_timeout:g}s)")
+    if a.workers < 0:
+        p.error("--workers must be >= 1 (0: the default for the database)")
+    workers = a.workers or (PG_WORKERS if a.db.startswith("postgresql") else SQLITE_WORKERS)
     return DaemonSettings(a.listen, a.db, a.metrics_listen, a.onos_url.rstrip("/"), a.onos_user,
                     a.onos_password_file, a.onos_timeout, a.onos_resync_interval,
-                    a.heartbeat_seconds, a.sweep_interval, a.workers,
+                    a.heartbeat_seconds, a.sweep_interval, workers,
                     a.log_level, a.holder, a.onos_lease_ttl, a.onos_max_backoff,
                     tls, a.insecure, a.socket_group, a.health_listen,
                     leak_grace_seconds=a.leak_grace_seconds,
@@ -237,7 +256,13 @@ class IpControllerDaemon:
         if settings.onos_url and settings.db.startswith("memory"):
             raise SystemExit("ecnet-ipcontroller: --onos-url needs a database (the sync keeps "
                              "its outbox, lease and state there); --db memory:// has none")
-        self.store = open_store(settings.db)
+        # Every worker holds a pooled connection through its transaction, and the sweeps, the
+        # watch's tailer, the sync and the health check take theirs: connections beyond the
+        # pool's size are opened and closed per transaction (a PostgreSQL backend forked each
+        # time), so the pool follows --workers. A replica may hold twice the pool (overflow):
+        # 40 connections with the default 16 workers, against PostgreSQL's default
+        # max_connections of 100 shared by every replica.
+        self.store = open_store(settings.db, pool_size=pool_size_for(settings.workers))
         self.ipam = IpamService(self.store, sync_enabled=bool(settings.onos_url))
         self.sync = None
         if settings.onos_url:
