@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.bench.ipam_scale import ControllerProcess, _pct, _pg_db, _sqlite_db
+from tests.bench.ipam_scale import ROOT, ControllerProcess, _pct, _pg_db, _sqlite_db
 
 CIDR = "10.0.0.0/12"
 POOL = "sim"
@@ -422,7 +422,8 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
     # nodes after its grace (a storm of removals no real cluster sends).
     extra = ("--leak-grace-seconds", "86400", *args.controller_arg)
     lay = layout(args)
-    ctl = ControllerProcess(db, logs / "controller.log", args.workers, extra)
+    tree = Path(args.controller_tree) if args.controller_tree else ROOT
+    ctl = ControllerProcess(db, logs / "controller.log", args.workers, extra, root=tree)
     if lay:
         pin(ctl.proc.pid, lay[0])     # at once (its threads inherit), and again when up
     ctl.wait_ready(timeout=120)
@@ -471,7 +472,8 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
         if args.restart and args.mode == "watch":
             port = ctl.port
             ctl.stop()
-            ctl = ControllerProcess(db, logs / "controller.log", args.workers, extra, port)
+            ctl = ControllerProcess(db, logs / "controller.log", args.workers, extra, port,
+                                    root=tree)
             if lay:
                 pin(ctl.proc.pid, lay[0])
             ctl.wait_ready(timeout=120)
@@ -552,6 +554,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--controller-arg", action="append", default=[], metavar="ARG")
     p.add_argument("--logs", default="", help="keep the controller's log in this directory")
+    p.add_argument("--controller-tree", default="", metavar="DIR",
+                   help="run the controller from this source tree (an export of another "
+                        "commit, same schema), to compare it side by side")
     p.add_argument("--pin", action="store_true",
                    help="controller on CPU 0, agents and churn on the other CPUs")
     args = p.parse_args(argv)
@@ -569,6 +574,7 @@ def main(argv: list[str] | None = None) -> None:
             log(fmt(rows[-1]))
     print(f"\n{args.backend}, churn {args.churn:.0f} pods/s for {args.seconds:.0f}s "
           f"(allocations + releases), {args.agent_procs} agent processes; "
+          f"controller from {args.controller_tree or ROOT}; "
           f"{layout_text(args)}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
           f"\n")
     print(HEADER)
