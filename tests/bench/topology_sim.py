@@ -31,7 +31,15 @@ the agents did, and "has the entry" when an answer lists it.
 CPU layout: by default the controller, the agent processes and the churn driver share every
 CPU (on a 2-core machine the simulated agents then take CPU the controller would have);
 ``--pin`` puts the controller on CPU 0 and everything else of the sim on the other CPUs, as
-real agents run on other nodes. The table says which layout ran.
+real agents run on other nodes. The table says which layout ran (and the load average).
+On 2 cores the pinned agents and churn share one core and can fall behind: it models the
+controller's side best with 3 or more.
+
+Old against new: ``--controller-tree DIR`` runs the controller from another tree (an export
+of an older commit with the same schema) under this driver, so both run interleaved:
+
+    git -C /work/main archive 2cbe420 | tar -x -C /tmp/old
+    python -m tests.bench.topology_sim --sizes 100000x1000 --pin --controller-tree /tmp/old
 
 PostgreSQL: ``--backend postgres`` (ECNET_TEST_PG_URL, a scratch database is created and
 dropped). Not a test: pytest never collects this module.
