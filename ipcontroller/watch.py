@@ -31,13 +31,21 @@ Pieces, one direction each:
   concatenation of its fields), so `serve` yields serialized `WatchTopologyEvent`s and the
   method is registered with a serializer that passes bytes through (`WireInterceptor`).
   At 1,000 watchers the per-watcher cost of a change was the protobuf build and encode.
+- Events, once per view: on the live feed, the streams whose relevance is the same and
+  that have no row of their own in a batch are sent the same events, so they are filtered,
+  joined and framed once per (batch, subnet set) and shared (`BatchShare`,
+  `Stream.shared`); a stream with an own-port row in the batch, one catching up, or one
+  holding some of the rows already filters for itself (`Stream.admit`). What is left per
+  stream is gRPC's write (docs/topology-watch.md, "Where a change's CPU goes").
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import functools
 import logging
+import operator
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -81,6 +89,7 @@ class WatchSettings:
     idle_progress_seconds: float = 5.0   # an empty event so an idle watcher's revision moves
     snapshot_reuse_seconds: float = 2.0   # one snapshot serves the streams of this window
     read_threads: int = 4             # the streams' store reads (snapshots, catch-ups)
+    batch_window_max: float = 0.1     # the tailer's batching window's bound (`batch_delay`)
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -319,10 +328,12 @@ class Mailbox:
 class Tailer:
     """The replica's one reader of the change log (see the module docstring)."""
 
-    def __init__(self, ipam: IpamService, signal: ChangeSignal, batch_rows: int) -> None:
+    def __init__(self, ipam: IpamService, signal: ChangeSignal, batch_rows: int,
+                 window_max: float = 0.1) -> None:
         self.log = ipam.topology
         self.signal = signal
         self.batch_rows = batch_rows
+        self.window_max = window_max
         self._lock = threading.Lock()
         self._boxes: set[Mailbox] = set()
         self._stop = threading.Event()
@@ -384,7 +395,7 @@ class Tailer:
                 if not watchers or self.poll_once() < self.batch_rows:
                     self.signal.wait(1.0)
                     # Let a burst of commits land before reading: one read serves them all.
-                    self._stop.wait(batch_delay(watchers))
+                    self._stop.wait(batch_delay(watchers, self.window_max))
             except Busy as exc:
                 log.warning("change-log read failed error=%s", exc)
                 self._stop.wait(0.5)
@@ -430,9 +441,10 @@ BATCH_DELAY_PER_WATCHER = 0.00005
 BATCH_DELAY_MAX = 0.1
 
 
-def batch_delay(watchers: int) -> float:
-    """The tailer's batching window with `watchers` streams (see BATCH_DELAY_PER_WATCHER)."""
-    return min(BATCH_DELAY_MAX, BATCH_DELAY + watchers * BATCH_DELAY_PER_WATCHER)
+def batch_delay(watchers: int, window_max: float = BATCH_DELAY_MAX) -> float:
+    """The tailer's batching window with `watchers` streams (see BATCH_DELAY_PER_WATCHER),
+    at most `window_max` (`--watch-batch-max-ms`)."""
+    return min(window_max, BATCH_DELAY + watchers * BATCH_DELAY_PER_WATCHER)
 
 
 def _has_gap(after: int, rows: list[LogRow]) -> bool:
@@ -442,6 +454,86 @@ def _has_gap(after: int, rows: list[LogRow]) -> bool:
             return True
         expect += 1
     return False
+
+
+def encode_events(revision: int, changes: list[bytes], s: WatchSettings, *,
+                  reset: bool = False, snapshot: bool = False,
+                  force: bool = False) -> list[bytes]:
+    """`changes` (`entry` bytes) at `revision` as bounded serialized WatchTopologyEvents
+    (none for none, unless `reset`, `snapshot` or `force`): reset on the first, complete on
+    the last of a snapshot and on every other message."""
+    runs = list(chunk(changes, s.max_message_bytes, s.max_message_changes))
+    if not runs and (reset or snapshot or force):
+        runs = [[]]
+    return [event_bytes(revision, run, reset=reset and i == 0,
+                        complete=not snapshot or i == len(runs) - 1)
+            for i, run in enumerate(runs)]
+
+
+@dataclass
+class SharedBatch:
+    """One batch of the live feed: its rows, the nodes its port rows are on, and the events
+    already built per view (a stream's subnets; None for an admin, who sees everything)."""
+
+    rows: list[LogRow]
+    touched: frozenset[str]
+    views: dict[frozenset[str] | None, list[bytes]] = field(default_factory=dict)
+
+
+class BatchShare:
+    """The live feed's events, built once per (batch, view) and shared by every stream of
+    that view (`Stream.shared`). At 1,000 watchers a batch used to be filtered, joined and
+    framed 1,000 times over though nearly every stream is sent the same thing. A batch is
+    known by its first and last revision and its length, and checked row by row (the same
+    objects: the tailer hands every mailbox the same rows; a mailbox that coalesced holds
+    others). The newest `limit` batches are kept: streams on the loop take a batch within
+    one pass, a slow one may lag a little. Event-loop only: no lock."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._batches: collections.OrderedDict[tuple[int, int, int], SharedBatch]
+        self._batches = collections.OrderedDict()
+
+    def batch(self, rows: list[LogRow]) -> SharedBatch:
+        key = (rows[0].revision, rows[-1].revision, len(rows))
+        got = self._batches.get(key)
+        # Row by row in C (`operator.is_`): a generator here was 3 % of the loop (py-spy).
+        if got is not None and all(map(operator.is_, got.rows, rows)):
+            return got
+        got = SharedBatch(rows, frozenset(r.change.node for r in rows
+                                          if r.change.kind == ch.PORT))
+        self._batches[key] = got
+        self._batches.move_to_end(key)
+        while len(self._batches) > self.limit:
+            self._batches.popitem(last=False)
+        return got
+
+
+class Tally:
+    """`ecnet_watch_events_total` and `_bytes_total` for the live feed, summed on the event
+    loop and added to the counters once per pass of the loop (a `call_soon`), not twice per
+    message: a counter's increment takes its lock, and a batch is ~1,000 messages."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.bytes = 0
+        self._pending = False
+
+    def add(self, events: list[bytes]) -> None:
+        if not events:
+            return
+        self.events += len(events)
+        self.bytes += sum(map(len, events))
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._pending = False
+        if self.events:
+            WATCH_EVENTS.inc(self.events)
+            WATCH_BYTES.inc(self.bytes)
+            self.events = self.bytes = 0
 
 
 # --------------------------------------------------------------------- the RPC
@@ -461,16 +553,34 @@ class Stream:
                snapshot: bool = False, force: bool = False) -> Iterator[bytes]:
         """`changes` (`entry` bytes) at `revision` in bounded serialized WatchTopologyEvents
         (none for none, unless `force`)."""
-        runs = list(chunk(changes, self.s.max_message_bytes, self.s.max_message_changes))
-        if not runs and (reset or snapshot or force):
-            runs = [[]]
-        for i, run in enumerate(runs):
-            ev = event_bytes(revision, run, reset=reset and i == 0,
-                             complete=not snapshot or i == len(runs) - 1)
+        for ev in encode_events(revision, changes, self.s, reset=reset, snapshot=snapshot,
+                                force=force):
             WATCH_EVENTS.inc()
             WATCH_BYTES.inc(len(ev))
             yield ev
         self.revision = revision
+
+    def shared(self, rows: list[LogRow]) -> list[bytes] | None:
+        """The live feed's fast path: this stream's events for `rows`, shared with every
+        stream of the same view (`BatchShare`), or None when the stream must take `admit`'s
+        way: it is catching up, it has some of the rows already, or the batch has a row of
+        one of its own ports (which may gain it a subnet, or move its own port). Otherwise
+        what it is sent depends only on the rows and its subnets, so the streams of one
+        view get the same bytes, filtered and framed once. Runs on the event loop only."""
+        if self.catching_up or not rows or rows[0].revision <= self.revision:
+            return None
+        rel = self.relevance
+        batch = self.svc.share.batch(rows)
+        if rel.node and rel.node in batch.touched:
+            return None
+        view = frozenset(rel.subnets) if rel.node else None
+        evs = batch.views.get(view)
+        if evs is None:
+            wire = self.svc.wire
+            out = [wire.get(r) for r in rows if rel.admit(r.change)]
+            evs = batch.views[view] = encode_events(rows[-1].revision, out, self.s)
+        self.revision = rows[-1].revision
+        return evs
 
     def snapshot(self, reason: str) -> Iterator[bytes]:
         """A whole view (reset), then the rows from its revision to the live feed's start:
@@ -598,9 +708,12 @@ class WatchService:
     def __init__(self, ipam: IpamService, settings: WatchSettings | None = None) -> None:
         self.ipam = ipam
         self.settings = settings or WatchSettings()
-        self.tailer = Tailer(ipam, ipam.store.change_signal(), self.settings.batch_rows)
+        self.tailer = Tailer(ipam, ipam.store.change_signal(), self.settings.batch_rows,
+                             self.settings.batch_window_max)
         self.snapshots = SharedSnapshot(ipam, self.settings.snapshot_reuse_seconds)
         self.wire = WireCache(4 * self.settings.queue_rows)
+        self.share = BatchShare()    # the live feed's, on the event loop
+        self.tally = Tally()
         self.pool = futures.ThreadPoolExecutor(max_workers=self.settings.read_threads,
                                                thread_name_prefix="watch-read")
         self._watchers = 0    # only counted on the event loop
@@ -646,9 +759,19 @@ class WatchService:
                     yield ev
                 last_sent = time.monotonic()
                 continue
-            # The live feed: filtering and joining shared bytes, on the loop; only a node
-            # gaining a subnet reads the store (that subnet's ports), then on the pool.
-            admitted = stream.admit(rows)
+            # The live feed, on the loop: the events of this stream's view if another
+            # stream built them already (`shared`), else filtering and joining shared
+            # bytes for this stream alone; only a node gaining a subnet reads the store
+            # (that subnet's ports), then on the pool.
+            evs = stream.shared(rows)
+            if evs is not None:
+                self.tally.add(evs)
+                for ev in evs:
+                    last_sent = time.monotonic()
+                    yield ev
+                admitted = None
+            else:
+                admitted = stream.admit(rows)
             if admitted is not None:
                 out, gained, revision = admitted
                 if gained:

@@ -57,7 +57,7 @@ class ControllerProcess:
     """`ecnet-ipcontroller` as operators run it (default log level, logs to a file)."""
 
     def __init__(self, db: str, log_path: Path, workers: int | None,
-                 extra: tuple[str, ...] = (), port: int = 0) -> None:
+                 extra: tuple[str, ...] = (), port: int = 0, root: Path = ROOT) -> None:
         self.port = port or free_port()   # a restart keeps its predecessor's port
         self.target = f"127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "ipcontroller.daemon", "--listen", self.target,
@@ -66,7 +66,9 @@ class ControllerProcess:
             args += ["--workers", str(workers)]
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=self.log)
+        # `root`: the tree whose code runs (cwd comes first on sys.path): a bench may run
+        # an older commit's controller under today's driver, side by side.
+        self.proc = subprocess.Popen(args, cwd=root, stdout=self.log, stderr=self.log)
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         import grpc

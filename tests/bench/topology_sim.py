@@ -28,6 +28,19 @@ the agents did, and "has the entry" when an answer lists it.
     python -m tests.bench.topology_sim --sizes 10000x100,100000x1000 --seconds 20
     python -m tests.bench.topology_sim --sizes 10000x100 --mode poll
 
+CPU layout: by default the controller, the agent processes and the churn driver share every
+CPU (on a 2-core machine the simulated agents then take CPU the controller would have);
+``--pin`` puts the controller on CPU 0 and everything else of the sim on the other CPUs, as
+real agents run on other nodes. The table says which layout ran (and the load average).
+On 2 cores the pinned agents and churn share one core and can fall behind: it models the
+controller's side best with 3 or more.
+
+Old against new: ``--controller-tree DIR`` runs the controller from another tree (an export
+of an older commit with the same schema) under this driver, so both run interleaved:
+
+    git -C /work/main archive 2cbe420 | tar -x -C /tmp/old
+    python -m tests.bench.topology_sim --sizes 100000x1000 --pin --controller-tree /tmp/old
+
 PostgreSQL: ``--backend postgres`` (ECNET_TEST_PG_URL, a scratch database is created and
 dropped). Not a test: pytest never collects this module.
 """
@@ -46,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.bench.ipam_scale import ControllerProcess, _pct, _pg_db, _sqlite_db
+from tests.bench.ipam_scale import ROOT, ControllerProcess, _pct, _pg_db, _sqlite_db
 
 CIDR = "10.0.0.0/12"
 POOL = "sim"
@@ -61,6 +74,37 @@ def churn_id(run: int, seq: int) -> str:
 
 def is_churn(port_id: str) -> bool:
     return port_id.startswith("51a1")
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` on `cpus` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except ProcessLookupError:    # a thread that just ended
+            pass
+
+
+def layout(args: argparse.Namespace) -> tuple[set[int], set[int]] | None:
+    """(the controller's CPUs, the rest of the sim's) under ``--pin``; None unpinned. Read
+    once (`main` pins this process to the rest)."""
+    if not args.pin:
+        return None
+    if getattr(args, "layout", None) is None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        args.layout = ({cpus[0]}, set(cpus[1:]))
+    return args.layout  # type: ignore[no-any-return]
+
+
+def layout_text(args: argparse.Namespace) -> str:
+    lay = layout(args)
+    if lay is None:
+        return f"unpinned: {os.cpu_count()} CPUs shared by the controller and the agents"
+    ctl, rest = lay
+    return (f"pinned: controller on CPU {','.join(map(str, sorted(ctl)))}, agents and churn "
+            f"on CPU {','.join(map(str, sorted(rest)))}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -92,9 +136,12 @@ def note(st: AgentStats, err: Any) -> None:
 
 
 def _agent_proc(target: str, mode: str, names: list[str], fresh: int, from_revision: Any,
-                ready: Any, cmds: Any, out: Any, interval: float) -> None:
+                ready: Any, cmds: Any, out: Any, interval: float,
+                cpus: set[int] | None) -> None:
     """``fresh`` of ``names`` start from revision 0 (a snapshot), the rest from
     ``from_revision`` (an mp.Value set by the parent once a snapshot is in)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)     # before grpc starts any thread
     import grpc
 
     from datapath.watch import backoff_delay
@@ -221,7 +268,7 @@ class Agents:
     """The agent processes and their pipes."""
 
     def __init__(self, target: str, mode: str, names: list[str], procs: int, fresh: int,
-                 interval: float) -> None:
+                 interval: float, cpus: set[int] | None = None) -> None:
         ctx = mp.get_context("spawn")
         self.from_revision = ctx.Value("q", -1)
         self.ready = ctx.Queue()
@@ -231,7 +278,7 @@ class Agents:
         fresh_per = [fresh // procs + (1 if i < fresh % procs else 0) for i in range(procs)]
         self.procs = [ctx.Process(target=_agent_proc, args=(
             target, mode, chunks[i], fresh_per[i], self.from_revision,
-            self.ready, self.cmds[i], self.outs[i], interval)) for i in range(procs)]
+            self.ready, self.cmds[i], self.outs[i], interval, cpus)) for i in range(procs)]
         for p in self.procs:
             p.start()
 
@@ -382,12 +429,18 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
     # The sim registers no nodes: the leak sweep would reclaim every port of these "gone"
     # nodes after its grace (a storm of removals no real cluster sends).
     extra = ("--leak-grace-seconds", "86400", *args.controller_arg)
-    ctl = ControllerProcess(db, logs / "controller.log", args.workers, extra)
+    lay = layout(args)
+    tree = Path(args.controller_tree) if args.controller_tree else ROOT
+    ctl = ControllerProcess(db, logs / "controller.log", args.workers, extra, root=tree)
+    if lay:
+        pin(ctl.proc.pid, lay[0])     # at once (its threads inherit), and again when up
     ctl.wait_ready(timeout=120)
+    if lay:
+        pin(ctl.proc.pid, lay[0])
     asyncio.run(_allocate_each(ctl.target, run, nodes, 0))
     in_store += agents
     ag = Agents(ctl.target, args.mode, nodes, args.agent_procs, args.fresh_agents,
-                args.interval)
+                args.interval, lay[1] if lay else None)
     try:
         if args.mode == "watch":
             # the snapshot's revision, for the agents that "already have the view": what
@@ -427,8 +480,13 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
         if args.restart and args.mode == "watch":
             port = ctl.port
             ctl.stop()
-            ctl = ControllerProcess(db, logs / "controller.log", args.workers, extra, port)
+            ctl = ControllerProcess(db, logs / "controller.log", args.workers, extra, port,
+                                    root=tree)
+            if lay:
+                pin(ctl.proc.pid, lay[0])
             ctl.wait_ready(timeout=120)
+            if lay:
+                pin(ctl.proc.pid, lay[0])
             up = time.monotonic()
             asyncio.run(_allocate_each(ctl.target, run, [nodes[0]], marker_seq + 1))
             got = ag.marker(churn_id(run, marker_seq + 1), timeout=args.timeout)
@@ -504,7 +562,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--controller-arg", action="append", default=[], metavar="ARG")
     p.add_argument("--logs", default="", help="keep the controller's log in this directory")
+    p.add_argument("--controller-tree", default="", metavar="DIR",
+                   help="run the controller from this source tree (an export of another "
+                        "commit, same schema), to compare it side by side")
+    p.add_argument("--pin", action="store_true",
+                   help="controller on CPU 0, agents and churn on the other CPUs")
     args = p.parse_args(argv)
+    lay = layout(args)
+    if lay:
+        os.sched_setaffinity(0, lay[1])    # this process (the churn driver) and the fills
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ecnet-topo-sim-") as tmp:
@@ -515,8 +581,10 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(run_size(ports, agents, args, db, Path(logs)))
             log(fmt(rows[-1]))
     print(f"\n{args.backend}, churn {args.churn:.0f} pods/s for {args.seconds:.0f}s "
-          f"(allocations + releases), {args.agent_procs} agent processes, "
-          f"{os.cpu_count()} CPUs shared by the controller and the agents\n")
+          f"(allocations + releases), {args.agent_procs} agent processes; "
+          f"controller from {args.controller_tree or ROOT}; "
+          f"{layout_text(args)}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+          f"\n")
     print(HEADER)
     for r in rows:
         print(fmt(r))

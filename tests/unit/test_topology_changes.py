@@ -141,6 +141,7 @@ def test_a_row_is_encoded_once_for_every_stream_and_the_cache_stays_bounded() ->
 def test_the_batching_window_grows_with_the_watchers_up_to_its_bound() -> None:
     assert batch_delay(0) < batch_delay(100) < batch_delay(1000) <= batch_delay(10**6)
     assert batch_delay(10**6) <= 0.1
+    assert batch_delay(1000, 0.02) == 0.02 and batch_delay(0, 0.0) == 0.0   # the flag's bound
 
 
 # --------------------------------------------------------------------- relevance
