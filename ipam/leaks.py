@@ -132,12 +132,23 @@ class GoneNodeSweep:
         self.observations = TwoObservations(grace)
 
     def _gone_ports(self, now: float) -> dict[str, Port]:
+        """The active ports of gone nodes, at most `limit` (the rest next sweep). The gone
+        nodes come first, from the node index and the registry, and only their ports are
+        read: reading the first `limit` active ports and looking for gone nodes among them
+        cost O(limit) ports every sweep, and never saw a gone node whose ports all came
+        after the first `limit` (at 100k ports, most of them: leaked for good)."""
         r = self.reclaimer
+        out: dict[str, Port] = {}
         with r.store.read() as uow:
-            ports = uow.list_ports(PortFilter(state=PortState.ACTIVE, limit=self.limit))
-            nodes = uow.list_nodes()
-        gone = gone_nodes(nodes, {p.node for p in ports}, now, self.gone_after)
-        return {p.id: p for p in ports if p.node in gone}
+            gone = gone_nodes(uow.list_nodes(), uow.port_nodes(), now, self.gone_after)
+            for node in sorted(gone):
+                left = self.limit - len(out)
+                if left <= 0:
+                    break
+                for p in uow.list_ports(PortFilter(state=PortState.ACTIVE, node=node,
+                                                   limit=left)):
+                    out[p.id] = p
+        return out
 
     def sweep(self) -> list[Reclaim]:
         now = self.reclaimer.clock()

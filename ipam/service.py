@@ -184,10 +184,12 @@ class IpamService:
     def release_node_ports(self, node: str, dry_run: bool = False) -> list[Reclaim]:
         return self._leaks.release_node_ports(node, dry_run)
 
-    def gone_node_sweep(self, *, grace: float, gone_after: float) -> GoneNodeSweep:
+    def gone_node_sweep(self, *, grace: float, gone_after: float,
+                        limit: int = 10_000) -> GoneNodeSweep:
         """A sweep (stateful: it remembers its first observations) that releases the ports
-        of nodes deleted or silent for `gone_after` seconds, `grace` after first seeing them."""
-        return GoneNodeSweep(self._leaks, grace=grace, gone_after=gone_after)
+        of nodes deleted or silent for `gone_after` seconds, `grace` after first seeing them,
+        at most `limit` a pass."""
+        return GoneNodeSweep(self._leaks, grace=grace, gone_after=gone_after, limit=limit)
 
     def with_pools(self, ports: list[Port]) -> list[tuple[Port, Pool, list[Subnet]]]:
         """Each port with its pool and that pool's subnets, for answering with the ports."""

@@ -281,6 +281,9 @@ class _MemoryUow:
                and (flt.after is None or (p.created_at, p.id) > flt.after)]
         return out[:flt.limit]
 
+    def port_nodes(self) -> set[str]:
+        return {p.node for p in self.st.ports.values()}
+
     def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]:
         return [p for p in self.st.ports.values()
                 if p.pool_id == pool_id and p.state is PortState.IDLE

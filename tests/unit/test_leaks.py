@@ -105,6 +105,34 @@ def test_a_port_that_changes_between_observations_starts_over(
     assert [r.outcome for r in sweep.sweep()] == ["kept"]
 
 
+def test_a_gone_node_behind_the_sweeps_page_is_still_found(svc: IpamService,
+                                                          clock: FakeClock) -> None:
+    """The sweep reads at most `limit` ports a pass; a gone node whose ports were created
+    after `limit` live ones was never among them (it read the first `limit` active ports
+    and looked for gone nodes there), so its ports leaked for good."""
+    live = [svc.allocate(req(f"l{i}", "dyn", "live")) for i in range(4)]
+    dead = svc.allocate(req("d1", "dyn", "dead"))
+    sweep = svc.gone_node_sweep(grace=30, gone_after=0, limit=3)
+    assert svc.delete_node("dead")
+    assert sweep.sweep() == []                      # first observation
+    clock.sleep(30)
+    assert [(r.port.id, r.outcome) for r in sweep.sweep()] == [(dead.port.id, "released")]
+    assert {p.id for p, _ in svc.list_ports(state="active")} == {a.port.id for a in live}
+
+
+def test_the_sweep_takes_at_most_its_page_and_the_rest_on_later_passes(
+        svc: IpamService, clock: FakeClock) -> None:
+    dead = {svc.allocate(req(f"d{i}", "dyn", "dead")).port.id for i in range(5)}
+    sweep = svc.gone_node_sweep(grace=30, gone_after=0, limit=3)
+    assert svc.delete_node("dead")
+    released: set[str] = set()
+    for _ in range(4):
+        sweep.sweep()
+        clock.sleep(30)
+        released |= {r.port.id for r in sweep.sweep()}
+    assert released == dead
+
+
 # ------------------------------------------------------------------ ipctl
 @pytest.fixture
 def addr(tmp_path: Any) -> Iterator[str]:

@@ -427,6 +427,10 @@ class SqlUnitOfWork:
                             and_(t.ports.c.created_at == at, t.ports.c.id > pid)))
         return self._ports(self.c.execute(q).all())
 
+    def port_nodes(self) -> set[str]:
+        # DISTINCT on the indexed column alone: read from ix_ports_node, not the table.
+        return {row[0] or "" for row in self.c.execute(select(t.ports.c.node).distinct())}
+
     def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]:
         # The state as a literal, so the partial index ix_ports_idle applies.
         q = (select(t.ports).where(and_(t.ports.c.pool_id == pool_id, t.IDLE,
