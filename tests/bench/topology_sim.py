@@ -410,6 +410,7 @@ class Result:
 
 def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
              logs: Path) -> Result:
+    from ipam.domain import Node
     from ipam.service import IpamService
     from ipam.store.sql import SqlStore
     from tests.bench.bulk_fill import fill, used_count
