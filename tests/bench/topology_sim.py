@@ -580,6 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ecnet-topo-sim-") as tmp:
         logs = args.logs or tmp
+        Path(logs).mkdir(parents=True, exist_ok=True)
         for size in args.sizes.split(","):
             ports, agents = (int(x) for x in size.split("x"))
             with (_sqlite_db() if args.backend == "sqlite" else _pg_db()) as db:
