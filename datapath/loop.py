@@ -189,7 +189,11 @@ class StandaloneDatapath:
             items = [events.get(timeout=wait if due is None else min(wait, due))]
         except queue.Empty:
             if due is not None:
-                return self._apply_held()
+                # Held changes go at the window's end, not at the end of a shorter wait
+                # (--topology-interval below --flow-apply-window): the apply then does the
+                # local-state look too.
+                left = self._window.due_in(self._clock())
+                return self._apply_held() if not left else False
             return self._program(frozenset()) if self.watched.whole else False
         while len(items) < self.s.watch_queue:
             try:

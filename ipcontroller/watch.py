@@ -487,9 +487,11 @@ class BatchShare:
     known by its first and last revision and its length, and checked row by row (the same
     objects: the tailer hands every mailbox the same rows; a mailbox that coalesced holds
     others). The newest `limit` batches are kept: streams on the loop take a batch within
-    one pass, a slow one may lag a little. Event-loop only: no lock."""
+    one pass, a slow one may lag a little (and then builds its own). Few, because each holds
+    every view's bytes: a backlog of 20,000 rows under many distinct subnet sets is
+    hundreds of MB. Event-loop only: no lock."""
 
-    def __init__(self, limit: int = 64) -> None:
+    def __init__(self, limit: int = 8) -> None:
         self.limit = limit
         self._batches: collections.OrderedDict[tuple[int, int, int], SharedBatch]
         self._batches = collections.OrderedDict()

@@ -161,6 +161,18 @@ def test_a_port_of_this_node_waits_for_the_window_and_goes_in_whole(f: Fixture) 
     assert f.br_int.actions(f"dl_dst={mac}") == [f"output:{ofport}"]
 
 
+def test_a_held_port_is_not_applied_when_a_shorter_wait_ends(f: Fixture) -> None:
+    """The loop waits at most its interval; with an interval below the window, the end of
+    that wait applied a held change at once (during the attach the hold is for)."""
+    before = f.br_int.bundles
+    assert not f.deliver(port("mine", "h1", ip(1)))
+    assert not f.idle_step()                       # the window has not ended
+    assert f.br_int.bundles == before and ip(1) not in f.br_int.arp_entries()
+    f.clock.now += WINDOW
+    assert f.idle_step()
+    assert ip(1) in f.br_int.arp_entries()
+
+
 def test_a_remote_port_with_it_goes_at_once_and_takes_the_held_one_along(
         f: Fixture) -> None:
     assert not f.deliver(port("mine", "h1", ip(1)))
