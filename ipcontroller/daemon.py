@@ -442,14 +442,16 @@ class _PortNodes:
 
 
 def tune_gc() -> None:
-    """Start-up's heap out of the collector's reach, and full collections made rare. At 100k
-    ports the watch holds a few hundred thousand long-lived objects (the shared snapshot,
-    every row's wire bytes), and each full collection rescanned them all with every thread
-    stopped: 9 a run of topology_sim at 100k x 1,000, 86-186 ms each, which every
-    AllocatePort and stream in flight waited out. With a full collection at most every 100
-    young-generation ones: 1 a run, 43-46 ms (docs/topology-watch.md). Those objects hold no
-    reference cycles (rows, bytes, tuples), so nothing waits longer to be freed; cycles that
-    die young still go in the young collections."""
+    """Start-up's heap out of the collector's reach (`gc.freeze`; what the watch builds
+    later is not frozen), and full collections made rare: at most one per 100
+    middle-generation collections (~1,000 young ones; the default is 10), on top of 3.11's
+    own rule (25 % new long-lived objects). At 100k ports the watch holds a few hundred
+    thousand long-lived objects (the shared snapshot, every row's wire bytes), and each full
+    collection rescanned them all with every thread stopped: 9 a run of topology_sim at
+    100k x 1,000, 86-186 ms each, which every AllocatePort and stream in flight waited out;
+    now 1 a run, 43-46 ms (docs/topology-watch.md). Those objects hold no reference cycles
+    (rows, bytes, tuples), so nothing waits longer to be freed; cycles that die young still
+    go in the young collections."""
     gc.collect()
     gc.freeze()
     young, middle, _ = gc.get_threshold()

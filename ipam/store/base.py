@@ -92,8 +92,9 @@ class UnitOfWork(Protocol):
     def list_ports(self, flt: PortFilter) -> list[Port]: ...
     def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]: ...
     def port_nodes(self) -> set[str]:
-        """The distinct nodes that hold ports (any state; "" for none): what the gone-node
-        sweep checks against the registry, from the node index, without reading the ports."""
+        """The distinct nodes that hold active ports ("" for none): what the gone-node sweep
+        checks against the registry before it reads any port. Active only: a node long gone
+        that keeps idle (owner-bound) ports would cost a port query every pass."""
     def active_endpoints(self) -> list[tuple[str, str, str, str | None]]:
         """(port id, MAC, node, address or None) of every active port, one row per address,
         ordered by port id: the topology agents poll, without building Port objects."""

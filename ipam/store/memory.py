@@ -282,7 +282,7 @@ class _MemoryUow:
         return out[:flt.limit]
 
     def port_nodes(self) -> set[str]:
-        return {p.node for p in self.st.ports.values()}
+        return {p.node for p in self.st.ports.values() if p.state is PortState.ACTIVE}
 
     def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]:
         return [p for p in self.st.ports.values()

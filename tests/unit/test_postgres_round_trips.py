@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import event
 
 from ipam.batching import Pending
-from ipam.domain import AllocationRequest, PodIdentity
+from ipam.domain import AllocationRequest, Node, PodIdentity
 from ipam.errors import Busy
 from ipam.service import IpamService
 from ipam.store.sql import SqlStore
@@ -188,5 +188,25 @@ def test_the_controllers_pool_has_a_connection_for_every_worker(pg_url: str) -> 
     try:
         assert isinstance(store, SqlStore)
         assert store.engine.pool.size() == PG_WORKERS + 4  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
+def test_a_first_block_that_fails_before_its_first_statement_keeps_the_transaction(
+        pg_url: str) -> None:
+    """A savepoint block that is the transaction's first thing and fails before it sends
+    anything: its SAVEPOINT was dropped unsent, and so was the queued BEGIN before it, so
+    the ROLLBACK TO that followed went out with no transaction open (the server refused it,
+    the caller got that error instead of its own, and nothing after it was atomic)."""
+    store = SqlStore(pg_url)
+    try:
+        with store.transaction() as uow:
+            with pytest.raises(LookupError), uow.savepoint():
+                raise LookupError("the block's own failure")
+            assert not uow.lost
+            uow.upsert_node(Node("sp-first", "192.0.2.1"))
+            assert uow.raw.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        with store.read() as uow:
+            assert uow.get_node("sp-first") is not None
     finally:
         store.close()

@@ -216,7 +216,8 @@ class SqlEngine:
         The driver is in autocommit mode meanwhile (it sends no BEGIN; it still sends COMMIT
         or ROLLBACK for a transaction in progress), and every statement of the transaction
         goes after the queued BEGIN: the unit of work's own and, through the `before_execute`
-        listener, Core's. A statement that would run outside it raises (uow.py)."""
+        listener, Core's. A statement that ran outside it (a bug: it has committed on its
+        own by then) raises rather than let the transaction go on as if it held it (uow.py)."""
         uow: SqlUnitOfWork | None = None
         raw = driver_connection(conn) if own_begin else None
         if raw is not None:

@@ -56,7 +56,7 @@ class SqlUnitOfWork:
         self.q = STATEMENTS[postgres]
         # The DBAPI connection under `conn`: the same transaction, without Core's overhead.
         self.raw = driver_connection(conn)
-        # Change-log rows of this transaction, written by `flush_changes` just before commit.
+        # Change-log rows of this transaction, written by `finish` just before commit.
         self.changes: list[changes.Change] = []
         self._as_busy = as_busy   # the engine's reading of a database error (engine.py)
         self._savepoints = 0
@@ -129,8 +129,13 @@ class SqlUnitOfWork:
         name = f"ecnet_sp{self._savepoints}"
         mark = len(self.changes)
         if self._queued and self._queued != [_BEGIN]:
-            self.send_queued()   # what came before is not this block's to answer for
+            try:
+                self.send_queued()   # what came before is not this block's to answer for
+            except BaseException:
+                self.lost = True     # an earlier block's write failed after its answer
+                raise
         opened: tuple[str, tuple[Any, ...]] = (f"SAVEPOINT {name}", ())
+        before = len(self._queued)   # a queued BEGIN (the transaction's first block) stays
         if self.pg:
             self._queued.append(opened)   # goes with the block's first statement
         else:
@@ -141,8 +146,9 @@ class SqlUnitOfWork:
             # this block's own, undone below.
             self._x(f"RELEASE SAVEPOINT {name}")
         except BaseException as exc:
-            never_sent = bool(self._queued) and self._queued[0] is opened
-            self._queued = []    # the block's own statements, not sent: dropped
+            never_sent = len(self._queued) > before and self._queued[before] is opened
+            # The block's own statements, not sent: dropped (the BEGIN before them stays).
+            self._queued = self._queued[:before] if never_sent else []
             # A failed statement leaves a PostgreSQL transaction usable again only after
             # ROLLBACK TO; if that fails too (the connection is gone) the whole transaction
             # fails, and its caller learns it from that error.
@@ -428,8 +434,8 @@ class SqlUnitOfWork:
         return self._ports(self.c.execute(q).all())
 
     def port_nodes(self) -> set[str]:
-        # DISTINCT on the indexed column alone: read from ix_ports_node, not the table.
-        return {row[0] or "" for row in self.c.execute(select(t.ports.c.node).distinct())}
+        return {row[0] or "" for row in self.c.execute(
+            select(t.ports.c.node).where(t.ports.c.state == PortState.ACTIVE.value).distinct())}
 
     def idle_ports_before(self, pool_id: str, cutoff: float, limit: int) -> list[Port]:
         # The state as a literal, so the partial index ix_ports_idle applies.
