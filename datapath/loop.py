@@ -200,7 +200,7 @@ class StandaloneDatapath:
                 items.append(events.get_nowait())
             except queue.Empty:
                 break
-        hold = True
+        hold, changed = True, False
         for item in items:
             if isinstance(item, Unimplemented):
                 self.mode = "poll"
@@ -214,10 +214,15 @@ class StandaloneDatapath:
             hold = hold and self._only_local_ports(item)
             applied: Applied | None = self.watched.on_event(item)
             if applied is not None:
+                changed = True
                 self._held_reset = self._held_reset or applied.reset
                 self._held_ports |= applied.ports
         if not self.watched.whole:
             return False    # nothing whole yet: keep what is programmed
+        if not changed:
+            # A disconnect or a snapshot's partial chunk changes no flow: no apply to
+            # schedule, and the window's leading edge stays for the next real change.
+            return False
         if self._window.offer(self._clock(), hold=hold):
             return self._apply_held()
         return False

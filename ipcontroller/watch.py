@@ -74,6 +74,17 @@ from .metrics import (
 
 log = logging.getLogger(__name__)
 
+# Seconds a tailer waits after a wake-up before it reads: at hundreds of commits a second
+# one read then serves a batch, not one commit, for at most this much more latency.
+BATCH_DELAY = 0.01
+# ... plus this much per watcher, up to BATCH_DELAY_MAX: every batch is one message per
+# relevant stream, and a message costs gRPC ~30 us of the event loop whatever its size
+# (docs/topology-watch.md; on the sync server it was a thread hand-off, more), so at 1,000
+# watchers the number of batches a second, not the changes in them, is what the
+# controller spends on.
+BATCH_DELAY_PER_WATCHER = 0.00005
+BATCH_DELAY_MAX = 0.1
+
 
 @dataclass(frozen=True)
 class WatchSettings:
@@ -89,7 +100,7 @@ class WatchSettings:
     idle_progress_seconds: float = 5.0   # an empty event so an idle watcher's revision moves
     snapshot_reuse_seconds: float = 2.0   # one snapshot serves the streams of this window
     read_threads: int = 4             # the streams' store reads (snapshots, catch-ups)
-    batch_window_max: float = 0.1     # the tailer's batching window's bound (`batch_delay`)
+    batch_window_max: float = BATCH_DELAY_MAX   # the batching window's bound (`batch_delay`)
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -329,7 +340,7 @@ class Tailer:
     """The replica's one reader of the change log (see the module docstring)."""
 
     def __init__(self, ipam: IpamService, signal: ChangeSignal, batch_rows: int,
-                 window_max: float = 0.1) -> None:
+                 window_max: float = BATCH_DELAY_MAX) -> None:
         self.log = ipam.topology
         self.signal = signal
         self.batch_rows = batch_rows
@@ -429,16 +440,6 @@ def _set_all(events: list[asyncio.Event]) -> None:
         e.set()
 
 
-# Seconds a tailer waits after a wake-up before it reads: at hundreds of commits a second
-# one read then serves a batch, not one commit, for at most this much more latency.
-BATCH_DELAY = 0.01
-# ... plus this much per watcher, up to BATCH_DELAY_MAX: every batch is one message per
-# relevant stream, and a message costs gRPC ~30 us of the event loop whatever its size
-# (docs/topology-watch.md; on the sync server it was a thread hand-off, more), so at 1,000
-# watchers the number of batches a second, not the changes in them, is what the
-# controller spends on.
-BATCH_DELAY_PER_WATCHER = 0.00005
-BATCH_DELAY_MAX = 0.1
 
 
 def batch_delay(watchers: int, window_max: float = BATCH_DELAY_MAX) -> float:

@@ -38,6 +38,7 @@ class EventSignal:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.closed = False
 
     def fire(self) -> None:
         self._event.set()
@@ -47,6 +48,7 @@ class EventSignal:
             self._event.clear()
 
     def close(self) -> None:
+        self.closed = True
         self._event.set()
 
 
@@ -76,6 +78,8 @@ class SignalHub:
 
     def fire(self) -> None:
         with self._lock:
-            signals = list(self._signals)
+            # A closed signal's tailer has stopped: forget it (a store outliving many
+            # tailers, as in tests and benches, would fire them all on every commit).
+            self._signals = signals = [s for s in self._signals if not s.closed]
         for sig in signals:
             sig.fire()

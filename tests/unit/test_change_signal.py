@@ -54,3 +54,19 @@ def test_a_write_without_change_rows_does_not_wake_it(store: SqlStore) -> None:
     with store.transaction():
         pass
     assert not woke.wait(0.2)
+
+
+def test_a_closed_signal_is_forgotten_by_the_store(store: SqlStore) -> None:
+    """A stopped tailer closes its signal; the store kept it and fired it on every commit
+    for the store's life (one more each time a watch service restarted on it)."""
+    import gc
+    import weakref
+    svc = IpamService(store)
+    svc.create_pool("p", "dynamic")
+    sig = store.change_signal()
+    gone = weakref.ref(sig)
+    sig.close()
+    del sig
+    svc.create_subnet("p", "10.9.0.0/24")           # a commit fires the store's signals
+    gc.collect()
+    assert gone() is None

@@ -210,3 +210,15 @@ def test_a_first_block_that_fails_before_its_first_statement_keeps_the_transacti
             assert uow.get_node("sp-first") is not None
     finally:
         store.close()
+
+
+def test_a_write_transaction_that_does_nothing_costs_no_round_trip(
+        traced: tuple[IpamService, WireCount]) -> None:
+    """Its BEGIN was queued and never sent; finishing it sent "BEGIN; COMMIT" anyway."""
+    svc, wire = traced
+
+    def nothing() -> None:
+        with svc.store.transaction():
+            pass
+    trips, _ = wire.during(nothing)
+    assert trips == 0

@@ -541,7 +541,9 @@ class SqlUnitOfWork:
         commit. On PostgreSQL the COMMIT goes with them and whatever is still queued, in one
         round trip; the engine's own commit then finds nothing left to do."""
         self._queue_changes(now)
-        if self._queued:
+        if self._queued == [_BEGIN]:
+            self._queued = []    # nothing was sent: no transaction to commit
+        elif self._queued:
             self._later("COMMIT")
             self.send_queued()
 
