@@ -222,3 +222,44 @@ def test_a_write_transaction_that_does_nothing_costs_no_round_trip(
             pass
     trips, _ = wire.during(nothing)
     assert trips == 0
+
+
+@pytest.mark.parametrize("ending", ["commit", "a queued write fails", "the caller raises"])
+def test_a_connection_goes_back_to_the_pool_as_the_driver_expects_it(
+        pg_url: str, ending: str) -> None:
+    """The driver is in autocommit mode while our BEGIN runs the transaction: however the
+    transaction ends, the connection must be back in the driver's own mode, idle, before
+    anyone else takes it (a consistent read's REPEATABLE READ, a migration), or the next
+    user's statements would each commit on their own."""
+    store = SqlStore(pg_url, pool_size=1)
+    try:
+        with store.transaction() as uow:     # the pool's one connection, warm
+            uow.upsert_node(Node("pool-state", "192.0.2.2"))
+        first = None
+        if ending == "commit":
+            with store.transaction() as uow:
+                first = uow.raw
+                uow.upsert_node(Node("pool-state", "192.0.2.3"))
+        elif ending == "a queued write fails":
+            with pytest.raises(psycopg.errors.DivisionByZero), store.transaction() as uow:
+                first = uow.raw
+                uow._later("SELECT 1 / 0")        # sent with the COMMIT, fails there
+        else:
+            with pytest.raises(LookupError), store.transaction() as uow:
+                first = uow.raw
+                uow.upsert_node(Node("pool-state", "192.0.2.4"))
+                raise LookupError("the caller's own failure")
+        with store.engine.connect() as conn:     # whoever takes it next, Core's way
+            driver = conn.connection.driver_connection
+            assert driver is first               # the same connection, taken again
+            assert driver.autocommit is False
+            assert driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with store.consistent_read() as uow:
+            iso = uow.raw.execute("SHOW transaction_isolation").fetchone()[0]
+            assert iso == "repeatable read"
+            node = uow.get_node("pool-state")
+        assert node is not None
+        want = "192.0.2.3" if ending == "commit" else "192.0.2.2"
+        assert node.underlay_ip == want      # a failed transaction left nothing behind
+    finally:
+        store.close()
