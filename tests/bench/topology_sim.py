@@ -107,6 +107,12 @@ def layout_text(args: argparse.Namespace) -> str:
             f"on CPU {','.join(map(str, sorted(rest)))}")
 
 
+def _own_cpu_seconds() -> float:
+    """This process's CPU (the churn driver's, with the fills' threads idle by then)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -406,6 +412,9 @@ class Result:
     snapshot_s: float
     resubscribe_s: float | None
     stream_errors: dict[str, int]
+    # Cores used over the churn window by the controller, the agent processes and this
+    # driver: when they add up to the machine's, convergence measures the machine.
+    cores: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
@@ -455,6 +464,8 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
         ag.wait_ready(timeout=args.timeout)
         log("  agents subscribed")
         cpu0 = cpu_seconds(ctl.proc.pid)
+        agents0 = sum(cpu_seconds(p.pid) for p in ag.procs if p.pid is not None)
+        driver0, wall0 = _own_cpu_seconds(), time.monotonic()
         before = ag.report()
         returned, allocs, releases, errors = asyncio.run(_churn(
             ctl.target, run, nodes, args.churn, args.seconds, agents))
@@ -463,6 +474,10 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
         asyncio.run(_allocate_each(ctl.target, run, [nodes[0]], marker_seq))
         ag.marker(churn_id(run, marker_seq), timeout=args.timeout)
         cpu = cpu_seconds(ctl.proc.pid) - cpu0
+        wall = max(1e-9, time.monotonic() - wall0)
+        split = (cpu / wall,
+                 (sum(cpu_seconds(p.pid) for p in ag.procs if p.pid is not None) - agents0)
+                 / wall, (_own_cpu_seconds() - driver0) / wall)
         rss = ctl.rss_mb()
         after = ag.report()
         lat, missing = [], 0
@@ -511,7 +526,7 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
             largest=max(s.largest for s in final),
             snapshot_mb=sum(s.snapshot_bytes for s in after) / max(1, len(snaps)) / 1e6,
             snapshot_s=max(snaps) if snaps else float("nan"), resubscribe_s=resub,
-            stream_errors=errs)
+            stream_errors=errs, cores=split)
     finally:
         ag.stop()
         ctl.stop()
@@ -594,6 +609,10 @@ def main(argv: list[str] | None = None) -> None:
     print(HEADER)
     for r in rows:
         print(fmt(r))
+        ctl_c, agents_c, driver_c = r.cores
+        print(f"  cores used during the churn: controller {ctl_c:.2f}, agents "
+              f"{agents_c:.2f}, churn driver {driver_c:.2f}; {ctl_c + agents_c + driver_c:.2f} "
+              f"of {os.cpu_count()}")
         if r.stream_errors or r.errors:
             print(f"  stream errors {r.stream_errors}, churn RPC errors {r.errors}")
     print(f"total {time.perf_counter() - started:.0f}s")
