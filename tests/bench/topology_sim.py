@@ -41,6 +41,10 @@ of an older commit with the same schema) under this driver, so both run interlea
     git -C /work/main archive 2cbe420 | tar -x -C /tmp/old
     python -m tests.bench.topology_sim --sizes 100000x1000 --pin --controller-tree /tmp/old
 
+Replicas: ``--replicas N`` starts N controller processes on the same database and spreads
+the agent processes over them (the churn goes to the first; each replica's tailer follows
+the others' commits through the log), as a cluster spreads its agents over replicas.
+
 PostgreSQL: ``--backend postgres`` (ECNET_TEST_PG_URL, a scratch database is created and
 dropped). Not a test: pytest never collects this module.
 """
@@ -273,8 +277,9 @@ def _agent_proc(target: str, mode: str, names: list[str], fresh: int, from_revis
 class Agents:
     """The agent processes and their pipes."""
 
-    def __init__(self, target: str, mode: str, names: list[str], procs: int, fresh: int,
-                 interval: float, cpus: set[int] | None = None) -> None:
+    def __init__(self, targets: list[str], mode: str, names: list[str], procs: int,
+                 fresh: int, interval: float, cpus: set[int] | None = None) -> None:
+        """Agent process i follows replica ``targets[i % len(targets)]``."""
         ctx = mp.get_context("spawn")
         self.from_revision = ctx.Value("q", -1)
         self.ready = ctx.Queue()
@@ -283,7 +288,7 @@ class Agents:
         chunks = [names[i::procs] for i in range(procs)]
         fresh_per = [fresh // procs + (1 if i < fresh % procs else 0) for i in range(procs)]
         self.procs = [ctx.Process(target=_agent_proc, args=(
-            target, mode, chunks[i], fresh_per[i], self.from_revision,
+            targets[i % len(targets)], mode, chunks[i], fresh_per[i], self.from_revision,
             self.ready, self.cmds[i], self.outs[i], interval, cpus)) for i in range(procs)]
         for p in self.procs:
             p.start()
@@ -322,10 +327,12 @@ def _alloc(pb: Any, run: int, seq: int, node: str) -> Any:
                               pod=pb.PodRef(namespace="sim", name=cid, uid=f"uid-{cid}"))
 
 
-async def _churn(target: str, run: int, nodes: list[str], rate: float, seconds: float,
-                 first_seq: int) -> tuple[dict[str, float], int, int, int]:
+async def _churn(targets: list[str], run: int, nodes: list[str], rate: float, seconds: float,
+                 first_seq: int, home: list[int] | None = None
+                 ) -> tuple[dict[str, float], int, int, int]:
     """Allocations at ``rate``/s for ``seconds`` (each on a random node), and as many
-    releases of the oldest once ``2 * rate`` churn pods exist. Returns port id -> when
+    releases of the oldest once ``2 * rate`` churn pods exist; node i's calls go to
+    ``targets[home[i]]`` (the replica its agent follows). Returns port id -> when
     AllocatePort returned, allocations, releases, errors."""
     import grpc
 
@@ -333,26 +340,30 @@ async def _churn(target: str, run: int, nodes: list[str], rate: float, seconds: 
     from ecnet_api.v1 import ecnet_pb2_grpc as pb_grpc
 
     returned: dict[str, float] = {}
-    live: list[int] = []
+    live: list[tuple[int, int]] = []
     counts = {"alloc": 0, "release": 0, "errors": 0}
     codes: dict[str, str] = {}
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = pb_grpc.IPControllerStub(ch)
+    routes = home or [0] * len(nodes)
+    channels = [grpc.aio.insecure_channel(t) for t in targets]
+    try:
+        stubs = [pb_grpc.IPControllerStub(ch) for ch in channels]
 
         async def allocate(seq: int) -> None:
+            i = random.randrange(len(nodes))
             try:
-                await stub.AllocatePort(_alloc(pb, run, seq, random.choice(nodes)))
+                await stubs[routes[i]].AllocatePort(_alloc(pb, run, seq, nodes[i]))
                 returned[churn_id(run, seq)] = time.monotonic()
                 counts["alloc"] += 1
-                live.append(seq)
+                live.append((seq, routes[i]))
             except grpc.aio.AioRpcError as err:
                 counts["errors"] += 1
                 codes.setdefault(err.code().name, str(err.details())[:120])
 
-        async def release(seq: int) -> None:
+        async def release(seq_home: tuple[int, int]) -> None:
+            seq, at = seq_home
             try:
-                await stub.ReleasePort(pb.ReleaseRequest(container_id=f"sim-{run}-{seq}",
-                                                         ifname="eth0"))
+                await stubs[at].ReleasePort(pb.ReleaseRequest(container_id=f"sim-{run}-{seq}",
+                                                              ifname="eth0"))
                 counts["release"] += 1
             except grpc.aio.AioRpcError as err:
                 counts["errors"] += 1
@@ -368,6 +379,9 @@ async def _churn(target: str, run: int, nodes: list[str], rate: float, seconds: 
                 tasks.append(asyncio.create_task(release(live.pop(0))))
             await asyncio.sleep(max(0.0, (seq - first_seq) / rate - elapsed))
         await asyncio.gather(*tasks)
+    finally:
+        for ch in channels:
+            await ch.close()
     if codes:
         log(f"  churn RPC errors: {codes}")
     return returned, counts["alloc"], counts["release"], counts["errors"]
@@ -451,10 +465,20 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
     ctl.wait_ready(timeout=120)
     if lay:
         pin(ctl.proc.pid, lay[0])
+    # Watch-only replicas: the agent processes are spread over them; the churn goes to the
+    # first. Their tailers hear its commits by NOTIFY on PostgreSQL, a 50 ms poll on SQLite.
+    others = [ControllerProcess(db, logs / f"controller-{k}.log", args.workers, extra,
+                                root=tree) for k in range(1, args.replicas)]
+    for o in others:
+        if lay:
+            pin(o.proc.pid, lay[0])
+        o.wait_ready(timeout=120)
+        if lay:
+            pin(o.proc.pid, lay[0])
     asyncio.run(_allocate_each(ctl.target, run, nodes, 0))
     in_store += agents
-    ag = Agents(ctl.target, args.mode, nodes, args.agent_procs, args.fresh_agents,
-                args.interval, lay[1] if lay else None)
+    ag = Agents([ctl.target, *(o.target for o in others)], args.mode, nodes,
+                args.agent_procs, args.fresh_agents, args.interval, lay[1] if lay else None)
     try:
         if args.mode == "watch":
             # the snapshot's revision, for the agents that "already have the view": what
@@ -463,22 +487,26 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
             ag.from_revision.value = _current_revision(ctl.target)
         ag.wait_ready(timeout=args.timeout)
         log("  agents subscribed")
-        cpu0 = cpu_seconds(ctl.proc.pid)
+        cpu0 = sum(cpu_seconds(c.proc.pid) for c in (ctl, *others))
         agents0 = sum(cpu_seconds(p.pid) for p in ag.procs if p.pid is not None)
         driver0, wall0 = _own_cpu_seconds(), time.monotonic()
         before = ag.report()
+        targets = [ctl.target, *(o.target for o in others)]
+        # Node i is followed by agent process i % procs, which follows replica (that) % R:
+        # its pods' calls go there too, as an agent calls the replica it watches.
+        home = [(i % args.agent_procs) % len(targets) for i in range(len(nodes))]
         returned, allocs, releases, errors = asyncio.run(_churn(
-            ctl.target, run, nodes, args.churn, args.seconds, agents))
+            targets, run, nodes, args.churn, args.seconds, agents, home))
         # everything committed before this marker arrives before it (streams are ordered)
         marker_seq = 10**9
         asyncio.run(_allocate_each(ctl.target, run, [nodes[0]], marker_seq))
         ag.marker(churn_id(run, marker_seq), timeout=args.timeout)
-        cpu = cpu_seconds(ctl.proc.pid) - cpu0
+        cpu = sum(cpu_seconds(c.proc.pid) for c in (ctl, *others)) - cpu0
         wall = max(1e-9, time.monotonic() - wall0)
         split = (cpu / wall,
                  (sum(cpu_seconds(p.pid) for p in ag.procs if p.pid is not None) - agents0)
                  / wall, (_own_cpu_seconds() - driver0) / wall)
-        rss = ctl.rss_mb()
+        rss = max(c.rss_mb() for c in (ctl, *others))
         after = ag.report()
         lat, missing = [], 0
         merged: dict[str, list[float]] = {}
@@ -497,7 +525,7 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
         delta_bytes = (sum(s.delta_bytes for s in after) - sum(s.delta_bytes for s in before))
         snaps = [x for s in after for x in s.snapshot_s]
         resub = None
-        if args.restart and args.mode == "watch":
+        if args.restart and args.mode == "watch" and not others:
             port = ctl.port
             ctl.stop()
             ctl = ControllerProcess(db, logs / "controller.log", args.workers, extra, port,
@@ -530,6 +558,8 @@ def run_size(ports: int, agents: int, args: argparse.Namespace, db: str,
     finally:
         ag.stop()
         ctl.stop()
+        for o in others:
+            o.stop()
 
 
 def _current_revision(target: str) -> int:
@@ -574,6 +604,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--churn", type=float, default=100.0, help="pods per second")
     p.add_argument("--seconds", type=float, default=10.0, help="churn window")
     p.add_argument("--agent-procs", type=int, default=2)
+    p.add_argument("--replicas", type=int, default=1,
+                   help="controller processes serving the watches (the agent processes "
+                        "spread over them; the churn goes to the first; no restart "
+                        "measured with more than one); use --backend postgres")
     p.add_argument("--fresh-agents", type=int, default=2,
                    help="agents that start from nothing (a snapshot); the rest resume")
     p.add_argument("--interval", type=float, default=0.5, help="poll mode: seconds")
@@ -602,7 +636,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(run_size(ports, agents, args, db, Path(logs)))
             log(fmt(rows[-1]))
     print(f"\n{args.backend}, churn {args.churn:.0f} pods/s for {args.seconds:.0f}s "
-          f"(allocations + releases), {args.agent_procs} agent processes; "
+          f"(allocations + releases), {args.agent_procs} agent processes, "
+          f"{args.replicas} controller replica(s); "
           f"controller from {args.controller_tree or ROOT}; "
           f"{layout_text(args)}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
           f"\n")
