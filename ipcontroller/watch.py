@@ -440,8 +440,6 @@ def _set_all(events: list[asyncio.Event]) -> None:
         e.set()
 
 
-
-
 def batch_delay(watchers: int, window_max: float = BATCH_DELAY_MAX) -> float:
     """The tailer's batching window with `watchers` streams (see BATCH_DELAY_PER_WATCHER),
     at most `window_max` (`--watch-batch-max-ms`)."""

@@ -73,8 +73,7 @@ class SqlUnitOfWork:
         if self._queued:
             return self.send_queued((sql, params))
         cur = self.raw.execute(sql, params)
-        if self._own_begin and self.raw.pgconn.transaction_status == _IDLE:
-            self._outside(sql)
+        self._check_inside(sql)
         return cur
 
     def begin_later(self) -> None:
@@ -82,10 +81,12 @@ class SqlUnitOfWork:
         self._own_begin = True
         self._queued.append(_BEGIN)
 
-    def _outside(self, sql: str) -> None:
-        # Only a bug gets here (a statement sent around the queue, so before the BEGIN):
-        # it committed on its own. Never go on as if the transaction held it.
-        raise RuntimeError(f"statement ran outside the transaction: {sql[:60]!r}")
+    def _check_inside(self, sql: str) -> None:
+        """After `sql` ran: with our own BEGIN, the server must be inside a transaction."""
+        if self._own_begin and self.raw.pgconn.transaction_status == _IDLE:
+            # Only a bug gets here (a statement sent around the queue, so before the
+            # BEGIN): it committed on its own. Never go on as if the transaction held it.
+            raise RuntimeError(f"statement ran outside the transaction: {sql[:60]!r}")
 
     def _later(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         """Run a statement whose answer nobody needs (a write checked by the constraints, a
@@ -118,9 +119,8 @@ class SqlUnitOfWork:
                     tuple(p for _, params in queued for p in params))
         while cur.nextset():   # to the last statement's result
             pass
-        if (self._own_begin and queued[-1][0] != "COMMIT"
-                and self.raw.pgconn.transaction_status == _IDLE):
-            self._outside(queued[-1][0])
+        if queued[-1][0] != "COMMIT":
+            self._check_inside(queued[-1][0])
         return cur
 
     @contextmanager
